@@ -1,0 +1,179 @@
+"""ResNet backbones as four stages, with configurable strides, dilations and weights.
+
+``build_backbone`` returns a :class:`Backbone` whose ``forward`` maps an ``Bx3xHxW float``
+image (ImageNet-normalised) to the four stage outputs. IRN-style CAM networks use strides
+``(2, 2, 2, 1)`` (output stride 16, last stage undilated); DeepLab-v2 uses strides
+``(2, 2, 1, 1)`` with dilations ``(1, 1, 2, 4)`` (output stride 8).
+
+Architectures: ``resnet18|34|50|101`` (torchvision; weights ``imagenet``, ``none`` or a
+local file) and ``tiny`` (a narrow BasicBlock ResNet for CPU demos and tests, widths from
+``widths``, weights ``none`` or a local file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qaclims.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which backbone to build.
+
+    arch: ``resnet18|resnet34|resnet50|resnet101|tiny``.
+    weights: ``imagenet`` (torchvision IMAGENET1K_V1), ``none`` (random init) or a path to a
+        ``.safetensors``/``.pth`` state dict (loaded with ``weights_only=True``).
+    strides: stride of each of the 4 stages (the stem's stride 4 is part of stage 1).
+    dilations: dilation of each stage's 3x3 convolutions.
+    widths: channel widths of the 4 stages of ``tiny``.
+    frozen_bn: keep every BatchNorm in eval mode with frozen affine parameters (IRN, DeepLab).
+    """
+
+    arch: str = "resnet50"
+    weights: str = "imagenet"
+    strides: tuple[int, ...] = (2, 2, 2, 1)
+    dilations: tuple[int, ...] = (1, 1, 1, 1)
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    frozen_bn: bool = True
+
+
+class Backbone(nn.Module):
+    """Four residual stages. ``forward(x: Bx3xHxW) -> [B x C_i x H/s_i x W/s_i for i in 1..4]``."""
+
+    def __init__(self, stages: Sequence[nn.Module], channels: Sequence[int], frozen_bn: bool):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.channels = tuple(channels)
+        self.frozen_bn = frozen_bn
+        if frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    for p in m.parameters():
+                        p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if self.frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+
+class _Basic(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, dilation: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, dilation, dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, dilation, dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
+
+
+def _tiny(cfg: BackboneConfig) -> Backbone:
+    if len(cfg.widths) != 4:
+        raise ConfigError(f"backbone.widths needs 4 entries, got {list(cfg.widths)}")
+    w0 = cfg.widths[0]
+    stem = nn.Sequential(
+        nn.Conv2d(3, w0, 7, 2, 3, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    )
+    stages: list[nn.Module] = []
+    cin = w0
+    for i, (w, s, d) in enumerate(zip(cfg.widths, cfg.strides, cfg.dilations, strict=True)):
+        block = _Basic(cin, w, 1 if i == 0 else s, d)
+        stages.append(nn.Sequential(stem, block) if i == 0 else block)
+        cin = w
+    return Backbone(stages, cfg.widths, cfg.frozen_bn)
+
+
+def _torchvision(cfg: BackboneConfig) -> Backbone:
+    import torchvision
+
+    ctor = getattr(torchvision.models, cfg.arch)
+    weights = "IMAGENET1K_V1" if cfg.weights == "imagenet" else None
+    net = ctor(weights=weights)
+    if cfg.weights not in ("imagenet", "none"):
+        _load_into(net, cfg.weights)
+    layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+    for i, (layer, s, d) in enumerate(zip(layers, cfg.strides, cfg.dilations, strict=True)):
+        if i == 0:
+            continue
+        for j, block in enumerate(layer):
+            conv = block.conv2 if hasattr(block, "conv3") else block.conv1
+            if j == 0:
+                conv.stride = (s, s)
+                if block.downsample is not None:
+                    block.downsample[0].stride = (s, s)
+            for c in [m for m in block.modules() if isinstance(m, nn.Conv2d)]:
+                if c.kernel_size == (3, 3):
+                    c.dilation, c.padding = (d, d), (d, d)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+    expansion = 4 if cfg.arch in ("resnet50", "resnet101", "resnet152") else 1
+    channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+    return Backbone([stem, net.layer2, net.layer3, net.layer4], channels, cfg.frozen_bn)
+
+
+def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors`` or a ``.pth`` (``weights_only=True``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"missing weights file: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    obj = torch.load(p, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise DataError(f"weights file {p} holds {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _load_into(net: nn.Module, path: str) -> None:
+    """Load matching tensors of a state file into ``net``; error if nothing matches."""
+    state = load_state_file(path)
+    own = net.state_dict()
+    hits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not hits:
+        raise DataError(f"weights file {path} matches no parameter of the backbone")
+    net.load_state_dict(hits, strict=False)
+
+
+def build_backbone(cfg: BackboneConfig) -> Backbone:
+    """Build the backbone ``cfg`` describes (see :class:`BackboneConfig`)."""
+    if len(cfg.strides) != 4 or len(cfg.dilations) != 4:
+        raise ConfigError("backbone.strides and backbone.dilations need 4 entries each")
+    if cfg.arch == "tiny":
+        if cfg.weights == "imagenet":
+            raise ConfigError("backbone.weights: imagenet weights do not exist for arch tiny")
+        bb = _tiny(cfg)
+        if cfg.weights != "none":
+            _load_into(bb, cfg.weights)
+    elif cfg.arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
+        bb = _torchvision(cfg)
+    else:
+        raise ConfigError(f"backbone.arch: unknown architecture {cfg.arch!r}")
+    return bb

@@ -1,0 +1,220 @@
+"""Pieces every training stage shares: seeding, poly learning rate, resume state,
+weights I/O, (optional) DistributedDataParallel set-up, and a loss history table.
+
+Resume states live outside the rule's declared outputs (Snakemake deletes those before a
+rerun), are written atomically, and are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from qaclims.io import atomic_path, write_parquet
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU ``torch.Generator`` seeded the same."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def poly_factor(step: int, max_steps: int, power: float = 0.9) -> float:
+    """Poly schedule ``(1 - step / max_steps) ** power``, in [0, 1]."""
+    return float(max(0.0, 1.0 - step / max(1, max_steps)) ** power)
+
+
+def set_poly_lr(
+    optimizer: torch.optim.Optimizer, step: int, max_steps: int, power: float = 0.9
+) -> None:
+    """Set each param group's lr to its ``initial_lr`` times the poly factor at ``step``."""
+    f = poly_factor(step, max_steps, power)
+    for g in optimizer.param_groups:
+        g.setdefault("initial_lr", g["lr"])
+        g["lr"] = g["initial_lr"] * f
+
+
+def fingerprint(cfg: Mapping[str, Any]) -> str:
+    """Stable short hash of a JSON-serialisable config (used to refuse stale resume states)."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ResumeState:
+    """Where and when a training loop saves the state it continues from after a crash."""
+
+    path: Path
+    fingerprint: str
+    every_steps: int = 100
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None if absent or saved under a different config."""
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("ignoring resume state %s: it was saved under another config", self.path)
+            return None
+        log.info("resuming from %s at step %d", self.path, state["step"])
+        return dict(state)
+
+    def save(self, step: int, **parts: Any) -> None:
+        """Atomically save ``parts`` (state dicts, RNG states...) with ``step``."""
+        with atomic_path(self.path, suffix=".pt") as tmp:
+            torch.save({"fingerprint": self.fingerprint, "step": step, **parts}, tmp)
+
+    def clear(self) -> None:
+        """Remove the state once the final outputs are written."""
+        self.path.unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch / NumPy / Python RNG states as tensors and plain types (pickle-free)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": torch.tensor(
+            [x for x in random.getstate()[1]], dtype=torch.int64
+        ),
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, int(state["numpy_pos"]), 0, 0.0))
+    py = tuple(int(x) for x in state["python"].tolist())
+    random.setstate((3, py, None))
+
+
+def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    """Save ``model``'s state dict (unwrapped from DDP) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> nn.Module:
+    """Load safetensors weights into ``model``; a missing file raises naming it."""
+    from safetensors.torch import load_file
+
+    from qaclims.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"missing weights file: {p}")
+    unwrap(model).load_state_dict(load_file(str(p)), strict=strict)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (or the module itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@dataclass
+class DistInfo:
+    """Process-group facts; ``world == 1`` means plain single-process training."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Join the torchrun process group if ``WORLD_SIZE > 1``; pick this rank's device.
+
+    ``device`` is ``"cpu"`` or ``"cuda:0"`` (see :func:`qaclims.devices.torch_device`); under
+    torchrun each rank uses ``cuda:LOCAL_RANK``. Backend: nccl on GPU, gloo on CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, dev)
+
+
+def per_rank_batch(global_batch: int, world: int) -> int:
+    """Per-process batch so the global batch stays fixed whatever the GPU count."""
+    if global_batch % world:
+        raise ValueError(f"global batch {global_batch} is not divisible by {world} processes")
+    return global_batch // world
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class History:
+    """Rows of training figures (step, epoch, loss terms, lr) saved as a Parquet table."""
+
+    def __init__(self, rows: list[dict[str, float]] | None = None):
+        self.rows: list[dict[str, float]] = list(rows or [])
+
+    def add(self, **row: float) -> None:
+        self.rows.append({k: float(v) for k, v in row.items()})
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def save(self, path: str | Path) -> None:
+        write_parquet(path, self.frame())
+
+    def as_tensor_state(self) -> dict[str, Any]:
+        """Pickle-free form for a resume state: column names and a float64 tensor."""
+        df = self.frame()
+        return {"cols": list(df.columns), "values": torch.tensor(df.to_numpy(dtype=np.float64))}
+
+    @classmethod
+    def from_tensor_state(cls, state: Mapping[str, Any]) -> History:
+        cols = list(state["cols"])
+        vals = state["values"].numpy()
+        return cls([dict(zip(cols, map(float, r), strict=True)) for r in vals])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Use ``n`` intra-op CPU threads inside the block (Snakemake's ``threads``)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
