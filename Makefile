@@ -1,0 +1,35 @@
+# Two entry points: `make demo` and `make test`. Both create/refresh .venv first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+CORES  ?= 2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test lint schema clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 --configfile config/config.yaml
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml \
+		--report results/demo/report.html
+	@$(PY) -m qaclims.summary results/demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks workflow/scripts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/snakemake --lint --configfile config/config.yaml
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+
+schema: $(STAMP)
+	$(PY) -m qaclims.schema > workflow/schemas/config.schema.yaml
+
+clean-demo:
+	rm -rf results/demo logs/demo benchmarks/demo

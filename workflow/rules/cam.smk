@@ -1,0 +1,79 @@
+# Baseline CAM classifier (IRN recipe), multi-scale CAM inference and CAM evaluation.
+# make_cam and eval_cam serve both the baseline ("cam") and QA-CLIMS ("ritc") networks.
+
+
+wildcard_constraints:
+    model="cam|ritc",
+    shard=r"\d{3}",
+    split=r"[A-Za-z0-9_]+",
+
+
+rule train_cam:
+    input:
+        manifest=manifest(SPLITS["train"]),
+        classes=R("data", "classes.json"),
+        code=lib("train_cam.py", "models/cam_resnet.py", "models/backbone.py", "augment.py", "training.py"),
+    output:
+        model=R("train_cam", "model.safetensors"),
+        history=R("train_cam", "history.parquet"),
+    log:
+        LOG("train_cam.log"),
+    benchmark:
+        BENCH("train_cam.tsv")
+    params:
+        cfg=config["train_cam"],
+        resume=RESUME("train_cam", "state.pt"),
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/train_cam.py"
+
+
+rule make_cam:
+    input:
+        manifest=lambda wc: manifest(wc.split),
+        classes=R("data", "classes.json"),
+        weights=cam_weights,
+        code=lib("cam_infer.py", "models/cam_resnet.py", "models/backbone.py", "augment.py"),
+    output:
+        cams=directory(R("make_cam", "{model}", "{split}", "{shard}")),
+    log:
+        LOG("make_cam", "{model}_{split}_{shard}.log"),
+    benchmark:
+        BENCH("make_cam", "{model}_{split}_{shard}.tsv")
+    params:
+        cfg=config["make_cam"],
+        model=config["train_cam"]["model"],
+        shard=lambda wc: int(wc.shard),
+        num_shards=SHARDS["make_cam"],
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/make_cam.py"
+
+
+rule eval_cam:
+    input:
+        manifest=lambda wc: manifest(wc.split),
+        classes=R("data", "classes.json"),
+        cams=lambda wc: cam_dirs(wc.model),
+        code=lib("eval_cam.py", "metrics.py"),
+    output:
+        summary=R("eval_cam", "{model}", "{split}", "summary.json"),
+        per_class=R("eval_cam", "{model}", "{split}", "per_class.parquet"),
+        sweep=R("eval_cam", "{model}", "{split}", "sweep.parquet"),
+    log:
+        LOG("eval_cam", "{model}_{split}.log"),
+    params:
+        cfg=config["eval_cam"],
+    threads: 1
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/eval_cam.py"

@@ -1,0 +1,111 @@
+# Config validation, paths and input functions shared by every rule file.
+import json
+import os
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+RUN = config["run"]
+SPLITS = config["splits"]
+SHARDS = config["shards"]
+METHODS = config["methods"]
+SRC = os.path.join(workflow.basedir, "src", "qaclims")
+# Jobs import the library from this checkout, with or without --sdm conda.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (os.path.dirname(SRC), os.environ.get("PYTHONPATH")) if p
+)
+
+
+def _check_splits():
+    known = set(config["dataset"]["splits"])
+    wanted = set(SPLITS["cam"]) | {SPLITS["train"], SPLITS["eval_cam"], SPLITS["val"]}
+    missing = sorted(wanted - known)
+    if missing:
+        raise ValueError(
+            f"config splits.* name {missing} but dataset.splits builds only {sorted(known)}"
+        )
+    if SPLITS["train"] not in SPLITS["cam"]:
+        raise ValueError(
+            f"config splits.train ({SPLITS['train']}) must be one of splits.cam {SPLITS['cam']}"
+        )
+
+
+_check_splits()
+
+
+def R(*parts):
+    """Path under this run's results folder."""
+    return os.path.join("results", RUN, *parts)
+
+
+def LOG(*parts):
+    return os.path.join("logs", RUN, *parts)
+
+
+def BENCH(*parts):
+    return os.path.join("benchmarks", RUN, *parts)
+
+
+def RESUME(*parts):
+    """Resume-state folder: outside every declared output, so Snakemake never deletes it."""
+    return os.path.join("results", RUN, ".resume", *parts)
+
+
+def lib(*modules):
+    """Library source files a rule depends on: editing one reruns the rule."""
+    return [os.path.join(SRC, m) for m in modules + ("io.py", "config.py")]
+
+
+def shard_ids(stage):
+    return [f"{k:03d}" for k in range(SHARDS[stage])]
+
+
+def manifest(split):
+    return R("data", "manifest", f"{split}.parquet")
+
+
+def cam_dirs(model, splits=None):
+    return expand(
+        R("make_cam", model, "{split}", "{shard}"),
+        split=splits or SPLITS["cam"],
+        shard=shard_ids("make_cam"),
+    )
+
+
+def cam_dirs_of_split(wildcards):
+    return expand(
+        R("make_cam", wildcards.model, wildcards.split, "{shard}"),
+        shard=shard_ids("make_cam"),
+    )
+
+
+def cam_weights(wildcards):
+    if wildcards.model == "cam":
+        return R("train_cam", "model.safetensors")
+    return R("train_ritc", "model.safetensors")
+
+
+def refine_source():
+    return config["refine"]["cam_source"]
+
+
+def gpus(stage):
+    """GPUs a training job asks for: a resource, never a param (changing it reruns nothing)."""
+    return config["gpus"][stage]
+
+
+def eval_targets():
+    return expand(R("eval_cam", "{model}", SPLITS["eval_cam"], "summary.json"), model=METHODS)
+
+
+def all_targets():
+    t = eval_targets()
+    if config["refine"]["enabled"]:
+        t.append(R("eval_sem_seg", refine_source(), SPLITS["eval_cam"], "summary.json"))
+    if config["deeplab"]["enabled"]:
+        t.append(R("eval_deeplab", SPLITS["val"], "summary.json"))
+    if config["report"]["enabled"]:
+        t.append(R("report", "index.html"))
+    return t

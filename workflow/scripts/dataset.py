@@ -1,0 +1,10 @@
+from pathlib import Path
+
+from qaclims import datasets
+from qaclims.config import from_mapping
+from qaclims.smk import job
+
+with job(snakemake):
+    cfg = dict(snakemake.params.cfg, root=snakemake.params.root)
+    cfg = from_mapping(datasets.DatasetConfig, cfg, "dataset")
+    datasets.run(cfg, Path(snakemake.output.classes).parent)

@@ -1,0 +1,17 @@
+from pathlib import Path
+
+from qaclims import eval_cam
+from qaclims.config import from_mapping
+from qaclims.datasets.base import read_classes
+from qaclims.smk import job
+
+with job(snakemake):
+    eval_cam.run(
+        manifest=Path(snakemake.input.manifest),
+        cam_dirs=[Path(d) for d in snakemake.input.cams],
+        classes=read_classes(snakemake.input.classes),
+        cfg=from_mapping(eval_cam.EvalCamConfig, snakemake.params.cfg, "eval_cam"),
+        out_summary=Path(snakemake.output.summary),
+        out_per_class=Path(snakemake.output.per_class),
+        out_sweep=Path(snakemake.output.sweep),
+    )

@@ -1,0 +1,7 @@
+from qaclims import synthetic
+from qaclims.config import from_mapping
+from qaclims.smk import job
+
+with job(snakemake):
+    cfg = from_mapping(synthetic.SyntheticConfig, snakemake.params.cfg, "synthetic")
+    synthetic.run(snakemake.output.root, cfg)
