@@ -1,0 +1,153 @@
+"""Report figures are valid PNGs showing the data; the stage table holds the numbers."""
+
+from __future__ import annotations
+
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from qaclims import report
+
+
+def png(path: Path) -> np.ndarray:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 50 and im.height > 50
+        arr = np.asarray(im.convert("RGB"))
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 2  # something drawn
+    return arr
+
+
+def has_colour(arr: np.ndarray, rgb: tuple[int, int, int]) -> bool:
+    return bool(np.all(arr == np.array(rgb, np.uint8), axis=-1).any())
+
+
+def per_class(ious: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"class": ["background", "cat", "dog"][: len(ious)], "iou": ious})
+
+
+def test_per_class_plot(tmp_path: Path) -> None:
+    tables = {"cam": per_class([0.8, 0.4, math.nan]), "ritc": per_class([0.85, 0.5, 0.3])}
+    report.plot_per_class_iou(tables, tmp_path / "pc.png", title="seeds")
+    arr = png(tmp_path / "pc.png")
+    # matplotlib's default first two bar colours (C0, C1) are drawn
+    assert has_colour(arr, (31, 119, 180)) and has_colour(arr, (255, 127, 14))
+    with pytest.raises(ValueError, match="other classes"):
+        report.plot_per_class_iou({"a": per_class([0.1, 0.2]), "b": per_class([0.1])}, "x.png")
+
+
+def test_sweep_plot(tmp_path: Path) -> None:
+    t = np.round(np.arange(0.05, 0.6, 0.01), 2)
+    sweeps = {
+        "cam": pd.DataFrame({"threshold": t, "miou": 0.5 - (t - 0.15) ** 2}),
+        "ritc": pd.DataFrame({"threshold": t, "miou": 0.6 - (t - 0.3) ** 2}),
+    }
+    report.plot_sweep(sweeps, tmp_path / "sw.png", fixed_threshold=0.15)
+    png(tmp_path / "sw.png")
+    with pytest.raises(ValueError, match="lacks columns"):
+        report.plot_sweep({"x": pd.DataFrame({"t": [0.1]})}, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_history_plot(tmp_path: Path) -> None:
+    steps = np.arange(20)
+    hist = pd.DataFrame(
+        {
+            "step": steps,
+            "epoch": steps // 10,
+            "loss_fg": np.exp(-steps / 5),
+            "loss_bg": 0.5 * np.exp(-steps / 7),
+            "lr": 0.1 * (1 - steps / 20),
+        }
+    )
+    report.plot_history(hist, tmp_path / "h.png")
+    png(tmp_path / "h.png")
+    with pytest.raises(ValueError, match="no loss column"):
+        report.plot_history(hist[["step", "lr"]], tmp_path / "h2.png")
+
+
+def test_blend_by_hand() -> None:
+    img = np.full((2, 2, 3), 100, np.uint8)
+    lab = np.array([[0, 1], [255, 0]], np.uint8)
+    out = report.blend_overlay(img, lab, alpha=0.5)
+    np.testing.assert_array_equal(out[0, 0], [100, 100, 100])  # background untouched
+    np.testing.assert_array_equal(out[0, 1], [114, 50, 50])  # VOC class 1 = (128, 0, 0)
+    np.testing.assert_array_equal(out[1, 0], [162, 162, 146])  # void = (224, 224, 192)
+    cam = np.array([[0.0, 1.0], [1.0, 0.0]])
+    out = report.blend_overlay(img, cam, alpha=0.5)
+    np.testing.assert_array_equal(out[0, 0], [50, 50, 114])  # jet(0) = (0, 0, 0.5)
+    np.testing.assert_array_equal(out[0, 1], [114, 50, 50])  # jet(1) = (0.5, 0, 0)
+    # KxHxW CAMs are reduced by their channel max
+    out3 = report.blend_overlay(img, np.stack([cam, np.zeros((2, 2))]), alpha=0.5)
+    np.testing.assert_array_equal(out3, out)
+    with pytest.raises(ValueError, match="does not match"):
+        report.blend_overlay(img, np.zeros((3, 2), np.uint8))
+
+
+def test_overlay_grid(tmp_path: Path) -> None:
+    imgs = [np.full((16, 16, 3), 100, np.uint8), np.full((12, 20, 3), 200, np.uint8)]
+    labels = [np.ones((16, 16), np.uint8), np.full((12, 20), 2, np.uint8)]
+    cams = [np.ones((1, 16, 16)), np.zeros((2, 12, 20))]
+    report.overlay_grid(
+        imgs, {"cam": cams, "seed": labels}, tmp_path / "g.png", row_titles=["a", "b"]
+    )
+    arr = png(tmp_path / "g.png")
+    assert has_colour(arr, (114, 50, 50))  # image 1 under label 1 (and under CAM 1.0)
+    assert has_colour(arr, (100, 164, 100))  # image 2 (200) under label 2 = (0, 128, 0)
+    with pytest.raises(ValueError, match="overlays for 2 images"):
+        report.overlay_grid(imgs, labels[:1], tmp_path / "g2.png")
+
+
+class _Cells(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._in = False
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        self._in = tag in ("td", "th")
+
+    def handle_endtag(self, tag) -> None:
+        self._in = False
+
+    def handle_data(self, data) -> None:
+        if self._in:
+            self.rows[-1].append(data)
+
+
+def test_stage_table(tmp_path: Path) -> None:
+    rows = [
+        {
+            "stage": "eval_cam/cam",
+            "split": "train",
+            "num_images": 1464,
+            "miou": 0.48312,
+            "best_miou": 0.49,
+            "extra": 1,
+        },
+        {
+            "stage": "seeds <crf>",
+            "split": "train",
+            "num_images": 1464,
+            "miou": 0.7,
+            "best_miou": None,
+            "coverage": 0.8123,
+        },
+        {"stage": "deeplab", "split": "val", "num_images": 1449, "miou": math.nan},
+    ]
+    report.stage_table_html(rows, tmp_path / "t.html", title="VOC")
+    text = (tmp_path / "t.html").read_text()
+    assert "&lt;crf&gt;" in text  # escaped
+    p = _Cells()
+    p.feed(text)
+    assert p.rows[0][:3] == ["Stage", "Split", "Images"] and len(p.rows[0]) == 6
+    assert p.rows[1] == ["eval_cam/cam", "train", "1464", "48.31", "49.00", "–"]
+    assert p.rows[2] == ["seeds <crf>", "train", "1464", "70.00", "–", "81.23"]
+    assert p.rows[3] == ["deeplab", "val", "1449", "–", "–", "–"]
