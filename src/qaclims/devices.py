@@ -39,7 +39,10 @@ def count_gpus() -> int:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
     except (subprocess.SubprocessError, OSError):
         return 0

@@ -89,7 +89,8 @@ def write_npz(path: PathLike, arrays: Mapping[str, np.ndarray], compress: bool =
             raise TypeError(f"array {k!r} has dtype object; refusing to pickle it")
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
+            save = np.savez_compressed if compress else np.savez
+            save(f, **dict(arrays))  # type: ignore[arg-type]
 
 
 def read_npz(path: PathLike) -> dict[str, np.ndarray]:

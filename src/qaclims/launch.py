@@ -33,8 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         n = 0 if a.cpu else _visible()
         if n <= 1:
             return subprocess.call(cli)
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc-per-node={n}"]
+        torchrun = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={n}",
+        ]
         return subprocess.call(torchrun + ["-m", "qaclims.cli", a.stage, a.args_json])
 
 

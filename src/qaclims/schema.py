@@ -28,65 +28,117 @@ STAGES: dict[str, tuple[str, str, str]] = {
 }
 
 WORKFLOW: dict[str, Any] = {
-    "run": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$", "default": "demo",
-            "description": "Name of this run; outputs go to results/<run>/."},
-    "device": {"type": "string", "enum": ["auto", "cpu", "cuda"], "default": "auto",
-               "description": "auto: CUDA when a GPU is visible, else CPU."},
-    "methods": {"type": "array", "items": {"type": "string", "enum": ["cam", "ritc"]},
-                "default": ["cam", "ritc"], "minItems": 1, "uniqueItems": True,
-                "description": "CAM networks to infer and evaluate: baseline and/or QA-CLIMS."},
+    "run": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_.-]+$",
+        "default": "demo",
+        "description": "Name of this run; outputs go to results/<run>/.",
+    },
+    "device": {
+        "type": "string",
+        "enum": ["auto", "cpu", "cuda"],
+        "default": "auto",
+        "description": "auto: CUDA when a GPU is visible, else CPU.",
+    },
+    "methods": {
+        "type": "array",
+        "items": {"type": "string", "enum": ["cam", "ritc"]},
+        "default": ["cam", "ritc"],
+        "minItems": 1,
+        "uniqueItems": True,
+        "description": "CAM networks to infer and evaluate: baseline and/or QA-CLIMS.",
+    },
     "splits": {
-        "type": "object", "additionalProperties": False,
+        "type": "object",
+        "additionalProperties": False,
         "description": "Which manifest split each part of the DAG uses.",
         "properties": {
-            "train": {"type": "string", "default": "train",
-                      "description": "Training split of every network (VOC: train_aug)."},
-            "cam": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                    "default": ["train"],
-                    "description": "Splits make_cam (and refinement) run on."},
-            "eval_cam": {"type": "string", "default": "train",
-                         "description": "Split CAMs and pseudo masks are scored on (VOC: train)."},
-            "val": {"type": "string", "default": "val",
-                    "description": "Split the segmentation network is scored on."},
+            "train": {
+                "type": "string",
+                "default": "train",
+                "description": "Training split of every network (VOC: train_aug).",
+            },
+            "cam": {
+                "type": "array",
+                "items": {"type": "string"},
+                "minItems": 1,
+                "default": ["train"],
+                "description": "Splits make_cam (and refinement) run on.",
+            },
+            "eval_cam": {
+                "type": "string",
+                "default": "train",
+                "description": "Split CAMs and pseudo masks are scored on (VOC: train).",
+            },
+            "val": {
+                "type": "string",
+                "default": "val",
+                "description": "Split the segmentation network is scored on.",
+            },
         },
         "default": {},
     },
     "shards": {
-        "type": "object", "additionalProperties": False, "default": {},
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
         "description": "Static jobs per sharded stage (a few per GPU; never one per image).",
-        "properties": {k: {"type": "integer", "minimum": 1, "default": 4} for k in
-                       ("vqa", "make_cam", "cam_to_ir_label", "make_sem_seg", "infer_deeplab")},
+        "properties": {
+            k: {"type": "integer", "minimum": 1, "default": 4}
+            for k in ("vqa", "make_cam", "cam_to_ir_label", "make_sem_seg", "infer_deeplab")
+        },
     },
     "gpus": {
-        "type": "object", "additionalProperties": False, "default": {},
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
         "description": "GPUs per multi-GPU training job (a resource: changing it reruns nothing).",
-        "properties": {k: {"type": "integer", "minimum": 0, "default": 1} for k in
-                       ("train_ritc", "train_deeplab")},
+        "properties": {
+            k: {"type": "integer", "minimum": 0, "default": 1}
+            for k in ("train_ritc", "train_deeplab")
+        },
     },
     "threads": {
-        "type": "object", "additionalProperties": False, "default": {},
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
         "description": "Threads per job kind (capped by --cores).",
-        "properties": {"gpu_job": {"type": "integer", "minimum": 1, "default": 8},
-                       "cpu_shard": {"type": "integer", "minimum": 1, "default": 4}},
+        "properties": {
+            "gpu_job": {"type": "integer", "minimum": 1, "default": 8},
+            "cpu_shard": {"type": "integer", "minimum": 1, "default": 4},
+        },
     },
     "refine": {
-        "type": "object", "additionalProperties": False, "default": {},
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
         "description": "CRF seeds, IRN and random-walk pseudo masks.",
-        "properties": {"enabled": {"type": "boolean", "default": True},
-                       "cam_source": {"type": "string", "enum": ["cam", "ritc"],
-                                      "default": "ritc",
-                                      "description": "Whose CAMs are refined."}},
+        "properties": {
+            "enabled": {"type": "boolean", "default": True},
+            "cam_source": {
+                "type": "string",
+                "enum": ["cam", "ritc"],
+                "default": "ritc",
+                "description": "Whose CAMs are refined.",
+            },
+        },
     },
     "deeplab": {
-        "type": "object", "additionalProperties": False, "default": {},
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
         "description": "Segmentation network trained on the pseudo masks.",
         "properties": {"enabled": {"type": "boolean", "default": True}},
     },
     "report": {
-        "type": "object", "additionalProperties": False, "default": {},
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
         "description": "Figures and tables for snakemake --report.",
-        "properties": {"enabled": {"type": "boolean", "default": True},
-                       "num_overlays": {"type": "integer", "minimum": 0, "default": 6}},
+        "properties": {
+            "enabled": {"type": "boolean", "default": True},
+            "num_overlays": {"type": "integer", "minimum": 0, "default": 6},
+        },
     },
 }
 
@@ -97,7 +149,7 @@ def _field_docs(cls: type) -> dict[str, str]:
     current = None
     for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
         m = re.match(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$", line)
-        if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+        if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
             current = m.group(1)
             docs[current] = m.group(2).strip()
         elif current and line.startswith((" ", "\t")) and line.strip():
@@ -130,8 +182,10 @@ def type_schema(tp: Any) -> dict[str, Any]:
         item = args[0] if args else Any
         return {"type": "array", "items": type_schema(item)}
     if origin is dict:
-        return {"type": "object",
-                "additionalProperties": type_schema(args[1]) if len(args) == 2 else {}}
+        return {
+            "type": "object",
+            "additionalProperties": type_schema(args[1]) if len(args) == 2 else {},
+        }
     simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
     if tp in simple:
         return {"type": simple[tp]}
@@ -144,7 +198,7 @@ def dataclass_schema(cls: type, description: str | None = None) -> dict[str, Any
     docs = _field_docs(cls)
     props: dict[str, Any] = {}
     required = []
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         s = type_schema(hints[f.name])
         if f.name in docs:
             s["description"] = docs[f.name]

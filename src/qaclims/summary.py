@@ -23,15 +23,17 @@ def collect(run_dir: str | Path) -> pd.DataFrame:
     for p in sorted(Path(run_dir).glob("eval_*/**/summary.json")):
         s = read_json(p)
         rel = p.relative_to(run_dir).parts
-        rows.append({
-            "stage": rel[0],
-            "variant": "/".join(rel[1:-1]),
-            "images": s.get("num_images"),
-            "miou": s.get("miou"),
-            "best_miou": s.get("best_miou"),
-            "background_only_miou": s.get("all_background_miou"),
-            "coverage": s.get("coverage"),
-        })
+        rows.append(
+            {
+                "stage": rel[0],
+                "variant": "/".join(rel[1:-1]),
+                "images": s.get("num_images"),
+                "miou": s.get("miou"),
+                "best_miou": s.get("best_miou"),
+                "background_only_miou": s.get("all_background_miou"),
+                "coverage": s.get("coverage"),
+            }
+        )
     df = pd.DataFrame(rows)
     if not df.empty:
         df["order"] = df["stage"].map({s: i for i, s in enumerate(STAGE_ORDER)}).fillna(99)

@@ -89,14 +89,12 @@ class ResumeState:
 
 def rng_state() -> dict[str, Any]:
     """The torch / NumPy / Python RNG states as tensors and plain types (pickle-free)."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
     return {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
         "numpy_pos": int(np_state[2]),
-        "python": torch.tensor(
-            [x for x in random.getstate()[1]], dtype=torch.int64
-        ),
+        "python": torch.tensor([x for x in random.getstate()[1]], dtype=torch.int64),
     }
 
 
@@ -109,7 +107,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((3, py, None))
 
 
-def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    path: str | Path, model: nn.Module, metadata: dict[str, str] | None = None
+) -> None:
     """Save ``model``'s state dict (unwrapped from DDP) as safetensors, atomically."""
     from safetensors.torch import save_file
 

@@ -96,7 +96,9 @@ def _tiny(cfg: BackboneConfig) -> Backbone:
         raise ConfigError(f"backbone.widths needs 4 entries, got {list(cfg.widths)}")
     w0 = cfg.widths[0]
     stem = nn.Sequential(
-        nn.Conv2d(3, w0, 7, 2, 3, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True),
+        nn.Conv2d(3, w0, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(w0),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(3, 2, 1),
     )
     stages: list[nn.Module] = []
