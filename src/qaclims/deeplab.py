@@ -1,0 +1,815 @@
+"""deeplab: train DeepLab on the pseudo masks, then segment a split with it.
+
+Training (:func:`train_run`) follows deeplab-pytorch's VOC recipe as CLIMS / QA-CLIMS use
+it: random rescale (one of ``scales``), bottom/right padding with the mean colour and
+label 255, random ``crop x crop`` window, random horizontal flip; multi-scale-input
+training (the 1x image, the image at ``msc_scales`` and their pixelwise max, each scored
+against the nearest-resized labels, losses summed); SGD with momentum, a poly learning rate
+per step, the classifier's weights at ``classifier_lr_mult`` x lr and its biases at
+``classifier_bias_lr_mult`` x lr without weight decay; frozen batch norm in the backbone.
+Pixels labelled 255 are ignored. The order of the data and every augmentation draw are
+functions of ``(seed, global sample index)``, so a killed run continued from its resume
+state ends with the same weights as an uninterrupted one, whatever the number of GPUs.
+Under ``torchrun`` each rank takes its slice of the global batch; rank 0 writes.
+
+Inference (:func:`infer_run`) averages (or max-pools) the logits of every scale in
+``scales`` and, with ``flip``, of the mirrored image, resized to the image; the argmax is
+written as a label PNG, and with ``crf.enabled`` also the argmax of the dense-CRF-refined
+softmax (deeplab-pytorch's CRF parameters by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from qaclims.config import to_dict
+from qaclims.devices import torch_device
+from qaclims.errors import ConfigError, DataError
+from qaclims.io import read_image, read_label_png, read_parquet, write_label_png
+from qaclims.models.deeplab import (
+    DeepLab,
+    DeeplabModelConfig,
+    MultiScaleNet,
+    build_model,
+    check_model_config,
+    normalise,
+    param_groups,
+)
+from qaclims.training import (
+    DistInfo,
+    History,
+    ResumeState,
+    autocast,
+    fingerprint,
+    init_distributed,
+    load_weights,
+    per_rank_batch,
+    rng_state,
+    save_weights,
+    seed_everything,
+    set_poly_lr,
+    set_rng_state,
+)
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+FUSIONS = ("mean", "max")
+SERVER_SUBDIR = Path("results", "VOC2012", "Segmentation", "comp6_test_cls")
+NAMES_IN_ERROR = 5
+
+
+@dataclass(frozen=True)
+class TrainDeeplabConfig:
+    """Config slice ``train_deeplab`` (defaults: deeplab-pytorch / CLIMS on VOC 2012).
+
+    model: the network (:class:`DeeplabModelConfig`).
+    batch_size: GLOBAL images per optimiser step, split over the ranks (deeplab-pytorch's
+        voc12: 5 images x iter_size 2 = 10).
+    iter_size: gradient-accumulation chunks each rank splits its share into (memory only;
+        the step's gradient is the same up to float rounding).
+    crop: square training crop (321). scales: random rescale factors, one drawn per image.
+    flip: random horizontal flips. msc_scales: extra input scales of multi-scale training
+        ((0.5, 0.75); empty = single scale).
+    iterations (20k), lr (2.5e-4), momentum (0.9), weight_decay (5e-4), poly_power (0.9):
+        SGD with ``lr * (1 - step / iterations) ** poly_power``.
+    classifier_lr_mult (10) / classifier_bias_lr_mult (20): head weight / bias lr factors.
+    seed: data order, augmentation and init. amp: bf16 autocast on GPU.
+    num_workers: loader processes. log_every: steps per log line. resume_every: steps
+        between resume-state saves.
+    """
+
+    model: DeeplabModelConfig = field(default_factory=DeeplabModelConfig)
+    batch_size: int = 10
+    iter_size: int = 1
+    crop: int = 321
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+    flip: bool = True
+    msc_scales: tuple[float, ...] = (0.5, 0.75)
+    iterations: int = 20000
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    classifier_lr_mult: float = 10.0
+    classifier_bias_lr_mult: float = 20.0
+    seed: int = 0
+    amp: bool = False
+    num_workers: int = 4
+    log_every: int = 100
+    resume_every: int = 500
+
+
+@dataclass(frozen=True)
+class DeeplabCrfConfig:
+    """Dense CRF after DeepLab (``infer_deeplab.crf``; defaults: deeplab-pytorch's configs).
+
+    enabled: also write CRF-refined masks. iterations (10); gauss_sxy (POS_XY_STD 1),
+    gauss_compat (POS_W 3); bilateral_sxy (BI_XY_STD 67), bilateral_srgb (BI_RGB_STD 3),
+    bilateral_compat (BI_W 4). See :class:`qaclims.crf.CrfConfig`.
+    """
+
+    enabled: bool = True
+    iterations: int = 10
+    gauss_sxy: float = 1.0
+    gauss_compat: float = 3.0
+    bilateral_sxy: float = 67.0
+    bilateral_srgb: float = 3.0
+    bilateral_compat: float = 4.0
+
+
+@dataclass(frozen=True)
+class InferDeeplabConfig:
+    """Config slice ``infer_deeplab``.
+
+    scales: input scales (the reference's MSC test: 1.0, 0.75, 0.5). flip: add mirrored
+    passes. fusion: ``max`` (reference) or ``mean`` of the per-pass logits at image size.
+    crf: :class:`DeeplabCrfConfig`. shards: jobs the workflow splits a split into.
+    batch_size: images of equal size per forward pass. amp: bf16 autocast on GPU.
+    """
+
+    scales: tuple[float, ...] = (1.0, 0.75, 0.5)
+    flip: bool = False
+    fusion: str = "max"
+    crf: DeeplabCrfConfig = field(default_factory=DeeplabCrfConfig)
+    shards: int = 4
+    batch_size: int = 1
+    amp: bool = False
+
+
+# ---------------------------------------------------------------- config checks
+
+
+def _positive(cfg: Any, names: Sequence[str], where: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{where}.{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def check_train_config(cfg: TrainDeeplabConfig, where: str = "train_deeplab") -> None:
+    """Raise :class:`ConfigError` naming the key of an impossible value."""
+    check_model_config(cfg.model, f"{where}.model")
+    names = ("batch_size", "iter_size", "crop", "iterations", "log_every", "resume_every")
+    _positive(cfg, names, where)
+    if not cfg.scales or min(cfg.scales) <= 0:
+        raise ConfigError(f"{where}.scales: need positive factors, got {list(cfg.scales)}")
+    if any(s <= 0 for s in cfg.msc_scales):
+        raise ConfigError(f"{where}.msc_scales: need positive factors, got {cfg.msc_scales}")
+    if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"{where}.lr/weight_decay/momentum out of range")
+    if cfg.seed < 0 or cfg.num_workers < 0:
+        raise ConfigError(f"{where}.seed and {where}.num_workers must be >= 0")
+
+
+def check_infer_config(cfg: InferDeeplabConfig, where: str = "infer_deeplab") -> None:
+    """Raise :class:`ConfigError` naming the key of an impossible value."""
+    if not cfg.scales or min(cfg.scales) <= 0:
+        raise ConfigError(f"{where}.scales: need positive factors, got {list(cfg.scales)}")
+    if cfg.fusion not in FUSIONS:
+        raise ConfigError(f"{where}.fusion: {cfg.fusion!r} is not one of {FUSIONS}")
+    _positive(cfg, ("shards", "batch_size"), where)
+    _positive(cfg.crf, ("iterations",), f"{where}.crf")
+
+
+# ---------------------------------------------------------------- training data
+
+
+def index_pngs(dirs: Sequence[Path]) -> dict[str, Path]:
+    """Map ``<image_id>`` to ``<dir>/<image_id>.png`` over ``dirs`` (first folder wins).
+
+    Raises :class:`DataError` naming a folder that does not exist.
+    """
+    found: dict[str, Path] = {}
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise DataError(f"missing pseudo-mask folder: {d}")
+        with os.scandir(d) as it:
+            for e in it:
+                if e.name.endswith(".png"):
+                    found.setdefault(e.name[:-4], Path(e.path))
+    return found
+
+
+def pseudo_label_paths(ids: Sequence[str], dirs: Sequence[Path]) -> list[Path]:
+    """The pseudo-mask PNG of each image id, in order; a :class:`DataError` lists missing ones."""
+    index = index_pngs(dirs)
+    missing = [i for i in ids if i not in index]
+    if missing:
+        where = ", ".join(map(str, dirs))
+        eg = ", ".join(f"{m}.png" for m in missing[:NAMES_IN_ERROR])
+        raise DataError(
+            f"{len(missing)} of {len(ids)} images have no pseudo mask in [{where}], e.g. {eg}"
+        )
+    return [index[i] for i in ids]
+
+
+def read_train_rows(manifest: Path, pseudo_dirs: Sequence[Path]) -> pd.DataFrame:
+    """Manifest rows sorted by image_id, with a ``label_path`` column; files are checked."""
+    df = read_parquet(manifest, ["image_id", "image_path"]).sort_values(
+        "image_id", ignore_index=True
+    )
+    if df.empty:
+        raise DataError(f"manifest {manifest} has no images")
+    missing = [p for p in df["image_path"] if not Path(p).is_file()]
+    if missing:
+        raise DataError(
+            f"manifest {manifest}: {len(missing)} images are missing, e.g. "
+            f"{', '.join(missing[:NAMES_IN_ERROR])}"
+        )
+    df["label_path"] = [str(p) for p in pseudo_label_paths(list(df["image_id"]), pseudo_dirs)]
+    return df
+
+
+def checked_label(path: str, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+    """Read a pseudo mask (``HxW uint8``) that must match the image size and hold only
+    ``0..num_classes-1`` or 255; a :class:`DataError` names the file otherwise."""
+    lab = read_label_png(path)
+    if lab.shape != shape:
+        raise DataError(f"pseudo mask {path} is {lab.shape} but its image is {shape}")
+    bad = lab[(lab >= num_classes) & (lab != IGNORE_INDEX)]
+    if bad.size:
+        raise DataError(
+            f"pseudo mask {path} holds label {int(bad[0])} (classes 0.."
+            f"{num_classes - 1} or {IGNORE_INDEX})"
+        )
+    return lab
+
+
+def random_scale(
+    image: np.ndarray, label: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale ``HxWx3 uint8`` (bilinear) and ``HxW uint8`` labels (nearest) to
+    ``(int(H*scale), int(W*scale))``, at least 1 pixel a side (deeplab-pytorch's rounding)."""
+    h = max(1, int(image.shape[0] * scale))
+    w = max(1, int(image.shape[1] * scale))
+    if (h, w) == image.shape[:2]:
+        return image, label
+    im = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+    lab = np.asarray(Image.fromarray(label).resize((w, h), Image.Resampling.NEAREST))
+    return im, lab
+
+
+def pad_crop(
+    x: np.ndarray, y: np.ndarray, crop: int, top: int, left: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pad ``3xHxW float32`` with 0 and ``HxW`` labels with 255 at the bottom/right up to
+    ``crop``, then cut the ``crop x crop`` window at ``(top, left)``."""
+    h, w = y.shape
+    ph, pw = max(crop - h, 0), max(crop - w, 0)
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
+        y = np.pad(y, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+    return x[:, top : top + crop, left : left + crop], y[top : top + crop, left : left + crop]
+
+
+def augment_pair(
+    image: np.ndarray, label: np.ndarray, cfg: TrainDeeplabConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """deeplab-pytorch's training augmentation of one image and its mask.
+
+    Returns ``3 x crop x crop float32`` (normalised, 0 = mean colour in the padding) and
+    ``crop x crop int64`` labels (255 in the padding).
+    """
+    scale = float(cfg.scales[int(rng.integers(len(cfg.scales)))])
+    image, label = random_scale(image, label, scale)
+    x = normalise(image, cfg.model.style)
+    h, w = max(label.shape[0], cfg.crop), max(label.shape[1], cfg.crop)
+    top = int(rng.integers(0, h - cfg.crop + 1))
+    left = int(rng.integers(0, w - cfg.crop + 1))
+    x, y = pad_crop(x, label, cfg.crop, top, left)
+    if cfg.flip and rng.random() < 0.5:
+        x, y = x[:, :, ::-1], y[:, ::-1]
+    return np.ascontiguousarray(x), np.ascontiguousarray(y, dtype=np.int64)
+
+
+class SegTrainSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Global sample index ``g`` -> ``(3 x crop x crop float32, crop x crop int64)``,
+    augmented with the draws of ``default_rng([seed, g])``."""
+
+    def __init__(self, df: pd.DataFrame, cfg: TrainDeeplabConfig, num_classes: int):
+        self.images = list(df["image_path"])
+        self.labels = list(df["label_path"])
+        self.cfg, self.num_classes = cfg, num_classes
+        self._perm: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _index(self, g: int) -> int:
+        n = len(self.images)
+        epoch, pos = divmod(g, n)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.cfg.seed, epoch, 1]).permutation(n))
+        return int(self._perm[1][pos])
+
+    def __getitem__(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self._index(g)
+        image = read_image(self.images[i])
+        label = checked_label(self.labels[i], image.shape[:2], self.num_classes)
+        x, y = augment_pair(image, label, self.cfg, np.random.default_rng([self.cfg.seed, g]))
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+class RankSamples(Sampler[int]):
+    """Global sample indices of this rank for steps ``start..stop-1``: step ``s`` holds
+    samples ``s*B .. s*B+B-1`` of which rank ``r`` takes ``[r*b, (r+1)*b)`` (``b = B/world``)."""
+
+    def __init__(self, start: int, stop: int, batch: int, rank: int, per_rank: int):
+        self.start, self.stop, self.batch = start, stop, batch
+        self.first, self.per_rank = rank * per_rank, per_rank
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start) * self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        for s in range(self.start, self.stop):
+            base = s * self.batch + self.first
+            yield from range(base, base + self.per_rank)
+
+
+# ---------------------------------------------------------------- loss and optimiser
+
+
+def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Nearest resize (pixel-centre sampling, as PIL) of ``BxHxW int64`` labels to ``size``."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    out = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest-exact")
+    return out[:, 0].long()
+
+
+def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``BxKxhxw`` logits over the pixels of ``Bxhxw`` labels that are
+    not 255; exactly 0 (with zero gradient, never NaN) when every pixel is 255."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    count = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return total / count
+
+
+def seg_loss(outputs: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Sum over the (multi-scale) outputs of :func:`masked_ce` against the labels resized
+    (nearest) to each output's size. ``labels``: ``BxHxW int64``, 255 ignored."""
+    loss = outputs[0].new_zeros((), dtype=torch.float32)
+    for logits in outputs:
+        loss = loss + masked_ce(logits, resize_labels(labels, logits.shape[-2:]))
+    return loss
+
+
+def build_optimizer(model: DeepLab, cfg: TrainDeeplabConfig) -> torch.optim.SGD:
+    """SGD: backbone at ``lr`` (weight decay), head weights at ``lr * classifier_lr_mult``
+    (weight decay), head biases at ``lr * classifier_bias_lr_mult`` (no weight decay)."""
+    g = param_groups(model)
+    groups: list[dict[str, Any]] = [
+        {"params": g["backbone"], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {
+            "params": g["head_weight"],
+            "lr": cfg.lr * cfg.classifier_lr_mult,
+            "weight_decay": cfg.weight_decay,
+        },
+        {"params": g["head_bias"], "lr": cfg.lr * cfg.classifier_bias_lr_mult, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD([x for x in groups if x["params"]], lr=cfg.lr, momentum=cfg.momentum)
+
+
+# ---------------------------------------------------------------- training loop
+
+
+def _fingerprint(cfg: TrainDeeplabConfig, num_classes: int, df: pd.DataFrame) -> str:
+    """Identity of a training run: what changes its result (not workers/logging/resume)."""
+    keep = to_dict(dataclasses.replace(cfg, num_workers=0, log_every=1, resume_every=1))
+    data = hashlib.sha256("\n".join(df["image_id"]).encode()).hexdigest()
+    return fingerprint({"cfg": keep, "num_classes": num_classes, "data": data})
+
+
+def _restore(
+    resume: ResumeState, model: DeepLab, opt: torch.optim.Optimizer, history: History
+) -> int:
+    """Load the resume state if there is one; returns the number of steps already done."""
+    state = resume.load()
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    history.rows = History.from_tensor_state(state["history"]).rows
+    return int(state["step"])
+
+
+def _save_state(
+    resume: ResumeState, step: int, model: DeepLab, opt: torch.optim.Optimizer, history: History
+) -> None:
+    resume.save(
+        step,
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        rng=rng_state(),
+        history=history.as_tensor_state(),
+    )
+
+
+def _wrap(model: DeepLab, cfg: TrainDeeplabConfig, dist: DistInfo) -> nn.Module:
+    """The multi-scale training net, inside DDP when there are several ranks."""
+    net: nn.Module = MultiScaleNet(model, cfg.msc_scales)
+    if dist.world > 1:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    return net
+
+
+def train_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    iter_size: int,
+    amp: bool,
+) -> torch.Tensor:
+    """One SGD step on ``x: Bx3xHxW``, ``y: BxHxW int64`` split into ``iter_size`` chunks
+    whose losses are weighted by their share of the batch; returns the (detached) loss."""
+    opt.zero_grad(set_to_none=True)
+    chunks = list(zip(x.tensor_split(iter_size), y.tensor_split(iter_size), strict=True))
+    chunks = [(a, b) for a, b in chunks if len(a)]
+    total = torch.zeros((), device=x.device)
+    for k, (xc, yc) in enumerate(chunks):
+        last = k == len(chunks) - 1
+        sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if isinstance(net, nn.parallel.DistributedDataParallel) and not last:
+            sync = net.no_sync()
+        with sync:
+            with autocast(x.device, amp):
+                outputs = net(xc)
+            loss = seg_loss(outputs, yc) * (len(xc) / len(x))
+            loss.backward()
+        total += loss.detach()
+    opt.step()
+    return total
+
+
+def _mean_over_ranks(value: torch.Tensor, dist: DistInfo) -> float:
+    if dist.world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= dist.world
+    return float(value)
+
+
+@dataclass
+class _Run:
+    """What the loop needs besides the network."""
+
+    cfg: TrainDeeplabConfig
+    dist: DistInfo
+    resume: ResumeState
+    history: History
+
+
+def _loop(
+    net: nn.Module,
+    model: DeepLab,
+    opt: torch.optim.Optimizer,
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
+    run: _Run,
+    start: int,
+) -> None:
+    """Run global steps ``start, start+1, ...`` from ``loader``, logging and saving state."""
+    cfg, dev = run.cfg, run.dist.device
+    net.train()
+    tick, window = time.perf_counter(), []
+    bar = tqdm(
+        total=cfg.iterations,
+        initial=start,
+        desc="train_deeplab",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not run.dist.main,
+    )
+    for step, (x, y) in enumerate(loader, start=start):
+        set_poly_lr(opt, step, cfg.iterations, cfg.poly_power)
+        lr = opt.param_groups[0]["lr"]
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        loss = _mean_over_ranks(train_step(net, opt, x, y, cfg.iter_size, cfg.amp), run.dist)
+        run.history.add(step=step, loss=loss, lr=lr)
+        window.append(loss)
+        bar.update(1)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.iterations:
+            rate = len(window) * cfg.batch_size / max(time.perf_counter() - tick, 1e-9)
+            log.info(
+                "step %d/%d loss %.4f lr %.2e %.1f img/s",
+                done,
+                cfg.iterations,
+                float(np.mean(window)),
+                lr,
+                rate,
+            )
+            tick, window = time.perf_counter(), []
+        if done % cfg.resume_every == 0 and done < cfg.iterations and run.dist.main:
+            _save_state(run.resume, done, model, opt, run.history)
+    bar.close()
+
+
+def _loader(
+    df: pd.DataFrame,
+    cfg: TrainDeeplabConfig,
+    num_classes: int,
+    start: int,
+    stop: int,
+    dist: DistInfo,
+    per_rank: int,
+) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    data = SegTrainSet(df, cfg, num_classes)
+    samples = RankSamples(start, stop, cfg.batch_size, dist.rank, per_rank)
+    return DataLoader(
+        data,
+        batch_size=per_rank,
+        sampler=samples,
+        num_workers=cfg.num_workers,
+        pin_memory=dist.device.type == "cuda",
+        drop_last=False,
+    )
+
+
+def _rank_batch(cfg: TrainDeeplabConfig, world: int) -> int:
+    try:
+        return per_rank_batch(cfg.batch_size, world)
+    except ValueError as e:
+        raise ConfigError(f"train_deeplab.batch_size: {e}") from e
+
+
+def train_run(
+    manifest: Path,
+    pseudo_dirs: list[Path],
+    num_classes: int,
+    cfg: TrainDeeplabConfig,
+    out_model: Path,
+    out_history: Path,
+    device: str,
+    resume_path: Path,
+    max_steps: int | None = None,
+) -> None:
+    """Train DeepLab on the pseudo masks of ``manifest``'s images.
+
+    Args:
+        manifest: train-split manifest Parquet (``image_id``, ``image_path`` used).
+        pseudo_dirs: folders holding ``<image_id>.png`` label PNGs (0 background, ``c+1``
+            class ``c``, 255 ignore); every image needs one.
+        num_classes: classes INCLUDING background (21 on VOC).
+        cfg: :class:`TrainDeeplabConfig`.
+        out_model: safetensors state dict of :class:`DeepLab` (written by rank 0).
+        out_history: Parquet table ``step, loss, lr`` per step.
+        device: ``auto|cpu|cuda``; under torchrun each rank uses ``cuda:LOCAL_RANK``.
+        resume_path: resume state, saved every ``cfg.resume_every`` steps, continued from
+            on a re-run, removed once the outputs exist.
+        max_steps: (tests) stop after that many global steps without writing outputs, as if
+            killed; the schedule still runs to ``cfg.iterations``.
+    """
+    check_train_config(cfg)
+    if not 2 <= num_classes <= IGNORE_INDEX:
+        raise ConfigError(f"num_classes must be in [2, {IGNORE_INDEX}], got {num_classes}")
+    dist = init_distributed(torch_device(device))
+    per_rank = _rank_batch(cfg, dist.world)
+    df = read_train_rows(Path(manifest), [Path(p) for p in pseudo_dirs])
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, num_classes).to(dist.device)
+    opt = build_optimizer(model, cfg)
+    run = _Run(
+        cfg,
+        dist,
+        ResumeState(Path(resume_path), _fingerprint(cfg, num_classes, df), cfg.resume_every),
+        History(),
+    )
+    start = _restore(run.resume, model, opt, run.history)
+    stop = cfg.iterations if max_steps is None else min(cfg.iterations, max_steps)
+    log.info(
+        "train_deeplab: %d images, steps %d..%d of %d, %d rank(s) x %d images, %s",
+        len(df),
+        start,
+        stop,
+        cfg.iterations,
+        dist.world,
+        per_rank,
+        dist.device,
+    )
+    if dist.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    loader = _loader(df, cfg, num_classes, start, stop, dist, per_rank)
+    _loop(_wrap(model, cfg, dist), model, opt, loader, run, start)
+    if stop == cfg.iterations and dist.main:
+        meta = {"num_classes": str(num_classes), "model": json.dumps(to_dict(cfg.model))}
+        save_weights(out_model, model, metadata=meta)
+        run.history.save(out_history)
+        run.resume.clear()
+        log.info("train_deeplab: wrote %s and %s", out_model, out_history)
+    if dist.world > 1:
+        torch.distributed.barrier()
+
+
+# ---------------------------------------------------------------- inference
+
+
+def scaled_hw(height: int, width: int, scale: float) -> tuple[int, int]:
+    """``(int(H*s), int(W*s))``, at least 1 (the reference's ``scale_factor`` rounding)."""
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    scales: Sequence[float],
+    flip: bool,
+    fusion: str = "mean",
+    amp: bool = False,
+) -> torch.Tensor:
+    """Multi-scale (+ flip) logits of a batch.
+
+    ``images``: ``Bx3xHxW float32`` normalised (:func:`normalise`). For each scale the batch
+    is resized bilinearly, passed (with its mirror image when ``flip``), the logits resized
+    bilinearly to ``HxW`` (mirrored ones flipped back) and the passes fused by ``fusion``
+    (``mean`` or ``max``). Returns ``BxKxHxW float32``.
+    """
+    b, _, h, w = images.shape
+    passes = []
+    for s in scales:
+        x = (
+            images
+            if s == 1
+            else F.interpolate(
+                images, size=scaled_hw(h, w, s), mode="bilinear", align_corners=False
+            )
+        )
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+        with autocast(images.device, amp):
+            y = model(x)
+        y = F.interpolate(y.float(), size=(h, w), mode="bilinear", align_corners=False)
+        passes.append(y[:b])
+        if flip:
+            passes.append(y[b:].flip(-1))
+    stacked = torch.stack(passes)
+    return stacked.mean(0) if fusion == "mean" else stacked.amax(0)
+
+
+def _crf_config(c: DeeplabCrfConfig) -> Any:
+    """The :class:`qaclims.crf.CrfConfig` of ``c`` (imported here: only the CRF branch needs it)."""
+    from qaclims.crf import CrfConfig
+
+    return CrfConfig(
+        iterations=c.iterations,
+        gauss_sxy=c.gauss_sxy,
+        gauss_compat=c.gauss_compat,
+        bilateral_sxy=c.bilateral_sxy,
+        bilateral_srgb=c.bilateral_srgb,
+        bilateral_compat=c.bilateral_compat,
+    )
+
+
+def _load_model(
+    weights: Path, model_cfg: DeeplabModelConfig, num_classes: int, dev: torch.device
+) -> DeepLab:
+    model = build_model(model_cfg, num_classes, init=False)
+    try:
+        load_weights(weights, model)
+    except RuntimeError as e:
+        raise DataError(
+            f"weights {weights} do not fit train_deeplab.model with {num_classes} "
+            f"classes: {str(e).splitlines()[0]}"
+        ) from e
+    return model.to(dev).eval()
+
+
+def _shard(manifest: Path, shard: int, num_shards: int) -> pd.DataFrame:
+    from qaclims.datasets.base import shard_rows
+
+    df = read_parquet(manifest, ["image_id", "image_path", "height", "width"])
+    return shard_rows(df.sort_values("image_id", ignore_index=True), shard, num_shards)
+
+
+def size_batches(df: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]:
+    """Rows grouped by ``(height, width)`` (manifest order kept inside a group), in chunks
+    of at most ``batch_size``: images of one chunk stack into one tensor."""
+    out = []
+    for _, group in df.groupby(["height", "width"], sort=False):
+        out += [group.iloc[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    return out
+
+
+def _read_batch(rows: pd.DataFrame) -> list[np.ndarray]:
+    images = []
+    for path, h, w in zip(rows["image_path"], rows["height"], rows["width"], strict=True):
+        im = read_image(path)
+        if im.shape[:2] != (h, w):
+            raise DataError(f"image {path} is {im.shape[:2]} but the manifest says {(h, w)}")
+        images.append(im)
+    return images
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    nocrf: Path
+    crf: Path | None
+    server: Path | None
+
+
+def _write(
+    image_id: str, image: np.ndarray, probs: np.ndarray, crf_cfg: Any, out: _Outputs
+) -> None:
+    """Write the argmax of ``probs: KxHxW float32`` (and of its CRF refinement)."""
+    pred = probs.argmax(0).astype(np.uint8)
+    write_label_png(out.nocrf / f"{image_id}.png", pred)
+    if crf_cfg is not None and out.crf is not None:
+        from qaclims.crf import dense_crf
+
+        pred = dense_crf(image, probs, crf_cfg).argmax(0).astype(np.uint8)
+        write_label_png(out.crf / f"{image_id}.png", pred)
+    if out.server is not None:
+        write_label_png(out.server / SERVER_SUBDIR / f"{image_id}.png", pred)
+
+
+def _check_outputs(cfg: InferDeeplabConfig, out_dir_crf: Path | None, num_classes: int) -> None:
+    if cfg.crf.enabled and out_dir_crf is None:
+        raise ConfigError("infer_deeplab.crf.enabled is true but no CRF output folder was given")
+    if not cfg.crf.enabled and out_dir_crf is not None:
+        raise ConfigError("infer_deeplab.crf.enabled is false but a CRF output folder was given")
+    if not 2 <= num_classes <= IGNORE_INDEX:
+        raise ConfigError(f"num_classes must be in [2, {IGNORE_INDEX}], got {num_classes}")
+
+
+def infer_run(
+    manifest: Path,
+    weights: Path,
+    model_cfg: DeeplabModelConfig,
+    num_classes: int,
+    cfg: InferDeeplabConfig,
+    out_dir_nocrf: Path,
+    out_dir_crf: Path | None,
+    shard: int,
+    num_shards: int,
+    device: str,
+    server_layout_dir: Path | None = None,
+) -> None:
+    """Segment shard ``shard`` of ``num_shards`` of ``manifest``'s images.
+
+    Writes ``out_dir_nocrf/<image_id>.png`` (argmax of the fused logits) and, when
+    ``cfg.crf.enabled``, ``out_dir_crf/<image_id>.png`` (argmax after the dense CRF):
+    ``HxW uint8`` label PNGs in ``[0, num_classes)`` at the image size. With
+    ``server_layout_dir`` the final masks (CRF ones when enabled) are also written as
+    ``<server_layout_dir>/results/VOC2012/Segmentation/comp6_test_cls/<image_id>.png``, the
+    layout the PASCAL VOC evaluation server takes (tar the ``results`` folder).
+
+    ``weights``: safetensors from :func:`train_run`; ``model_cfg``: the
+    ``train_deeplab.model`` slice that built them; ``num_classes`` includes background.
+    """
+    check_infer_config(cfg)
+    _check_outputs(cfg, out_dir_crf, num_classes)
+    rows = _shard(Path(manifest), shard, num_shards)
+    crf_cfg = _crf_config(cfg.crf) if cfg.crf.enabled else None
+    dev = torch.device(torch_device(device))
+    model = _load_model(Path(weights), model_cfg, num_classes, dev)
+    out = _Outputs(
+        Path(out_dir_nocrf),
+        Path(out_dir_crf) if out_dir_crf else None,
+        Path(server_layout_dir) if server_layout_dir else None,
+    )
+    for d in (out.nocrf, out.crf):
+        if d is not None:
+            d.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "infer_deeplab: shard %d/%d, %d images, scales %s flip %s, crf %s, %s",
+        shard,
+        num_shards,
+        len(rows),
+        list(cfg.scales),
+        cfg.flip,
+        cfg.crf.enabled,
+        dev,
+    )
+    bar = tqdm(total=len(rows), desc=f"infer_deeplab {shard}", unit="img", dynamic_ncols=True)
+    for batch in size_batches(rows, cfg.batch_size):
+        images = _read_batch(batch)
+        x = torch.stack([torch.from_numpy(normalise(im, model_cfg.style)) for im in images])
+        logits = predict_logits(model, x.to(dev), cfg.scales, cfg.flip, cfg.fusion, cfg.amp)
+        probs = torch.softmax(logits, dim=1).cpu().numpy()
+        for image_id, im, p in zip(batch["image_id"], images, probs, strict=True):
+            _write(str(image_id), im, p, crf_cfg, out)
+        bar.update(len(batch))
+    bar.close()

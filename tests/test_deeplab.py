@@ -1,0 +1,443 @@
+"""DeepLab stage: network shapes, loss, augmentation, multi-scale inference, resume, outputs."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from qaclims import deeplab, io
+from qaclims.config import from_mapping
+from qaclims.datasets.base import write_manifest
+from qaclims.errors import ConfigError, DataError
+from qaclims.models import deeplab as dlm
+from qaclims.training import load_weights
+
+K = 4  # background + 3 classes
+TINY = {"arch": "tiny", "weights": "none", "widths": [8, 8, 16, 16]}
+SIZES = [(32, 32), (33, 49), (65, 49), (33, 49), (49, 65), (33, 49)]  # shard 1: one size
+
+
+def tiny_model_cfg(version: str = "v2") -> dlm.DeeplabModelConfig:
+    rates = [1, 2] if version == "v2" else [2, 3]
+    mapping = {"version": version, "backbone": TINY, "aspp_rates": rates}
+    return from_mapping(dlm.DeeplabModelConfig, mapping, "train_deeplab.model")
+
+
+def tiny_train_cfg(**over: object) -> deeplab.TrainDeeplabConfig:
+    m = {
+        "model": {"version": "v2", "backbone": TINY, "aspp_rates": [1, 2]},
+        "batch_size": 2,
+        "crop": 24,
+        "scales": [0.75, 1.0, 1.25],
+        "iterations": 5,
+        "lr": 0.01,
+        "num_workers": 0,
+        "log_every": 2,
+        "resume_every": 2,
+        "seed": 3,
+    }
+    m.update(over)
+    return from_mapping(deeplab.TrainDeeplabConfig, m, "train_deeplab")
+
+
+def make_world(root: Path, ignore_rows: bool = True) -> dict[str, Path]:
+    """6 images (colour blocks) with pseudo masks split over two shard folders; with
+    ``ignore_rows`` the top two rows of every mask are 255."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (h, w) in enumerate(SIZES):
+        lab = np.zeros((h, w), np.uint8)
+        lab[h // 4 : 3 * h // 4, w // 3 :] = 1 + i % (K - 1)
+        img = (rng.integers(0, 40, (h, w, 3)) + 60 * lab[..., None]).astype(np.uint8)
+        if ignore_rows:
+            lab[:2] = 255
+        io.write_image(root / "img" / f"im{i}.png", img)
+        io.write_label_png(root / f"pseudo{i % 2}" / f"im{i}.png", lab)
+        rows.append(
+            {
+                "image_id": f"im{i}",
+                "image_path": str(root / "img" / f"im{i}.png"),
+                "height": h,
+                "width": w,
+                "labels": [i % (K - 1)],
+                "gt_path": "",
+            }
+        )
+    write_manifest(root / "train.parquet", pd.DataFrame(rows))
+    return {
+        "root": root,
+        "manifest": root / "train.parquet",
+        "pseudo": [root / "pseudo0", root / "pseudo1"],
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_world(tmp_path_factory.mktemp("dl"))
+
+
+def _interp(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------- network
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+@pytest.mark.parametrize("hw", [(33, 49), (65, 47), (32, 32), (41, 17)])
+def test_output_is_ceil_stride_8_on_odd_sizes(version: str, hw: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    net = dlm.build_model(tiny_model_cfg(version), K).eval()
+    with torch.no_grad():
+        y = net(torch.randn(2, 3, *hw))
+    # stem conv (k7 s2 p3), max pool (k3 s2 p1), one stride-2 stage: each n -> ceil(n / 2)
+    assert y.shape == (2, K, math.ceil(hw[0] / 8), math.ceil(hw[1] / 8))
+
+
+def test_resnet101_v2_has_output_stride_8_and_four_rates() -> None:
+    torch.manual_seed(0)
+    bb = dlm.DeeplabBackboneConfig(weights="none")
+    net = dlm.build_model(dlm.DeeplabModelConfig(backbone=bb), 21).eval()
+    assert [c.dilation for c in net.head.convs] == [(r, r) for r in (6, 12, 18, 24)]
+    with torch.no_grad():
+        y = net(torch.randn(1, 3, 41, 57))
+    assert y.shape == (1, 21, 6, 8)
+
+
+def test_msc_net_returns_each_scale_and_their_max() -> None:
+    torch.manual_seed(0)
+    base = dlm.build_model(tiny_model_cfg(), K).eval()
+    x = torch.randn(1, 3, 48, 40)
+    with torch.no_grad():
+        outs = dlm.MultiScaleNet(base, (0.5, 0.75))(x)
+        full = base(x)
+        half = base(_interp(x, (24, 20)))
+        tq = base(_interp(x, (36, 30)))
+    assert len(outs) == 4
+    torch.testing.assert_close(outs[0], full)
+    torch.testing.assert_close(outs[1], half)
+    torch.testing.assert_close(outs[2], tq)
+    ups = [_interp(t, (6, 5)) for t in (half, tq)]
+    torch.testing.assert_close(outs[3], torch.maximum(full, torch.maximum(*ups)))
+
+
+def _as_deeplab_pytorch(tv: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision ResNet state dict renamed by hand the way deeplab-pytorch names it."""
+    parts = {
+        "conv1": "reduce.conv",
+        "bn1": "reduce.bn",
+        "conv2": "conv3x3.conv",
+        "bn2": "conv3x3.bn",
+        "conv3": "increase.conv",
+        "bn3": "increase.bn",
+        "downsample.0": "shortcut.conv",
+        "downsample.1": "shortcut.bn",
+    }
+    ref: dict[str, torch.Tensor] = {"aspp.c0.weight": torch.zeros(21, 2048, 3, 3)}
+    for k, v in tv.items():
+        if k.startswith("conv1."):
+            ref["layer1.conv1.conv." + k[6:]] = v
+        elif k.startswith("bn1."):
+            ref["layer1.conv1.bn." + k[4:]] = v
+        elif k.startswith("layer"):
+            layer, block, rest = k.split(".", 2)
+            part = next(p for p in parts if rest.startswith(p + "."))
+            new = f"layer{int(layer[5]) + 1}.block{int(block) + 1}.{parts[part]}"
+            ref[new + rest[len(part) :]] = v
+    return ref
+
+
+def test_deeplab_pytorch_checkpoint_is_renamed_into_backbone(tmp_path: Path) -> None:
+    assert dlm.rename_deeplab_pytorch_key("layer1.conv1.bn.running_var") == "bn1.running_var"
+    key = dlm.rename_deeplab_pytorch_key("base.layer4.block23.conv3x3.conv.weight")
+    assert key == "layer3.22.conv2.weight"
+    key = dlm.rename_deeplab_pytorch_key("layer2.block1.shortcut.bn.bias")
+    assert key == "layer1.0.downsample.1.bias"
+    assert dlm.rename_deeplab_pytorch_key("aspp.c0.weight") is None
+    import torchvision
+
+    torch.manual_seed(1)
+    tv = torchvision.models.resnet50(weights=None).state_dict()
+    torch.save(_as_deeplab_pytorch(tv), tmp_path / "init.pth")
+    bb = {"arch": "resnet50", "weights": str(tmp_path / "init.pth")}
+    net = dlm.build_model(from_mapping(dlm.DeeplabModelConfig, {"backbone": bb}, "m"), 21)
+    st = net.backbone.stages
+    torch.testing.assert_close(st[0][0].weight, tv["conv1.weight"])
+    torch.testing.assert_close(st[0][1].running_mean, tv["bn1.running_mean"])
+    torch.testing.assert_close(st[0][4][1].bn3.weight, tv["layer1.1.bn3.weight"])
+    torch.testing.assert_close(st[3][2].conv2.weight, tv["layer4.2.conv2.weight"])
+    torch.testing.assert_close(st[1][0].downsample[1].bias, tv["layer2.0.downsample.1.bias"])
+
+
+def test_caffe_style_strides_reduce_conv_and_subtracts_bgr_mean() -> None:
+    bb = {"arch": "resnet50", "weights": "none"}
+    cfg = from_mapping(dlm.DeeplabModelConfig, {"backbone": bb, "style": "caffe"}, "m")
+    net = dlm.build_model(cfg, K).eval()
+    first = net.backbone.stages[1][0]
+    assert first.conv1.stride == (2, 2) and first.conv2.stride == (1, 1)
+    with torch.no_grad():
+        y = net(torch.randn(1, 3, 32, 40))
+    # conv s2: 16x20; ceil-mode pool: ceil(15/2)+1=9, ceil(19/2)+1=11; 1x1 s2: 5x6
+    assert y.shape == (1, K, 5, 6)
+    x = dlm.normalise(np.array([[[123, 117, 104]]], np.uint8), "caffe")
+    np.testing.assert_allclose(x[:, 0, 0], [104 - 104.008, 117 - 116.669, 123 - 122.675], atol=1e-4)
+
+
+def test_partial_backbone_mapping_keeps_deeplab_defaults() -> None:
+    mapping = {"model": {"backbone": {"arch": "tiny"}}}
+    cfg = from_mapping(deeplab.TrainDeeplabConfig, mapping, "train_deeplab")
+    bb = cfg.model.backbone.to_backbone_config()
+    assert (bb.strides, bb.dilations, bb.frozen_bn) == ((2, 2, 1, 1), (1, 1, 2, 4), True)
+    with pytest.raises(ConfigError, match="train_deeplab.model.version"):
+        deeplab.check_train_config(tiny_train_cfg(model={"version": "v9"}))
+    with pytest.raises(ConfigError, match="infer_deeplab.fusion"):
+        deeplab.check_infer_config(deeplab.InferDeeplabConfig(fusion="median"))
+
+
+# ---------------------------------------------------------------- loss / optimiser
+
+
+def test_all_ignore_batch_gives_zero_loss_and_zero_grad() -> None:
+    logits = torch.randn(2, K, 5, 7, requires_grad=True)
+    labels = torch.full((2, 9, 13), 255, dtype=torch.long)
+    loss = deeplab.seg_loss([logits, logits * 2], labels)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(loss)
+    assert logits.grad is not None and torch.all(logits.grad == 0)
+
+
+def test_loss_is_mean_ce_over_non_ignored_pixels() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, K, 6, 5)
+    labels = torch.randint(0, K, (2, 6, 5))
+    labels[0, :2] = 255
+    lp = logits.log_softmax(1).numpy()
+    terms = [
+        -lp[b, labels[b, i, j], i, j]
+        for b in range(2)
+        for i in range(6)
+        for j in range(5)
+        if labels[b, i, j] != 255
+    ]
+    assert deeplab.seg_loss([logits], labels).item() == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (9, 4), (17, 13)])
+def test_label_resize_matches_pil_nearest(size: tuple[int, int]) -> None:
+    lab = np.random.default_rng(1).integers(0, 6, (2, 13, 11)).astype(np.uint8)
+    ours = deeplab.resize_labels(torch.from_numpy(lab).long(), size).numpy()
+    pil = [np.asarray(Image.fromarray(x).resize(size[::-1], Image.Resampling.NEAREST)) for x in lab]
+    np.testing.assert_array_equal(ours, np.stack(pil))
+
+
+def test_optimizer_groups_follow_reference_multipliers() -> None:
+    cfg = tiny_train_cfg(lr=1e-3)
+    net = dlm.build_model(cfg.model, K)
+    opt = deeplab.build_optimizer(net, cfg)
+    got = [(g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups]
+    n_conv = sum(1 for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert got == [(1e-3, 5e-4, n_conv), (1e-2, 5e-4, 2), (2e-2, 0.0, 2)]
+
+
+def test_iter_size_chunks_give_the_same_gradient() -> None:
+    torch.manual_seed(0)
+    net = dlm.MultiScaleNet(dlm.build_model(tiny_model_cfg(), K), (0.5,)).train()  # frozen BN
+    x, y = torch.randn(4, 3, 24, 24), torch.randint(0, K, (4, 24, 24))
+    grads = []
+    for iter_size in (1, 2):
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        deeplab.train_step(net, opt, x, y, iter_size, amp=False)
+        grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_augmentation_pads_with_mean_and_ignore() -> None:
+    cfg = tiny_train_cfg(crop=40, scales=[1.0], flip=False)
+    img = np.random.default_rng(0).integers(0, 255, (20, 30, 3)).astype(np.uint8)
+    lab = np.random.default_rng(1).integers(0, K, (20, 30)).astype(np.uint8)
+    x, y = deeplab.augment_pair(img, lab, cfg, np.random.default_rng(5))
+    assert x.shape == (3, 40, 40) and y.shape == (40, 40) and y.dtype == np.int64
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    want = ((img / 255 - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(x[:, :20, :30], want, atol=1e-5)
+    np.testing.assert_array_equal(y[:20, :30], lab)
+    assert np.all(x[:, 20:] == 0) and np.all(x[:, :, 30:] == 0)
+    assert np.all(y[20:] == 255) and np.all(y[:, 30:] == 255)
+
+
+def test_augmentation_flip_and_scale_keep_image_and_mask_aligned() -> None:
+    cfg = tiny_train_cfg(crop=16, scales=[0.5], flip=True)
+    lab = np.zeros((40, 60), np.uint8)
+    lab[:, 30:] = 2  # right half is class 2, and bright in the image
+    img = np.where(lab[..., None] == 2, 250, 10).astype(np.uint8).repeat(3, axis=2)
+    for seed in range(6):
+        x, y = deeplab.augment_pair(img, lab, cfg, np.random.default_rng(seed))
+        assert x.shape == (3, 16, 16) and set(np.unique(y)) <= {0, 2}
+        np.testing.assert_array_equal(x[0] > 0, y == 2)
+
+
+def test_rank_samples_partition_each_step() -> None:
+    a = list(deeplab.RankSamples(3, 6, batch=4, rank=0, per_rank=2))
+    b = list(deeplab.RankSamples(3, 6, batch=4, rank=1, per_rank=2))
+    assert sorted(a + b) == list(range(12, 24)) and not set(a) & set(b)
+
+
+def test_missing_and_bad_pseudo_masks_are_named(world: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"3 of 6 images .* im1\.png"):
+        deeplab.read_train_rows(world["manifest"], [world["pseudo"][0]])
+    io.write_label_png(tmp_path / "bad.png", np.full((4, 4), 9, np.uint8))
+    with pytest.raises(DataError, match="bad.png holds label 9"):
+        deeplab.checked_label(str(tmp_path / "bad.png"), (4, 4), K)
+
+
+# ---------------------------------------------------------------- inference
+
+
+def test_multiscale_flip_is_mean_of_direct_passes() -> None:
+    torch.manual_seed(0)
+    net = dlm.build_model(tiny_model_cfg(), K).eval()
+    img = np.random.default_rng(2).integers(0, 255, (37, 45, 3)).astype(np.uint8)
+    scales = (1.0, 0.5, 1.5)
+    passes = []
+    with torch.no_grad():
+        for s in scales:
+            for flip in (False, True):
+                im = np.ascontiguousarray(img[:, ::-1]) if flip else img
+                x = torch.from_numpy(dlm.normalise(im, "torchvision"))[None]
+                if s != 1:
+                    x = _interp(x, (int(37 * s), int(45 * s)))
+                y = _interp(net(x), (37, 45))[0].numpy()
+                passes.append(y[:, :, ::-1] if flip else y)
+    x = torch.from_numpy(dlm.normalise(img, "torchvision"))[None]
+    got = deeplab.predict_logits(net, torch.cat([x, x]), scales, flip=True, fusion="mean")
+    np.testing.assert_allclose(got[0].numpy(), np.mean(passes, axis=0), atol=1e-5)
+    np.testing.assert_allclose(got[1].numpy(), np.mean(passes, axis=0), atol=1e-5)
+    got_max = deeplab.predict_logits(net, x, scales, flip=True, fusion="max")
+    np.testing.assert_allclose(got_max[0].numpy(), np.max(passes, axis=0), atol=1e-5)
+
+
+# ---------------------------------------------------------------- train + infer runs
+
+
+def _train(world: dict[str, Path], out: Path, max_steps: int | None = None) -> None:
+    deeplab.train_run(
+        world["manifest"], world["pseudo"], K, tiny_train_cfg(), out / "m.st",
+        out / "h.parquet", "cpu", out / "state.pt", max_steps=max_steps,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(world: dict[str, Path]) -> Path:
+    out = world["root"] / "full"
+    _train(world, out)
+    return out
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_weights(path, dlm.build_model(tiny_train_cfg().model, K)).state_dict()
+
+
+def test_interrupted_run_resumes_to_identical_weights(
+    world: dict[str, Path], trained: Path, tmp_path: Path
+) -> None:
+    _train(world, tmp_path, max_steps=3)  # killed after step 3; last save after step 2
+    assert not (tmp_path / "m.st").exists()
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 2
+    _train(world, tmp_path)
+    hist = io.read_parquet(tmp_path / "h.parquet")
+    assert hist["step"].tolist() == [0, 1, 2, 3, 4]
+    assert not (tmp_path / "state.pt").exists()
+    ref = io.read_parquet(trained / "h.parquet")
+    np.testing.assert_allclose(hist["loss"], ref["loss"], rtol=1e-5)
+    a, b = _weights(trained / "m.st"), _weights(tmp_path / "m.st")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_infer_run_writes_label_pngs_per_shard(
+    world: dict[str, Path], trained: Path, tmp_path: Path
+) -> None:
+    mapping = {"scales": [1.0, 0.5], "flip": True, "fusion": "mean", "batch_size": 2}
+    cfg = from_mapping(deeplab.InferDeeplabConfig, mapping, "infer_deeplab")
+    model_cfg = tiny_train_cfg().model
+    for shard in (0, 1):
+        deeplab.infer_run(
+            world["manifest"], trained / "m.st", model_cfg, K, cfg,
+            tmp_path / "nocrf" / str(shard), tmp_path / "crf" / str(shard), shard, 2, "cpu",
+            server_layout_dir=tmp_path / "server",
+        )  # fmt: skip
+    net = load_weights(trained / "m.st", dlm.build_model(model_cfg, K, init=False)).eval()
+    for i, (h, w) in enumerate(SIZES):
+        img = io.read_image(world["root"] / "img" / f"im{i}.png")
+        x = torch.from_numpy(dlm.normalise(img, "torchvision"))[None]
+        want = deeplab.predict_logits(net, x, (1.0, 0.5), True, "mean")[0].argmax(0).numpy()
+        got = io.read_label_png(tmp_path / "nocrf" / str(i % 2) / f"im{i}.png")
+        np.testing.assert_array_equal(got, want)
+        crf = io.read_label_png(tmp_path / "crf" / str(i % 2) / f"im{i}.png")
+        assert crf.shape == (h, w) and crf.max() < K
+        server = tmp_path / "server" / deeplab.SERVER_SUBDIR / f"im{i}.png"
+        np.testing.assert_array_equal(io.read_label_png(server), crf)
+    with pytest.raises(ConfigError, match="crf.enabled"):
+        deeplab.infer_run(
+            world["manifest"], trained / "m.st", model_cfg, K, cfg, tmp_path / "x", None, 0,
+            2, "cpu",
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------- DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ddp_cfg() -> deeplab.TrainDeeplabConfig:
+    return tiny_train_cfg(scales=[1.0], crop=16, iterations=2, batch_size=4)
+
+
+def _ddp_worker(rank: int, port: int, world: dict[str, Path], out: Path) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    deeplab.train_run(
+        world["manifest"], world["pseudo"], K, _ddp_cfg(), out / "m.st", out / "h.parquet",
+        "cpu", out / "state.pt",
+    )  # fmt: skip
+    torch.distributed.destroy_process_group()
+
+
+def test_two_rank_ddp_matches_single_process(tmp_path: Path) -> None:
+    """Crops never pad and the masks hold no 255, so both ranks average the loss over as
+    many pixels and the DDP gradient equals the single-process one."""
+    import torch.multiprocessing as mp
+
+    world = make_world(tmp_path / "data", ignore_rows=False)
+    mp.spawn(_ddp_worker, args=(_free_port(), world, tmp_path / "ddp"), nprocs=2)
+    one = tmp_path / "one"
+    deeplab.train_run(
+        world["manifest"], world["pseudo"], K, _ddp_cfg(), one / "m.st", one / "h.parquet",
+        "cpu", one / "state.pt",
+    )  # fmt: skip
+    a, b = _weights(tmp_path / "ddp" / "m.st"), _weights(one / "m.st")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    ha, hb = io.read_parquet(tmp_path / "ddp" / "h.parquet"), io.read_parquet(one / "h.parquet")
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-5)
