@@ -143,7 +143,7 @@ class InferDeeplabConfig:
 
     scales: input scales (the reference's MSC test: 1.0, 0.75, 0.5). flip: add mirrored
     passes. fusion: ``max`` (reference) or ``mean`` of the per-pass logits at image size.
-    crf: :class:`DeeplabCrfConfig`. shards: jobs the workflow splits a split into.
+    crf: :class:`DeeplabCrfConfig`. (Shard counts are the workflow's ``shards`` key.)
     batch_size: images of equal size per forward pass. amp: bf16 autocast on GPU.
     """
 
@@ -151,7 +151,6 @@ class InferDeeplabConfig:
     flip: bool = False
     fusion: str = "max"
     crf: DeeplabCrfConfig = field(default_factory=DeeplabCrfConfig)
-    shards: int = 4
     batch_size: int = 1
     amp: bool = False
 
@@ -186,7 +185,7 @@ def check_infer_config(cfg: InferDeeplabConfig, where: str = "infer_deeplab") ->
         raise ConfigError(f"{where}.scales: need positive factors, got {list(cfg.scales)}")
     if cfg.fusion not in FUSIONS:
         raise ConfigError(f"{where}.fusion: {cfg.fusion!r} is not one of {FUSIONS}")
-    _positive(cfg, ("shards", "batch_size"), where)
+    _positive(cfg, ("batch_size",), where)
     _positive(cfg.crf, ("iterations",), f"{where}.crf")
 
 

@@ -25,6 +25,13 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "train_cam": ("qaclims.train_cam", "TrainCamConfig", "Baseline CAM classifier (IRN)."),
     "make_cam": ("qaclims.cam_infer", "MakeCamConfig", "Multi-scale + flip CAM inference."),
     "eval_cam": ("qaclims.eval_cam", "EvalCamConfig", "CAM mIoU and threshold sweep."),
+    "vqa": ("qaclims.vqa", "VqaConfig", "QAPE: VQA questions and backend."),
+    "corpus": ("qaclims.corpus", "CorpusConfig", "QAPE: answers to fg/bg phrases."),
+    "cam_to_ir_label": ("qaclims.cam_to_ir_label", "IrLabelConfig", "CRF-refined seeds."),
+    "train_irn": ("qaclims.irn", "TrainIrnConfig", "Inter-pixel relation network."),
+    "make_sem_seg": ("qaclims.make_sem_seg", "SemSegConfig", "Random-walk pseudo masks."),
+    "train_deeplab": ("qaclims.deeplab", "TrainDeeplabConfig", "DeepLab on pseudo masks."),
+    "infer_deeplab": ("qaclims.deeplab", "InferDeeplabConfig", "Multi-scale (+CRF) inference."),
 }
 
 WORKFLOW: dict[str, Any] = {

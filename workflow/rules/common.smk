@@ -87,6 +87,47 @@ def cam_weights(wildcards):
     return R("train_ritc", "model.safetensors")
 
 
+def dataset_root():
+    if config["dataset"]["name"] == "synthetic":
+        return R("synthetic")
+    return config["dataset"]["root"]
+
+
+def dataset_inputs(wildcards):
+    if config["dataset"]["name"] == "synthetic":
+        return {"root": R("synthetic")}
+    return {}
+
+
+def vqa_inputs(wildcards):
+    """Answer files of the precomputed backend (the synthetic tree when they live in it)."""
+    v = config["vqa"]
+    if v["backend"] != "precomputed":
+        return {}
+    files = {k: v["precomputed"][k] for k in ("fg", "bg") if v["precomputed"][k]}
+    synth = R("synthetic")
+    if any(f.startswith(synth + os.sep) for f in files.values()):
+        return {"synthetic": synth}
+    return files
+
+
+def pseudo_dirs(split):
+    return expand(
+        R("make_sem_seg", refine_source(), split, "{shard}"),
+        shard=shard_ids("make_sem_seg"),
+    )
+
+
+def deeplab_variants():
+    return ["nocrf", "crf"] if config["infer_deeplab"]["crf"]["enabled"] else ["nocrf"]
+
+
+def ir_label_dirs(model, split):
+    return expand(
+        R("cam_to_ir_label", model, split, "{shard}"), shard=shard_ids("cam_to_ir_label")
+    )
+
+
 def refine_source():
     return config["refine"]["cam_source"]
 
@@ -103,9 +144,13 @@ def eval_targets():
 def all_targets():
     t = eval_targets()
     if config["refine"]["enabled"]:
+        t.append(R("eval_seeds", refine_source(), SPLITS["eval_cam"], "summary.json"))
         t.append(R("eval_sem_seg", refine_source(), SPLITS["eval_cam"], "summary.json"))
     if config["deeplab"]["enabled"]:
-        t.append(R("eval_deeplab", SPLITS["val"], "summary.json"))
+        t += expand(
+            R("eval_deeplab", SPLITS["val"], "{variant}", "summary.json"),
+            variant=deeplab_variants(),
+        )
     if config["report"]["enabled"]:
         t.append(R("report", "index.html"))
     return t

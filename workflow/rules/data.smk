@@ -1,18 +1,6 @@
 # The data set: the synthetic world (demo) and the per-split manifests of any data set.
 
 
-def dataset_root():
-    if config["dataset"]["name"] == "synthetic":
-        return R("synthetic")
-    return config["dataset"]["root"]
-
-
-def dataset_inputs(wildcards):
-    if config["dataset"]["name"] == "synthetic":
-        return {"root": R("synthetic")}
-    return {}
-
-
 rule synthetic:
     output:
         root=directory(R("synthetic")),

@@ -14,4 +14,5 @@ with job(snakemake):
         out_summary=Path(snakemake.output.summary),
         out_per_class=Path(snakemake.output.per_class),
         out_sweep=Path(snakemake.output.sweep),
+        split=snakemake.wildcards.split,
     )

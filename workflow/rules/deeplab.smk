@@ -1,0 +1,90 @@
+# Segmentation network trained on the pseudo masks, multi-scale (+CRF) inference, scoring.
+
+
+rule train_deeplab:
+    input:
+        manifest=manifest(SPLITS["train"]),
+        classes=R("data", "classes.json"),
+        pseudo=pseudo_dirs(SPLITS["train"]),
+        code=lib("deeplab.py", "models/deeplab.py", "models/backbone.py", "training.py"),
+    output:
+        model=R("train_deeplab", "model.safetensors"),
+        history=R("train_deeplab", "history.parquet"),
+    log:
+        LOG("train_deeplab.log"),
+    benchmark:
+        BENCH("train_deeplab.tsv")
+    params:
+        cfg=config["train_deeplab"],
+        args=lambda wc, input, output, log: json.dumps(
+            {
+                "manifest": input.manifest,
+                "classes": input.classes,
+                "pseudo_dirs": list(input.pseudo),
+                "cfg": config["train_deeplab"],
+                "model": output.model,
+                "history": output.history,
+                "resume": RESUME("train_deeplab", "state.pt"),
+                "log": log[0],
+                "device": config["device"],
+            }
+        ),
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=gpus("train_deeplab"),
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m qaclims.launch --gpus {resources.gpu} train_deeplab {params.args:q} 2>> {log}"
+
+
+rule infer_deeplab:
+    input:
+        manifest=lambda wc: manifest(wc.split),
+        classes=R("data", "classes.json"),
+        weights=R("train_deeplab", "model.safetensors"),
+        code=lib("deeplab.py", "models/deeplab.py", "models/backbone.py", "crf.py"),
+    output:
+        nocrf=directory(R("infer_deeplab", "{split}", "nocrf", "{shard}")),
+        crf=directory(R("infer_deeplab", "{split}", "crf", "{shard}")),
+    log:
+        LOG("infer_deeplab", "{split}_{shard}.log"),
+    benchmark:
+        BENCH("infer_deeplab", "{split}_{shard}.tsv")
+    params:
+        cfg=config["infer_deeplab"],
+        model=config["train_deeplab"]["model"],
+        shard=lambda wc: int(wc.shard),
+        num_shards=SHARDS["infer_deeplab"],
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/crf.yaml"
+    script:
+        "../scripts/infer_deeplab.py"
+
+
+rule eval_deeplab:
+    input:
+        manifest=lambda wc: manifest(wc.split),
+        classes=R("data", "classes.json"),
+        preds=lambda wc: expand(
+            R("infer_deeplab", wc.split, wc.variant, "{shard}"),
+            shard=shard_ids("infer_deeplab"),
+        ),
+        code=lib("evaluate.py", "metrics.py"),
+    output:
+        summary=R("eval_deeplab", "{split}", "{variant}", "summary.json"),
+        per_class=R("eval_deeplab", "{split}", "{variant}", "per_class.parquet"),
+    log:
+        LOG("eval_deeplab", "{split}_{variant}.log"),
+    wildcard_constraints:
+        variant="crf|nocrf",
+    params:
+        mode="error",
+    threads: 1
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/eval_labels.py"

@@ -1,0 +1,125 @@
+# Refinement (IRN): CRF-refined confident seeds, the inter-pixel relation network, and
+# random-walk pseudo masks; seeds and pseudo masks are both scored.
+
+
+rule cam_to_ir_label:
+    input:
+        manifest=lambda wc: manifest(wc.split),
+        cams=cam_dirs_of_split,
+        code=lib("cam_to_ir_label.py", "crf.py", "datasets/base.py"),
+    output:
+        labels=directory(R("cam_to_ir_label", "{model}", "{split}", "{shard}")),
+    log:
+        LOG("cam_to_ir_label", "{model}_{split}_{shard}.log"),
+    benchmark:
+        BENCH("cam_to_ir_label", "{model}_{split}_{shard}.tsv")
+    params:
+        cfg=config["cam_to_ir_label"],
+        shard=lambda wc: int(wc.shard),
+        num_shards=SHARDS["cam_to_ir_label"],
+    threads: config["threads"]["cpu_shard"]
+    conda:
+        "../../envs/crf.yaml"
+    script:
+        "../scripts/cam_to_ir_label.py"
+
+
+rule eval_seeds:
+    input:
+        manifest=lambda wc: manifest(wc.split),
+        classes=R("data", "classes.json"),
+        preds=lambda wc: [d for s in SPLITS["cam"] for d in ir_label_dirs(wc.model, s)],
+        code=lib("evaluate.py", "metrics.py"),
+    output:
+        summary=R("eval_seeds", "{model}", "{split}", "summary.json"),
+        per_class=R("eval_seeds", "{model}", "{split}", "per_class.parquet"),
+    log:
+        LOG("eval_seeds", "{model}_{split}.log"),
+    params:
+        mode="exclude",
+    threads: 1
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/eval_labels.py"
+
+
+rule train_irn:
+    input:
+        manifest=manifest(SPLITS["train"]),
+        labels=lambda wc: ir_label_dirs(wc.model, SPLITS["train"]),
+        code=lib("irn.py", "random_walk.py", "models/backbone.py", "training.py"),
+    output:
+        model=R("train_irn", "{model}", "model.safetensors"),
+        history=R("train_irn", "{model}", "history.parquet"),
+    log:
+        LOG("train_irn", "{model}.log"),
+    benchmark:
+        BENCH("train_irn", "{model}.tsv")
+    params:
+        cfg=config["train_irn"],
+        resume=lambda wc: RESUME("train_irn", wc.model, "state.pt"),
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/train_irn.py"
+
+
+rule make_sem_seg:
+    input:
+        manifest=lambda wc: manifest(wc.split),
+        cams=cam_dirs_of_split,
+        irn=R("train_irn", "{model}", "model.safetensors"),
+        code=lib(
+            "make_sem_seg.py",
+            "random_walk.py",
+            "irn.py",
+            "cam_to_ir_label.py",
+            "crf.py",
+            "models/backbone.py",
+        ),
+    output:
+        masks=directory(R("make_sem_seg", "{model}", "{split}", "{shard}")),
+    log:
+        LOG("make_sem_seg", "{model}_{split}_{shard}.log"),
+    benchmark:
+        BENCH("make_sem_seg", "{model}_{split}_{shard}.tsv")
+    params:
+        cfg=config["make_sem_seg"],
+        irn=config["train_irn"]["model"],
+        shard=lambda wc: int(wc.shard),
+        num_shards=SHARDS["make_sem_seg"],
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/make_sem_seg.py"
+
+
+rule eval_sem_seg:
+    input:
+        manifest=lambda wc: manifest(wc.split),
+        classes=R("data", "classes.json"),
+        preds=lambda wc: expand(
+            R("make_sem_seg", wc.model, "{split}", "{shard}"),
+            split=SPLITS["cam"],
+            shard=shard_ids("make_sem_seg"),
+        ),
+        code=lib("evaluate.py", "metrics.py"),
+    output:
+        summary=R("eval_sem_seg", "{model}", "{split}", "summary.json"),
+        per_class=R("eval_sem_seg", "{model}", "{split}", "per_class.parquet"),
+    log:
+        LOG("eval_sem_seg", "{model}_{split}.log"),
+    params:
+        mode="error",
+    threads: 1
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/eval_labels.py"

@@ -1,0 +1,1 @@
+# ritc stage rules (being wired)

@@ -1,0 +1,48 @@
+# QAPE: ask a VQA model about every (image, present class), then build the fg/bg corpus.
+
+
+rule vqa:
+    input:
+        unpack(vqa_inputs),
+        manifest=manifest(SPLITS["train"]),
+        classes=R("data", "classes.json"),
+        code=lib("vqa.py", "safe_load.py", "datasets/base.py"),
+    output:
+        answers=R("vqa", "{kind}", "{shard}.parquet"),
+    log:
+        LOG("vqa", "{kind}_{shard}.log"),
+    benchmark:
+        BENCH("vqa", "{kind}_{shard}.tsv")
+    wildcard_constraints:
+        kind="fg|bg",
+    params:
+        cfg=config["vqa"],
+        shard=lambda wc: int(wc.shard),
+        num_shards=SHARDS["vqa"],
+        cache=R(".cache", "vqa"),
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1 if config["vqa"]["backend"] == "blip" else 0,
+    conda:
+        "../../envs/vqa.yaml"
+    script:
+        "../scripts/vqa.py"
+
+
+rule corpus:
+    input:
+        answers=expand(R("vqa", "{kind}", "{shard}.parquet"), kind=["fg", "bg"], shard=shard_ids("vqa")),
+        classes=R("data", "classes.json"),
+        code=lib("corpus.py"),
+    output:
+        corpus=R("corpus", "corpus.parquet"),
+        stats=R("corpus", "stats.parquet"),
+    log:
+        LOG("corpus.log"),
+    params:
+        cfg=config["corpus"],
+    threads: 1
+    conda:
+        "../../envs/vqa.yaml"
+    script:
+        "../scripts/corpus.py"

@@ -1,0 +1,16 @@
+from pathlib import Path
+
+from qaclims import cam_to_ir_label
+from qaclims.config import from_mapping
+from qaclims.smk import job
+
+with job(snakemake) as j:
+    cam_to_ir_label.run(
+        manifest=Path(snakemake.input.manifest),
+        cam_dirs=[Path(d) for d in snakemake.input.cams],
+        cfg=from_mapping(cam_to_ir_label.IrLabelConfig, snakemake.params.cfg, "cam_to_ir_label"),
+        out_dir=Path(snakemake.output.labels),
+        shard=snakemake.params.shard,
+        num_shards=snakemake.params.num_shards,
+        threads=j.threads,
+    )

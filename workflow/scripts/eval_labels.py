@@ -1,0 +1,16 @@
+from pathlib import Path
+
+from qaclims import evaluate
+from qaclims.datasets.base import read_classes
+from qaclims.smk import job
+
+with job(snakemake):
+    evaluate.run_labels(
+        manifest=Path(snakemake.input.manifest),
+        pred_dirs=[Path(d) for d in snakemake.input.preds],
+        classes=read_classes(snakemake.input.classes),
+        out_summary=Path(snakemake.output.summary),
+        out_per_class=Path(snakemake.output.per_class),
+        ignore_pred_255=snakemake.params.mode,
+        split=snakemake.wildcards.split,
+    )

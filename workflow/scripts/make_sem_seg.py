@@ -1,0 +1,18 @@
+from pathlib import Path
+
+from qaclims import irn, make_sem_seg
+from qaclims.config import from_mapping
+from qaclims.smk import job
+
+with job(snakemake) as j:
+    make_sem_seg.run(
+        manifest=Path(snakemake.input.manifest),
+        cam_dirs=[Path(d) for d in snakemake.input.cams],
+        irn_weights=Path(snakemake.input.irn),
+        irn_cfg=from_mapping(irn.IrnModelConfig, snakemake.params.irn, "train_irn.model"),
+        cfg=from_mapping(make_sem_seg.SemSegConfig, snakemake.params.cfg, "make_sem_seg"),
+        out_dir=Path(snakemake.output.masks),
+        shard=snakemake.params.shard,
+        num_shards=snakemake.params.num_shards,
+        device=j.device,
+    )

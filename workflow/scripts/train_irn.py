@@ -1,0 +1,16 @@
+from pathlib import Path
+
+from qaclims import irn
+from qaclims.config import from_mapping
+from qaclims.smk import job
+
+with job(snakemake) as j:
+    irn.run_train(
+        manifest=Path(snakemake.input.manifest),
+        ir_label_dirs=[Path(d) for d in snakemake.input.labels],
+        cfg=from_mapping(irn.TrainIrnConfig, snakemake.params.cfg, "train_irn"),
+        out_model=Path(snakemake.output.model),
+        out_history=Path(snakemake.output.history),
+        device=j.device,
+        resume_path=Path(snakemake.params.resume),
+    )
