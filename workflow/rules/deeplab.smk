@@ -16,7 +16,7 @@ rule train_deeplab:
         BENCH("train_deeplab.tsv")
     params:
         cfg=config["train_deeplab"],
-        args=lambda wc, input, output, log: json.dumps(
+        args=lambda wc, input, output: json.dumps(
             {
                 "manifest": input.manifest,
                 "classes": input.classes,
@@ -25,7 +25,7 @@ rule train_deeplab:
                 "model": output.model,
                 "history": output.history,
                 "resume": RESUME("train_deeplab", "state.pt"),
-                "log": log[0],
+                "log": LOG("train_deeplab.log"),
                 "device": config["device"],
             }
         ),
