@@ -1,12 +1,16 @@
 # Config validation, paths and input functions shared by every rule file.
 import json
 import os
+import sys
 
 from snakemake.utils import validate
 
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
+# Interpreter for shell rules: the conda env's `python` under --sdm conda, else this one.
+_conda = "conda" in str(workflow.deployment_settings.deployment_method).lower()
+PYTHON = "python" if _conda else sys.executable
 RUN = config["run"]
 SPLITS = config["splits"]
 SHARDS = config["shards"]

@@ -35,7 +35,7 @@ rule train_deeplab:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m qaclims.launch --gpus {resources.gpu} train_deeplab {params.args:q} 2>> {log}"
+        "{PYTHON} -m qaclims.launch --gpus {resources.gpu} train_deeplab {params.args:q} 2>> {log}"
 
 
 rule infer_deeplab:
