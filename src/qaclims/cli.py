@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a = json.loads(args[1])
     rank = int(os.environ.get("RANK", "0"))
-    log = logs.setup(a.get("log") if rank == 0 else None,
-                     logging.INFO if rank == 0 else logging.WARNING)
+    # stderr only: the rule appends it to its log (so tracebacks before this line land there too)
+    log = logs.setup(None, logging.INFO if rank == 0 else logging.WARNING)
     device = devices.torch_device(a.get("device", "auto"))
     log.info("stage %s, rank %d of %s, device %s", args[0], rank,
              os.environ.get("WORLD_SIZE", "1"), device)

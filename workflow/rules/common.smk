@@ -145,6 +145,51 @@ def eval_targets():
     return expand(R("eval_cam", "{model}", SPLITS["eval_cam"], "summary.json"), model=METHODS)
 
 
+METHOD_LABEL = {"cam": "CAM (baseline)", "ritc": "CAM (QA-CLIMS)"}
+
+
+def report_inputs(wildcards):
+    """Named inputs of the report rule: summary_/per_class_/sweep_<label>, history_<stage>,
+    cams_<label>, masks_<label>, corpus, manifest (names sort in stage order)."""
+    ev = SPLITS["eval_cam"]
+    items = {}
+    for i, m in enumerate(METHODS):
+        key = f"{i}_{METHOD_LABEL[m]}"
+        base = R("eval_cam", m, ev)
+        items[f"summary_{key}"] = os.path.join(base, "summary.json")
+        items[f"per_class_{key}"] = os.path.join(base, "per_class.parquet")
+        items[f"sweep_{key}"] = os.path.join(base, "sweep.parquet")
+        items[f"cams_{key}"] = cam_dirs(m)
+    items["history_train_cam"] = R("train_cam", "history.parquet")
+    if "ritc" in METHODS:
+        items["history_train_ritc"] = R("train_ritc", "history.parquet")
+        items["corpus"] = R("corpus", "stats.parquet")
+    src = refine_source()
+    if config["refine"]["enabled"]:
+        for j, (stage, label) in enumerate(
+            [("eval_seeds", "seeds (CRF, confident)"), ("eval_sem_seg", "pseudo masks (IRN)")]
+        ):
+            base = R(stage, src, ev)
+            items[f"summary_{5 + j}_{label}"] = os.path.join(base, "summary.json")
+            items[f"per_class_{5 + j}_{label}"] = os.path.join(base, "per_class.parquet")
+        items["history_train_irn"] = R("train_irn", src, "history.parquet")
+        items["masks_pseudo masks"] = expand(
+            R("make_sem_seg", src, "{split}", "{shard}"),
+            split=SPLITS["cam"],
+            shard=shard_ids("make_sem_seg"),
+        )
+    if config["deeplab"]["enabled"]:
+        val = SPLITS["val"]
+        for j, v in enumerate(deeplab_variants()):
+            base = R("eval_deeplab", val, v)
+            label = f"{7 + j}_DeepLab {val} ({'CRF' if v == 'crf' else 'no CRF'})"
+            items[f"summary_{label}"] = os.path.join(base, "summary.json")
+            items[f"per_class_{label}"] = os.path.join(base, "per_class.parquet")
+        items["history_train_deeplab"] = R("train_deeplab", "history.parquet")
+    items["manifest"] = manifest(ev)
+    return items
+
+
 def all_targets():
     t = eval_targets()
     if config["refine"]["enabled"]:

@@ -1,1 +1,55 @@
-# report stage rules (being wired)
+# Figures and tables for `snakemake --report`: stage mIoU table, per-class IoU, threshold
+# sweeps, training losses, overlays, corpus statistics.
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+        code=lib("report_build.py", "report.py"),
+    output:
+        table=report(
+            R("report", "index.html"),
+            caption="../report/stages.rst",
+            category="1. Results",
+            labels={"figure": "mIoU per stage"},
+        ),
+        per_class=report(
+            R("report", "per_class_iou.png"),
+            caption="../report/per_class.rst",
+            category="1. Results",
+            labels={"figure": "IoU per class"},
+        ),
+        sweep=report(
+            R("report", "sweep.png"),
+            caption="../report/sweep.rst",
+            category="2. CAMs",
+            labels={"figure": "threshold sweep"},
+        ),
+        overlays=report(
+            R("report", "overlays.png"),
+            caption="../report/overlays.rst",
+            category="2. CAMs",
+            labels={"figure": "overlays"},
+        ),
+        losses=report(
+            R("report", "losses.png"),
+            caption="../report/losses.rst",
+            category="3. Training",
+            labels={"figure": "losses"},
+        ),
+        corpus=report(
+            R("report", "corpus.html"),
+            caption="../report/corpus.rst",
+            category="4. QAPE corpus",
+            labels={"figure": "corpus statistics"},
+        ),
+    log:
+        LOG("report.log"),
+    params:
+        cfg=config["report"],
+        threshold=config["eval_cam"]["threshold"],
+    threads: 1
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/report.py"
