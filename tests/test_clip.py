@@ -1,0 +1,334 @@
+"""CLIP pieces: OV-Seg masked encoding, OV-Seg checkpoint loading, distinct-phrase text
+features and the foreground mix, the tiny CLIP trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from qaclims import clip_models, clip_text
+from qaclims.clip_models import (
+    ClipConfig,
+    TinyClipArch,
+    TinyClipConfig,
+    encode_image_masked,
+    load_clip,
+    seeded_tiny,
+)
+from qaclims.config import from_mapping
+from qaclims.errors import ConfigError, DataError
+from qaclims.training import save_weights
+
+ARCH = TinyClipArch(embed_dim=16, image_size=32, patch_size=8, vision_width=16, vision_layers=3,
+                    vision_heads=2, text_width=16, text_layers=1, text_heads=2,
+                    context_length=16, mask_prompt_depth=3)  # fmt: skip
+CLIP = ClipConfig(name="tiny", tiny=ARCH)
+
+
+def tiny_model(seed: int = 0, depth: int = 3) -> torch.nn.Module:
+    model = seeded_tiny(dataclasses.replace(ARCH, mask_prompt_depth=depth), seed).eval()
+    prompt = clip_models.mask_prompt(model)
+    if prompt is not None:  # a learned prompt is not zero
+        with torch.no_grad():
+            prompt.normal_(generator=torch.Generator().manual_seed(seed + 1))
+    return model
+
+
+def images_and_mask(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 3, 32, 32, generator=g)
+    m = torch.zeros(3, 1, 32, 32)
+    m[0, :, 3:13, 5:20] = 1  # patches rows 0-1, cols 0-2
+    m[1, :, 17, 30] = 1  # one pixel keeps patch (2, 3)
+    m[2] = 1
+    return x, m
+
+
+def dropped_pixels(m: torch.Tensor) -> torch.Tensor:
+    """``Bx1xHxW bool``: pixels of patches with no kept pixel (8x8 patches)."""
+    kept = F.max_pool2d(m, 8) > 0
+    return ~F.interpolate(kept.float(), scale_factor=8, mode="nearest").bool()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_mask_of_ones_is_the_plain_encoding(depth: int) -> None:
+    model = tiny_model(depth=depth)
+    x, _ = images_and_mask()
+    out = encode_image_masked(model, x, torch.ones(3, 1, 32, 32))
+    torch.testing.assert_close(out, model.encode_image(x), rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("depth", [0, 3])
+def test_pixels_of_dropped_patches_do_not_matter(depth: int) -> None:
+    model = tiny_model(depth=depth)
+    x, m = images_and_mask()
+    drop = dropped_pixels(m).expand_as(x)
+    y = torch.where(drop, torch.randn_like(x) * 5.0, x)
+    a, b = encode_image_masked(model, x, m), encode_image_masked(model, y, m)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(model.encode_image(x), model.encode_image(y))
+    # a kept patch (a single kept pixel suffices) does matter, also where the mask is 0
+    z = x.clone()
+    z[1, :, 16:24, 24:32] += 3.0
+    assert not torch.allclose(encode_image_masked(model, z, m)[1], a[1], atol=1e-4)
+
+
+@torch.no_grad()
+def test_mask_prompt_matches_hooked_open_clip_forward() -> None:
+    """Second method: open_clip's own forward, with hooks replacing the dropped tokens by
+    prompt 0 after the patch embedding and by prompt d after block d (d < depth)."""
+    model = tiny_model(depth=3)
+    visual = model.visual
+    prompt = clip_models.mask_prompt(model)
+    assert prompt is not None
+    x, m = images_and_mask(1)
+    keep = (F.max_pool2d(m, 8) > 0).flatten(1)  # B x N
+    handles = []
+
+    def patch_hook(_mod: Any, _inp: Any, out: torch.Tensor) -> torch.Tensor:
+        b, w, gh, gw = out.shape
+        tokens = out.flatten(2).transpose(1, 2)
+        tokens = torch.where(keep[..., None], tokens, prompt[0][None])
+        return tokens.transpose(1, 2).reshape(b, w, gh, gw)
+
+    def block_hook(d: int) -> Any:
+        def hook(_mod: Any, _inp: Any, out: torch.Tensor) -> torch.Tensor:
+            patches = torch.where(keep[..., None], out[:, 1:], prompt[d][None])
+            return torch.cat([out[:, :1], patches], dim=1)
+
+        return hook
+
+    handles.append(visual.conv1.register_forward_hook(patch_hook))
+    for i, blk in enumerate(visual.transformer.resblocks[:2]):
+        handles.append(blk.register_forward_hook(block_hook(i + 1)))
+    expected = model.encode_image(x)
+    for h in handles:
+        h.remove()
+    torch.testing.assert_close(encode_image_masked(model, x, m), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_encoding_rejects_bad_shapes() -> None:
+    model = tiny_model()
+    x, m = images_and_mask()
+    with pytest.raises(ValueError, match="Bx1xHxW"):
+        encode_image_masked(model, x, m[:, :, :16])
+
+
+def ovseg_checkpoint(path: Path, model: torch.nn.Module) -> None:
+    """A detectron2-style OV-Seg file: the CLIP under clip_adapter.clip_model., plus other
+    parts of the segmenter that must be ignored."""
+    sd = {f"clip_adapter.clip_model.{k}": v for k, v in model.state_dict().items()}
+    sd["backbone.layers.0.weight"] = torch.randn(4, 4)
+    sd["clip_adapter.non_object_embedding"] = torch.randn(1, 16)
+    torch.save({"model": sd, "iteration": 5}, path)
+
+
+def test_ovseg_checkpoint_loads_image_encoder_and_mask_prompt(tmp_path: Path) -> None:
+    src = tiny_model(seed=3, depth=3)
+    ovseg_checkpoint(tmp_path / "ovseg.pth", src)
+    dst = tiny_model(seed=7, depth=0)
+    text_before = {k: v.clone() for k, v in dst.state_dict().items() if not k.startswith("visual.")}
+    assert clip_models.mask_prompt(dst) is None
+    clip_models.load_ovseg_weights(dst, tmp_path / "ovseg.pth")
+    for k, v in dst.state_dict().items():
+        want = src.state_dict()[k] if k.startswith("visual.") else text_before[k]
+        torch.testing.assert_close(v, want, rtol=0, atol=0)
+    x, m = images_and_mask()
+    with torch.no_grad():
+        torch.testing.assert_close(encode_image_masked(dst, x, m), encode_image_masked(src, x, m))
+    with pytest.raises(DataError, match="do not fit"):
+        other = seeded_tiny(dataclasses.replace(ARCH, vision_width=8, vision_heads=1), 0)
+        clip_models.load_ovseg_weights(other, tmp_path / "ovseg.pth")
+
+
+def test_ovseg_checkpoint_without_mask_prompt_is_refused(tmp_path: Path) -> None:
+    ovseg_checkpoint(tmp_path / "plain.pth", tiny_model(depth=0))
+    with pytest.raises(DataError, match="plain.pth"):
+        clip_models.load_ovseg_weights(tiny_model(depth=0), tmp_path / "plain.pth")
+    with pytest.raises(DataError, match="missing OV-Seg"):
+        clip_models.load_ovseg_weights(tiny_model(depth=0), tmp_path / "none.pth")
+    # checked before a (large) model is built
+    cfg = ClipConfig(name="ViT-L-14", ovseg_checkpoint=str(tmp_path / "none.pth"))
+    with pytest.raises(DataError, match="none.pth"):
+        load_clip(cfg, "cpu")
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="clip.name"):
+        load_clip(ClipConfig(name="no-such-model"), "cpu")
+    with pytest.raises(ConfigError, match="clip.pretrained"):
+        load_clip(ClipConfig(name="ViT-B-32", pretrained="no-such-tag"), "cpu")
+    with pytest.raises(ConfigError, match="clip.tiny.image_size"):
+        load_clip(ClipConfig(name="tiny", tiny=dataclasses.replace(ARCH, image_size=30)), "cpu")
+    with pytest.raises(ConfigError, match="clip.tiny.unknown"):
+        from_mapping(ClipConfig, {"name": "tiny", "tiny": {"unknown": 1}}, "clip")
+
+
+def test_tiny_weights_round_trip(tmp_path: Path) -> None:
+    model = tiny_model(seed=5)
+    save_weights(tmp_path / "tiny.safetensors", model)
+    loaded, info, tokenizer = load_clip(CLIP, "cpu", tmp_path / "tiny.safetensors")
+    assert info.image_size == 32 and tokenizer(["a photo of a ball."]).shape == (1, 16)
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    x, m = images_and_mask()
+    with torch.no_grad():
+        torch.testing.assert_close(encode_image_masked(loaded, x, m),
+                                   encode_image_masked(model, x, m))  # fmt: skip
+    with pytest.raises(DataError, match="do not fit"):
+        other = dataclasses.replace(CLIP, tiny=dataclasses.replace(ARCH, embed_dim=8))
+        load_clip(other, "cpu", tmp_path / "tiny.safetensors")
+
+
+# ---------------------------------------------------------------------------- text features
+
+CLASSES = ["ball", "box"]
+CORPUS = [
+    ("im1", "ball", "fg", "red ball"), ("im1", "ball", "fg", "football"),
+    ("im1", "ball", "bg", "grass"), ("im1", "ball", "bg", "sky"),
+    ("im1", "box", "fg", "crate"), ("im1", "box", "bg", "grass"),
+    ("im2", "ball", "fg", "ball"), ("im2", "ball", "bg", "water"),
+    ("im2", "ball", "bg", "water"),  # a duplicate row
+    ("im3", "box", "bg", "road"),  # no fg answer: the class feature alone
+]  # fmt: skip
+
+
+def write_corpus(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    pd.DataFrame(rows, columns=["image_id", "class_name", "kind", "phrase"]).to_parquet(path)
+    return path
+
+
+@pytest.fixture
+def tiny_weights(tmp_path: Path) -> Path:
+    save_weights(tmp_path / "clip.safetensors", tiny_model(seed=11))
+    return tmp_path / "clip.safetensors"
+
+
+def test_distinct_phrases_are_encoded_once_like_one_by_one(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus.parquet", CORPUS)
+    seen: list[str] = []
+    encode = clip_models.encode_texts
+
+    def spy(model: Any, tok: Any, texts: Any, *a: Any, **k: Any) -> torch.Tensor:
+        seen.extend(texts)
+        return encode(model, tok, texts, *a, **k)
+
+    monkeypatch.setattr(clip_text, "encode_texts", spy)
+    cfg = clip_text.TextFeatureConfig(batch_size=3)
+    out_f, out_i = tmp_path / "f.safetensors", tmp_path / "i.parquet"
+    clip_text.run(corpus, CLASSES, CLIP, cfg, out_f, out_i, "cpu", tiny_weights)
+    assert len(seen) == len(set(seen)) == len({p for *_, p in CORPUS} | set(CLASSES))
+    feats = load_file(str(out_f))["features"]
+    index = pd.read_parquet(out_i)
+    model, _, tok = load_clip(CLIP, "cpu", tiny_weights)
+
+    def alone(phrase: str) -> torch.Tensor:
+        with torch.no_grad():
+            f = model.encode_text(tok([f"a photo of {phrase}."]))[0]
+        return f / f.norm()
+
+    for kind, phrase, row in zip(index["kind"], index["phrase"], index["row"], strict=True):
+        if kind != "fg_text":
+            torch.testing.assert_close(feats[row], alone(phrase), rtol=1e-5, atol=1e-5)
+    assert len(index[(index.image_id == "im2") & (index.kind == "bg")]) == 1  # deduplicated
+    mix = index[index.kind == "fg_text"].set_index(["image_id", "class_name"])["row"]
+    assert sorted(mix.index) == [("im1", "ball"), ("im1", "box"), ("im2", "ball"), ("im3", "box")]
+    expected = 0.5 * alone("ball") + 0.5 * (alone("red ball") + alone("football")) / 2
+    torch.testing.assert_close(feats[mix[("im1", "ball")]], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(feats[mix[("im3", "box")]], alone("box"), rtol=1e-5, atol=1e-5)
+    classes = index[index.kind == "class"].sort_values("class_index")
+    assert list(classes["class_name"]) == CLASSES and list(classes["image_id"]) == ["", ""]
+
+
+def test_text_feature_errors_name_key_or_file(tmp_path: Path, tiny_weights: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.parquet", CORPUS)
+    outs = (tmp_path / "f.safetensors", tmp_path / "i.parquet")
+    with pytest.raises(ConfigError, match="text_features.prompt"):
+        bad = clip_text.TextFeatureConfig(prompt="a photo")
+        clip_text.run(corpus, CLASSES, CLIP, bad, *outs, "cpu", tiny_weights)
+    with pytest.raises(DataError, match="corpus.parquet"):
+        clip_text.run(corpus, ["ball"], CLIP, clip_text.TextFeatureConfig(), *outs, "cpu",
+                      tiny_weights)  # fmt: skip
+    odd = write_corpus(tmp_path / "odd.parquet", [("im1", "ball", "middle", "x")])
+    with pytest.raises(DataError, match="odd.parquet"):
+        clip_text.run(odd, CLASSES, CLIP, clip_text.TextFeatureConfig(), *outs, "cpu",
+                      tiny_weights)  # fmt: skip
+    assert not outs[0].exists() and not outs[1].exists()
+
+
+# ---------------------------------------------------------------------------- tiny CLIP
+
+
+def test_caption_clusters_join_synonyms_transitively() -> None:
+    groups = [["a ball", "a sphere"], ["a sphere", "a globe"], ["grass"], ["a lawn", "grass"],
+              ["a box"]]  # fmt: skip
+    texts, text_cluster, group_cluster = clip_models.caption_clusters(groups)
+    cid = dict(zip(texts, text_cluster, strict=True))
+    assert cid["a ball"] == cid["a sphere"] == cid["a globe"]
+    assert cid["grass"] == cid["a lawn"] != cid["a ball"]
+    assert len({cid["a box"], cid["a ball"], cid["grass"]}) == 3
+    assert group_cluster == [cid["a ball"], cid["a ball"], cid["grass"], cid["grass"], cid["a box"]]
+
+
+def test_perturbed_regions_keep_levels_away_from_edges() -> None:
+    m = torch.zeros(2, 1, 24, 24)
+    m[:, :, 6:18, 6:18] = 1
+    cfg = TinyClipConfig(inside=(0.7, 0.7), outside=(0.1, 0.1), jitter=2)
+    w = clip_models.perturb_regions(m, torch.tensor([False, True]), cfg,
+                                    torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.allclose(w[0, 0, 10:14, 10:14], torch.tensor(0.7))
+    assert torch.allclose(w[0, 0, :2, :2], torch.tensor(0.1))
+    assert torch.all(w[1] == 1.0)
+
+
+def write_world(root: Path, n: int = 6) -> None:
+    from qaclims.io import write_image, write_json, write_label_png
+
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    rng = np.random.default_rng(0)
+    rows = []
+    ids = []
+    for i in range(n):
+        cls = i % 2
+        img = (rng.random((32, 32, 3)) * 40 + (30 if i % 3 else 150)).astype(np.uint8)
+        lab = np.zeros((32, 32), np.uint8)
+        y, x = rng.integers(0, 16, size=2)
+        img[y : y + 14, x : x + 14] = list(colours.values())[cls]
+        lab[y : y + 14, x : x + 14] = cls + 1
+        name = list(colours)[cls]
+        bg = "light sand" if i % 3 == 0 else "dark night"
+        image_id = f"im{i}"
+        ids.append(image_id)
+        write_image(root / "JPEGImages" / f"{image_id}.jpg", img)
+        write_label_png(root / "SegmentationClass" / f"{image_id}.png", lab)
+        rows += [(image_id, "image", f"a {name} square on {bg}"), (image_id, "bg", bg),
+                 (image_id, f"fg:{name}", f"a {name} square")]  # fmt: skip
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids) + "\n")
+    write_json(root / "classes.json", {"dataset": "synthetic", "classes": list(colours)})
+    pd.DataFrame(rows, columns=["image_id", "region", "caption"]).to_parquet(
+        root / "captions.parquet"
+    )
+
+
+def test_tiny_clip_learns_the_region_captions(tmp_path: Path) -> None:
+    write_world(tmp_path)
+    cfg = TinyClipConfig(epochs=40, batch_size=9, lr=0.005, log_every=1000)
+    out = tmp_path / "tiny.safetensors"
+    stats = clip_models.train_tiny_clip(tmp_path, tmp_path / "captions.parquet", CLIP, cfg, out,
+                                        "cpu")  # fmt: skip
+    # 2 object captions, 2 backgrounds, 4 whole-image captions: chance is <= 1/2 per region
+    assert stats["acc_fg"] == 1.0 and stats["acc_bg"] == 1.0, stats
+    model, _, _ = load_clip(CLIP, "cpu", out)  # loads strictly, mask prompt included
+    assert clip_models.mask_prompt(model) is not None
