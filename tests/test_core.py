@@ -94,8 +94,9 @@ def test_gpu_picker_gives_distinct_devices_and_frees_them(tmp_path: Path, monkey
             "with devices.acquire_gpus(1, total=2, timeout_s=5) as b: print(b[0])"
         )
         env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                             text=True, check=True).stdout.strip()
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert int(out) == 1 - a[0]
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     with devices.acquire_gpus(2, total=2) as both:  # both free again
@@ -106,8 +107,7 @@ def test_gpu_picker_lock_released_when_holder_crashes(tmp_path: Path, monkeypatc
     monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     code = (
-        "import os; from qaclims import devices\n"
-        "with devices.acquire_gpus(1, total=1): os._exit(3)"
+        "import os; from qaclims import devices\nwith devices.acquire_gpus(1, total=1): os._exit(3)"
     )
     r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ))
     assert r.returncode == 3

@@ -83,9 +83,17 @@ def _fake_coco(root: Path) -> None:
                 root / f"{split}2014" / name
             )
             images.append({"id": i + 1, "file_name": name, "height": 16, "width": 24})
-            anns.append({"id": i + 1, "image_id": i + 1, "category_id": 18, "iscrowd": 0,
-                         "area": 40.0, "bbox": [2, 2, 8, 5],
-                         "segmentation": [[2, 2, 10, 2, 10, 7, 2, 7]]})
+            anns.append(
+                {
+                    "id": i + 1,
+                    "image_id": i + 1,
+                    "category_id": 18,
+                    "iscrowd": 0,
+                    "area": 40.0,
+                    "bbox": [2, 2, 8, 5],
+                    "segmentation": [[2, 2, 10, 2, 10, 7, 2, 7]],
+                }
+            )
         cats = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
         (root / "annotations").mkdir(exist_ok=True)
         (root / "annotations" / f"instances_{split}2014.json").write_text(
@@ -106,8 +114,9 @@ def test_paper_configs_dry_run_on_fake_trees(tmp_path: Path, name: str) -> None:
     snakemake(tmp_path, "--cores", "1", "dataset", configfiles=(cfg_file, over))
     run = yaml.safe_load(cfg_file.read_text())["run"]
     manifests = sorted(p.name for p in (tmp_path / "results" / run / "data/manifest").iterdir())
-    assert manifests == sorted(f"{s}.parquet" for s in yaml.safe_load(
-        cfg_file.read_text())["dataset"]["splits"])
+    assert manifests == sorted(
+        f"{s}.parquet" for s in yaml.safe_load(cfg_file.read_text())["dataset"]["splits"]
+    )
     jobs = dry_run_jobs(tmp_path, configfiles=(cfg_file, over))
     cfg = yaml.safe_load(cfg_file.read_text())
     assert jobs["make_cam"] == cfg["shards"]["make_cam"] * len(cfg["splits"]["cam"]) * 2
@@ -173,6 +182,56 @@ def test_changing_train_cam_reruns_downstream_not_upstream(smoke: tuple[Path, Pa
     assert not jobs & {"synthetic", "dataset", "vqa", "corpus"}
 
 
+UPSTREAM_OF_CAMS = {"synthetic", "dataset", "train_cam"}
+
+
+def test_changing_a_vqa_question_reruns_qape_and_after(smoke: tuple[Path, Path]) -> None:
+    q = "What colour is the {}?"
+    fg = (
+        list(yaml.safe_load(SMOKE.read_text()).get("vqa", {}).get("questions", {}).get("fg", []))
+        or None
+    )
+    from qaclims.vqa import FG_QUESTIONS
+
+    jobs = _jobs(smoke, {"vqa": {"questions": {"fg": [*(fg or FG_QUESTIONS), q]}}})
+    assert {"vqa", "corpus", "text_features", "train_ritc", "make_cam", "eval_cam"} <= jobs
+    assert not jobs & UPSTREAM_OF_CAMS
+
+
+def test_changing_crf_parameters_reruns_refinement_only(smoke: tuple[Path, Path]) -> None:
+    jobs = _jobs(smoke, {"cam_to_ir_label": {"crf": {"iterations": 3}}})
+    assert {"cam_to_ir_label", "train_irn", "make_sem_seg", "eval_sem_seg"} <= jobs
+    assert not jobs & (UPSTREAM_OF_CAMS | {"make_cam", "train_ritc", "eval_cam", "vqa"})
+
+
+def test_changing_deeplab_iterations_reruns_deeplab_only(smoke: tuple[Path, Path]) -> None:
+    jobs = _jobs(smoke, {"train_deeplab": {"iterations": 21}})
+    assert jobs - {"all", "report"} == {"train_deeplab", "infer_deeplab", "eval_deeplab"}
+
+
+def test_report_holds_tables_and_figures(smoke: tuple[Path, Path]) -> None:
+    repo, work = smoke
+    out = work / "report.html"
+    snakemake(work, "--report", str(out), repo=repo)
+    html = out.read_text(errors="replace")
+    for item in (
+        "index.html",
+        "per_class_iou.png",
+        "sweep.png",
+        "overlays.png",
+        "losses.png",
+        "corpus.html",
+        "eval_cam",
+    ):
+        assert item in html, item
+    table = (work / "results" / "demo" / "report" / "index.html").read_text()
+    s = json.loads((work / "results/demo/eval_cam/cam/val/summary.json").read_text())
+    assert f"{100 * s['miou']:.2f}" in table
+    for png in ("per_class_iou", "sweep", "overlays", "losses"):
+        data = (work / "results" / "demo" / "report" / f"{png}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
 def test_editing_library_code_reruns_its_stage(smoke: tuple[Path, Path]) -> None:
     repo, _ = smoke
     src = repo / "src" / "qaclims" / "eval_cam.py"
@@ -195,6 +254,9 @@ def test_snakefmt_is_clean() -> None:
     import sys
 
     files = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
-    r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *map(str, files)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", *map(str, files)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

@@ -27,15 +27,25 @@ def snakemake(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m snakemake`` on ``repo``'s Snakefile in ``workdir``."""
     cmd = [
-        sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
-        "--directory", str(workdir), "--workflow-profile", "none",
-        "--configfiles", *map(str, configfiles), *args,
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(repo / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--workflow-profile",
+        "none",
+        "--configfiles",
+        *map(str, configfiles),
+        *args,
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and r.returncode != 0:
-        raise AssertionError(f"snakemake failed ({r.returncode}):\n{r.stdout[-4000:]}\n"
-                             f"{r.stderr[-8000:]}")
+        raise AssertionError(
+            f"snakemake failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"
+        )
     return r
 
 
@@ -58,9 +68,22 @@ def dry_run_jobs(workdir: Path, *args: str, **kw: Any) -> dict[str, int]:
 
 def copy_repo(dest: Path) -> Path:
     """A copy of the workflow (Snakefile, rules, scripts, library) to edit in a test."""
-    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(
-        ".venv", "results", ".snakemake", ".git", "logs", "__pycache__", "benchmarks",
-        "tests", "*.egg-info", ".*_cache"))
+    shutil.copytree(
+        ROOT,
+        dest,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            "results",
+            ".snakemake",
+            ".git",
+            "logs",
+            "__pycache__",
+            "benchmarks",
+            "tests",
+            "*.egg-info",
+            ".*_cache",
+        ),
+    )
     return dest
 
 

@@ -36,9 +36,25 @@ def _train_deeplab(a: dict[str, Any], device: str) -> None:
 
 
 def _train_ritc(a: dict[str, Any], device: str) -> None:
-    from qaclims import train_ritc
+    from qaclims import clip_models, train_ritc
+    from qaclims.datasets.base import read_classes
+    from qaclims.models.cam_resnet import CamModelConfig
 
-    train_ritc.run_from_args(a, device)
+    train_ritc.run(
+        manifest=Path(a["manifest"]),
+        num_classes=len(read_classes(a["classes"])),
+        cam_weights=Path(a["cam_weights"]),
+        model_cfg=from_mapping(CamModelConfig, a["model_cfg"], "train_cam.model"),
+        corpus_index=Path(a["corpus_index"]),
+        text_features=Path(a["text_features"]),
+        clip_cfg=from_mapping(clip_models.ClipConfig, a["clip_cfg"], "clip"),
+        clip_weights=Path(a["clip_weights"]) if a.get("clip_weights") else None,
+        cfg=from_mapping(train_ritc.TrainRitcConfig, a["cfg"], "train_ritc"),
+        out_model=Path(a["model"]),
+        out_history=Path(a["history"]),
+        device=device,
+        resume_path=Path(a["resume"]),
+    )
 
 
 STAGES: dict[str, Callable[[dict[str, Any], str], None]] = {
@@ -57,8 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     # stderr only: the rule appends it to its log (so tracebacks before this line land there too)
     log = logs.setup(None, logging.INFO if rank == 0 else logging.WARNING)
     device = devices.torch_device(a.get("device", "auto"))
-    log.info("stage %s, rank %d of %s, device %s", args[0], rank,
-             os.environ.get("WORLD_SIZE", "1"), device)
+    log.info(
+        "stage %s, rank %d of %s, device %s",
+        args[0],
+        rank,
+        os.environ.get("WORLD_SIZE", "1"),
+        device,
+    )
     try:
         STAGES[args[0]](a, device)
     except Exception:

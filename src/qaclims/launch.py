@@ -21,6 +21,24 @@ def _visible() -> int:
     return len([x for x in v.split(",") if x.strip()]) if v else 0
 
 
+def run(stage: str, gpus: int, args_json: str, log_path: str | None = None) -> int:
+    """Run ``stage`` holding ``gpus`` free GPUs; its output is appended to ``log_path``.
+
+    Returns the exit status (torchrun's when several GPUs are visible).
+    """
+    cli = ["-m", "qaclims.cli", stage, args_json]
+    with acquire_gpus(gpus):
+        n = _visible()
+        cmd = [sys.executable, *cli]
+        if n > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={n}", *cli]
+        if log_path is None:
+            return subprocess.call(cmd)
+        with open(log_path, "a") as log:
+            return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpus", type=int, default=0, help="GPUs the rule's resources ask for")

@@ -12,7 +12,13 @@ rule train_cam:
     input:
         manifest=manifest(SPLITS["train"]),
         classes=R("data", "classes.json"),
-        code=lib("train_cam.py", "models/cam_resnet.py", "models/backbone.py", "augment.py", "training.py"),
+        code=lib(
+            "train_cam.py",
+            "models/cam_resnet.py",
+            "models/backbone.py",
+            "augment.py",
+            "training.py",
+        ),
     output:
         model=R("train_cam", "model.safetensors"),
         history=R("train_cam", "history.parquet"),
@@ -20,14 +26,14 @@ rule train_cam:
         LOG("train_cam.log"),
     benchmark:
         BENCH("train_cam.tsv")
-    params:
-        cfg=config["train_cam"],
-        resume=RESUME("train_cam", "state.pt"),
+    conda:
+        "../../envs/torch.yaml"
     threads: config["threads"]["gpu_job"]
     resources:
         gpu=1,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        cfg=config["train_cam"],
+        resume=RESUME("train_cam", "state.pt"),
     script:
         "../scripts/train_cam.py"
 
@@ -37,23 +43,25 @@ rule make_cam:
         manifest=lambda wc: manifest(wc.split),
         classes=R("data", "classes.json"),
         weights=cam_weights,
-        code=lib("cam_infer.py", "models/cam_resnet.py", "models/backbone.py", "augment.py"),
+        code=lib(
+            "cam_infer.py", "models/cam_resnet.py", "models/backbone.py", "augment.py"
+        ),
     output:
         cams=directory(R("make_cam", "{model}", "{split}", "{shard}")),
     log:
         LOG("make_cam", "{model}_{split}_{shard}.log"),
     benchmark:
         BENCH("make_cam", "{model}_{split}_{shard}.tsv")
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1,
     params:
         cfg=config["make_cam"],
         model=config["train_cam"]["model"],
         shard=lambda wc: int(wc.shard),
         num_shards=SHARDS["make_cam"],
-    threads: config["threads"]["gpu_job"]
-    resources:
-        gpu=1,
-    conda:
-        "../../envs/torch.yaml"
     script:
         "../scripts/make_cam.py"
 
@@ -70,10 +78,10 @@ rule eval_cam:
         sweep=R("eval_cam", "{model}", "{split}", "sweep.parquet"),
     log:
         LOG("eval_cam", "{model}_{split}.log"),
-    params:
-        cfg=config["eval_cam"],
-    threads: 1
     conda:
         "../../envs/torch.yaml"
+    threads: 1
+    params:
+        cfg=config["eval_cam"],
     script:
         "../scripts/eval_cam.py"

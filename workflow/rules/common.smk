@@ -1,25 +1,16 @@
-# Config validation, paths and input functions shared by every rule file.
+# Config validation, paths and input functions shared by the other .smk files.
 import json
 import os
-import sys
 
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
-# Interpreter for shell rules: the conda env's `python` under --sdm conda, else this one.
-_conda = "conda" in str(workflow.deployment_settings.deployment_method).lower()
-PYTHON = "python" if _conda else sys.executable
 RUN = config["run"]
 SPLITS = config["splits"]
 SHARDS = config["shards"]
 METHODS = config["methods"]
 SRC = os.path.join(workflow.basedir, "src", "qaclims")
-# Jobs import the library from this checkout, with or without --sdm conda.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (os.path.dirname(SRC), os.environ.get("PYTHONPATH")) if p
-)
 
 
 def _check_splits():
@@ -58,7 +49,7 @@ def RESUME(*parts):
 
 
 def lib(*modules):
-    """Library source files a rule depends on: editing one reruns the rule."""
+    """Library source files a job depends on: editing one reruns that step."""
     return [os.path.join(SRC, m) for m in modules + ("io.py", "config.py")]
 
 
@@ -115,6 +106,13 @@ def vqa_inputs(wildcards):
     return files
 
 
+def clip_weight_inputs(wildcards):
+    """The tiny CLIP trained by the workflow (synthetic demo); pretrained CLIPs need none."""
+    if config["clip"]["name"] == "tiny":
+        return {"clip_weights": R("train_tiny_clip", "model.safetensors")}
+    return {}
+
+
 def pseudo_dirs(split):
     return expand(
         R("make_sem_seg", refine_source(), split, "{shard}"),
@@ -128,7 +126,8 @@ def deeplab_variants():
 
 def ir_label_dirs(model, split):
     return expand(
-        R("cam_to_ir_label", model, split, "{shard}"), shard=shard_ids("cam_to_ir_label")
+        R("cam_to_ir_label", model, split, "{shard}"),
+        shard=shard_ids("cam_to_ir_label"),
     )
 
 
@@ -142,15 +141,18 @@ def gpus(stage):
 
 
 def eval_targets():
-    return expand(R("eval_cam", "{model}", SPLITS["eval_cam"], "summary.json"), model=METHODS)
+    return expand(
+        R("eval_cam", "{model}", SPLITS["eval_cam"], "summary.json"), model=METHODS
+    )
 
 
 METHOD_LABEL = {"cam": "CAM (baseline)", "ritc": "CAM (QA-CLIMS)"}
 
 
 def report_inputs(wildcards):
-    """Named inputs of the report rule: summary_/per_class_/sweep_<label>, history_<stage>,
-    cams_<label>, masks_<label>, corpus, manifest (names sort in stage order)."""
+    """Named inputs of the report job (summary_, per_class_, sweep_ + label, history_ +
+    stage, cams_ + label, masks_ + label, corpus, manifest; names sort in stage order).
+    """
     ev = SPLITS["eval_cam"]
     items = {}
     for i, m in enumerate(METHODS):
@@ -167,11 +169,16 @@ def report_inputs(wildcards):
     src = refine_source()
     if config["refine"]["enabled"]:
         for j, (stage, label) in enumerate(
-            [("eval_seeds", "seeds (CRF, confident)"), ("eval_sem_seg", "pseudo masks (IRN)")]
+            [
+                ("eval_seeds", "seeds (CRF, confident)"),
+                ("eval_sem_seg", "pseudo masks (IRN)"),
+            ]
         ):
             base = R(stage, src, ev)
             items[f"summary_{5 + j}_{label}"] = os.path.join(base, "summary.json")
-            items[f"per_class_{5 + j}_{label}"] = os.path.join(base, "per_class.parquet")
+            items[f"per_class_{5 + j}_{label}"] = os.path.join(
+                base, "per_class.parquet"
+            )
         items["history_train_irn"] = R("train_irn", src, "history.parquet")
         items["masks_pseudo masks"] = expand(
             R("make_sem_seg", src, "{split}", "{shard}"),

@@ -2,17 +2,17 @@
 
 
 rule synthetic:
+    input:
+        code=lib("synthetic.py"),
     output:
         root=directory(R("synthetic")),
     log:
         LOG("synthetic.log"),
-    params:
-        cfg=config["synthetic"],
-    threads: 1
     conda:
         "../../envs/torch.yaml"
-    input:
-        code=lib("synthetic.py"),
+    threads: 1
+    params:
+        cfg=config["synthetic"],
     script:
         "../scripts/synthetic.py"
 
@@ -20,17 +20,24 @@ rule synthetic:
 rule dataset:
     input:
         unpack(dataset_inputs),
-        code=lib("datasets/__init__.py", "datasets/base.py", "datasets/voc.py", "datasets/coco.py"),
+        code=lib(
+            "datasets/__init__.py",
+            "datasets/base.py",
+            "datasets/voc.py",
+            "datasets/coco.py",
+        ),
     output:
         classes=R("data", "classes.json"),
-        manifests=expand(R("data", "manifest", "{split}.parquet"), split=config["dataset"]["splits"]),
+        manifests=expand(
+            R("data", "manifest", "{split}.parquet"), split=config["dataset"]["splits"]
+        ),
     log:
         LOG("dataset.log"),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
     params:
         cfg=config["dataset"],
         root=dataset_root(),
-    threads: 1
-    conda:
-        "../../envs/torch.yaml"
     script:
         "../scripts/dataset.py"

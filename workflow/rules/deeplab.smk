@@ -14,9 +14,14 @@ rule train_deeplab:
         LOG("train_deeplab.log"),
     benchmark:
         BENCH("train_deeplab.tsv")
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=gpus("train_deeplab"),
     params:
         cfg=config["train_deeplab"],
-        args=lambda wc, input, output: json.dumps(
+        args=lambda wc, input, output: (
             {
                 "manifest": input.manifest,
                 "classes": input.classes,
@@ -29,13 +34,8 @@ rule train_deeplab:
                 "device": config["device"],
             }
         ),
-    threads: config["threads"]["gpu_job"]
-    resources:
-        gpu=gpus("train_deeplab"),
-    conda:
-        "../../envs/torch.yaml"
-    shell:
-        "{PYTHON} -m qaclims.launch --gpus {resources.gpu} train_deeplab {params.args:q} 2>> {log}"
+    script:
+        "../scripts/launch.py"
 
 
 rule infer_deeplab:
@@ -51,16 +51,16 @@ rule infer_deeplab:
         LOG("infer_deeplab", "{split}_{shard}.log"),
     benchmark:
         BENCH("infer_deeplab", "{split}_{shard}.tsv")
+    conda:
+        "../../envs/crf.yaml"
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1,
     params:
         cfg=config["infer_deeplab"],
         model=config["train_deeplab"]["model"],
         shard=lambda wc: int(wc.shard),
         num_shards=SHARDS["infer_deeplab"],
-    threads: config["threads"]["gpu_job"]
-    resources:
-        gpu=1,
-    conda:
-        "../../envs/crf.yaml"
     script:
         "../scripts/infer_deeplab.py"
 
@@ -81,10 +81,10 @@ rule eval_deeplab:
         LOG("eval_deeplab", "{split}_{variant}.log"),
     wildcard_constraints:
         variant="crf|nocrf",
-    params:
-        mode="error",
-    threads: 1
     conda:
         "../../envs/torch.yaml"
+    threads: 1
+    params:
+        mode="error",
     script:
         "../scripts/eval_labels.py"

@@ -13,13 +13,13 @@ rule cam_to_ir_label:
         LOG("cam_to_ir_label", "{model}_{split}_{shard}.log"),
     benchmark:
         BENCH("cam_to_ir_label", "{model}_{split}_{shard}.tsv")
+    conda:
+        "../../envs/crf.yaml"
+    threads: config["threads"]["cpu_shard"]
     params:
         cfg=config["cam_to_ir_label"],
         shard=lambda wc: int(wc.shard),
         num_shards=SHARDS["cam_to_ir_label"],
-    threads: config["threads"]["cpu_shard"]
-    conda:
-        "../../envs/crf.yaml"
     script:
         "../scripts/cam_to_ir_label.py"
 
@@ -35,11 +35,11 @@ rule eval_seeds:
         per_class=R("eval_seeds", "{model}", "{split}", "per_class.parquet"),
     log:
         LOG("eval_seeds", "{model}_{split}.log"),
-    params:
-        mode="exclude",
-    threads: 1
     conda:
         "../../envs/torch.yaml"
+    threads: 1
+    params:
+        mode="exclude",
     script:
         "../scripts/eval_labels.py"
 
@@ -56,14 +56,14 @@ rule train_irn:
         LOG("train_irn", "{model}.log"),
     benchmark:
         BENCH("train_irn", "{model}.tsv")
-    params:
-        cfg=config["train_irn"],
-        resume=lambda wc: RESUME("train_irn", wc.model, "state.pt"),
+    conda:
+        "../../envs/torch.yaml"
     threads: config["threads"]["gpu_job"]
     resources:
         gpu=1,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        cfg=config["train_irn"],
+        resume=lambda wc: RESUME("train_irn", wc.model, "state.pt"),
     script:
         "../scripts/train_irn.py"
 
@@ -87,16 +87,16 @@ rule make_sem_seg:
         LOG("make_sem_seg", "{model}_{split}_{shard}.log"),
     benchmark:
         BENCH("make_sem_seg", "{model}_{split}_{shard}.tsv")
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1,
     params:
         cfg=config["make_sem_seg"],
         irn=config["train_irn"]["model"],
         shard=lambda wc: int(wc.shard),
         num_shards=SHARDS["make_sem_seg"],
-    threads: config["threads"]["gpu_job"]
-    resources:
-        gpu=1,
-    conda:
-        "../../envs/torch.yaml"
     script:
         "../scripts/make_sem_seg.py"
 
@@ -116,10 +116,10 @@ rule eval_sem_seg:
         per_class=R("eval_sem_seg", "{model}", "{split}", "per_class.parquet"),
     log:
         LOG("eval_sem_seg", "{model}_{split}.log"),
-    params:
-        mode="error",
-    threads: 1
     conda:
         "../../envs/torch.yaml"
+    threads: 1
+    params:
+        mode="error",
     script:
         "../scripts/eval_labels.py"

@@ -45,11 +45,11 @@ rule report:
         ),
     log:
         LOG("report.log"),
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
     params:
         cfg=config["report"],
         threshold=config["eval_cam"]["threshold"],
-    threads: 1
-    conda:
-        "../../envs/report.yaml"
     script:
         "../scripts/report.py"

@@ -15,23 +15,27 @@ rule vqa:
         BENCH("vqa", "{kind}_{shard}.tsv")
     wildcard_constraints:
         kind="fg|bg",
+    conda:
+        "../../envs/vqa.yaml"
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1 if config["vqa"]["backend"] == "blip" else 0,
     params:
         cfg=config["vqa"],
         shard=lambda wc: int(wc.shard),
         num_shards=SHARDS["vqa"],
         cache=R(".cache", "vqa"),
-    threads: config["threads"]["gpu_job"]
-    resources:
-        gpu=1 if config["vqa"]["backend"] == "blip" else 0,
-    conda:
-        "../../envs/vqa.yaml"
     script:
         "../scripts/vqa.py"
 
 
 rule corpus:
     input:
-        answers=expand(R("vqa", "{kind}", "{shard}.parquet"), kind=["fg", "bg"], shard=shard_ids("vqa")),
+        answers=expand(
+            R("vqa", "{kind}", "{shard}.parquet"),
+            kind=["fg", "bg"],
+            shard=shard_ids("vqa"),
+        ),
         classes=R("data", "classes.json"),
         code=lib("corpus.py"),
     output:
@@ -39,10 +43,10 @@ rule corpus:
         stats=R("corpus", "stats.parquet"),
     log:
         LOG("corpus.log"),
-    params:
-        cfg=config["corpus"],
-    threads: 1
     conda:
         "../../envs/vqa.yaml"
+    threads: 1
+    params:
+        cfg=config["corpus"],
     script:
         "../scripts/corpus.py"
