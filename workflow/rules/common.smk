@@ -40,7 +40,7 @@ def LOG(*parts):
 
 
 def BENCH(*parts):
-    return os.path.join("benchmarks", RUN, *parts)
+    return os.path.join("results", RUN, "benchmarks", *parts)
 
 
 def RESUME(*parts):
