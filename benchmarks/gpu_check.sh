@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What only a GPU shows, in one run (used on a lent GPU machine; also useful on a
 # workstation): CUDA tests, make_cam / random-walk / VQA throughput, and the demo DAG at
-# smoke size with jobs on the GPU. Usage: bash benchmarks/gpu_check.sh OUT_DIR
+# smoke size with jobs on the GPU. Usage: bash benchmarks/gpu_check.sh OUT_DIR [all|demo]
 # If .whl/ holds wheels (packages the machine lacks), they are installed to /tmp/site first.
 set -uo pipefail
 OUT=${1:-gpu_check_out}; mkdir -p "$OUT"
@@ -18,11 +18,13 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 PATH=/tmp/site/bin:$PATH
 nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 step() { echo "=== $1"; shift; /usr/bin/time -f "%e s" "$@" 2>&1 | tee -a "$OUT/gpu_check.log" | tail -25; }
+if [ "${2:-all}" = all ]; then
 step "CUDA tests" python3 -m pytest -q -p no:cacheprovider tests/test_random_walk.py tests/test_vqa.py tests/test_cam_infer.py
 step "make_cam resnet50 500x375 fp32" python3 benchmarks/bench_make_cam.py --device cuda --arch resnet50 --size 500x375 --images 64 --batch-size 16
 step "make_cam resnet50 500x375 bf16" python3 benchmarks/bench_make_cam.py --device cuda --arch resnet50 --size 500x375 --images 64 --batch-size 16 --amp
 step "random walk + IRN" python3 benchmarks/bench_refine.py --device cuda --skip-crf --irn --irn-batch 32 --irn-steps 5
 step "VQA tiny" python3 benchmarks/bench_vqa.py --device cuda --images 32
+fi
 step "demo DAG (smoke) on the GPU" python3 -m snakemake --cores 16 --resources gpu=1 --scheduler greedy \
   --configfiles config/config.yaml config/smoke.yaml --directory /tmp/gpu_demo -s Snakefile --workflow-profile none
 grep -h "rule .* on \|using GPUs" /tmp/gpu_demo/logs/demo/*.log /tmp/gpu_demo/logs/demo/*/*.log 2>/dev/null | sort | uniq -c | head -40

@@ -178,3 +178,11 @@ def test_backbone_loads_local_weights_and_frozen_bn(tmp_path: Path) -> None:
     assert bns and all(not m.training and not m.weight.requires_grad for m in bns)
     with pytest.raises(DataError, match="missing weights file"):
         build_backbone(dataclasses.replace(cfg, weights=str(tmp_path / "none.pth")))
+
+
+def test_torch_device_resolves_idempotently() -> None:
+    first = devices.torch_device("auto")
+    assert devices.torch_device(first) == first
+    assert devices.torch_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="gpu0"):
+        devices.torch_device("gpu0")

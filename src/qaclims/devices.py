@@ -115,11 +115,18 @@ def acquire_gpus(
 
 
 def torch_device(requested: str = "auto") -> str:
-    """Resolve ``"auto" | "cpu" | "cuda"`` to a torch device string (``"cuda:0"`` or ``"cpu"``)."""
+    """Resolve ``"auto" | "cpu" | "cuda" | "cuda:N"`` to a torch device string.
+
+    Returns ``"cuda:0"`` (or the given ``"cuda:N"``) or ``"cpu"``; resolving twice is safe.
+    """
     import torch
 
+    if requested.startswith("cuda:") and requested[5:].isdigit():  # already resolved
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {requested} was asked for but no CUDA device is visible")
+        return requested
     if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {requested!r}")
     if requested == "cpu":
         return "cpu"
     if torch.cuda.is_available():
