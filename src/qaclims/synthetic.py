@@ -45,32 +45,12 @@ from tqdm import tqdm
 
 from qaclims.errors import ConfigError
 from qaclims.io import PathLike, atomic_path, write_image, write_json, write_label_png
+from qaclims.questions import BG_QUESTIONS, FG_QUESTIONS
 
 log = logging.getLogger(__name__)
 
 # The questions QA-CLIMS asks BLIP for every (image, present class); the vqa stage shares them.
-DEFAULT_QUESTIONS: dict[str, tuple[str, ...]] = {
-    "fg": (
-        "What kind of {} is in the photo?",
-        "What type of {} is in the photo?",
-        "What is this {} also called?",
-        "What is this {} usually called?",
-        "What is another word for this {}?",
-        "What is another name for this {}?",
-    ),
-    "bg": (
-        "what is above the {}?",
-        "what is under the {}?",
-        "what is behind the {}?",
-        "what is around the {}?",
-        "what is next to the {}?",
-        "what is the left side of {}?",
-        "what is the right side of {}?",
-        "what scene is the {} in?",
-        "what environment is the {} in?",
-        "what place is the {} in?",
-    ),
-}
+DEFAULT_QUESTIONS: dict[str, tuple[str, ...]] = {"fg": FG_QUESTIONS, "bg": BG_QUESTIONS}
 # What each default question asks about (same order as DEFAULT_QUESTIONS).
 FG_RELATIONS = ("kind", "kind", "name", "name", "name", "name")
 BG_RELATIONS = (

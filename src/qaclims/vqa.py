@@ -54,32 +54,12 @@ from qaclims.datasets.base import raise_if_any, read_manifest, shard_rows
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
 from qaclims.io import read_image, read_parquet, write_parquet
+from qaclims.questions import BG_QUESTIONS, FG_QUESTIONS
 from qaclims.safe_load import load_npy_dict
 
 log = logging.getLogger(__name__)
 
-#: The paper's foreground questions (QA-CLIMS ``visual_questions.py``).
-FG_QUESTIONS: tuple[str, ...] = (
-    "What kind of {} is in the photo?",
-    "What type of {} is in the photo?",
-    "What is this {} also called?",
-    "What is this {} usually called?",
-    "What is another word for this {}?",
-    "What is another name for this {}?",
-)
-#: The paper's background questions.
-BG_QUESTIONS: tuple[str, ...] = (
-    "what is above the {}?",
-    "what is under the {}?",
-    "what is behind the {}?",
-    "what is around the {}?",
-    "what is next to the {}?",
-    "what is the left side of {}?",
-    "what is the right side of {}?",
-    "what scene is the {} in?",
-    "what environment is the {} in?",
-    "what place is the {} in?",
-)
+
 KINDS: tuple[str, ...] = ("fg", "bg")
 BACKENDS: tuple[str, ...] = ("blip", "precomputed")
 DTYPES: dict[str, torch.dtype | None] = {

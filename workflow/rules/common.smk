@@ -7,6 +7,10 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 RUN = config["run"]
+# Answer files may name this run's folder as {run} (the demo's synthetic answers do).
+for _kind in ("fg", "bg"):
+    _pre = config["vqa"]["precomputed"]
+    _pre[_kind] = _pre[_kind].replace("{run}", RUN)
 SPLITS = config["splits"]
 SHARDS = config["shards"]
 METHODS = config["methods"]
