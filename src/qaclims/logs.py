@@ -13,6 +13,7 @@ def setup(log_path: str | Path | None = None, level: int = logging.INFO) -> logg
     root = logging.getLogger("qaclims")
     root.setLevel(level)
     root.handlers.clear()
+    root.propagate = False  # no second copy through handlers others put on the root logger
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
