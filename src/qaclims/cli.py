@@ -73,13 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     # stderr only: the rule appends it to its log (so tracebacks before this line land there too)
     log = logs.setup(None, logging.INFO if rank == 0 else logging.WARNING)
     device = devices.torch_device(a.get("device", "auto"))
-    log.info(
-        "stage %s, rank %d of %s, device %s",
-        args[0],
-        rank,
-        os.environ.get("WORLD_SIZE", "1"),
-        device,
-    )
+    world = os.environ.get("WORLD_SIZE", "1")
+    log.info("rule %s on %s (rank %d of %s)", args[0], device, rank, world)
     try:
         STAGES[args[0]](a, device)
     except Exception:
