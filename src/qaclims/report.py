@@ -73,7 +73,7 @@ def plot_per_class_iou(
     ax.set_xticks(x, classes, rotation=60, ha="right")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the bars
     ax.set_title(title)
     _save(fig, out_png)
 
