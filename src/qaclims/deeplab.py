@@ -63,11 +63,9 @@ from qaclims.training import (
     init_distributed,
     load_weights,
     per_rank_batch,
-    rng_state,
     save_weights,
     seed_everything,
     set_poly_lr,
-    set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -403,26 +401,17 @@ def _restore(
     resume: ResumeState, model: DeepLab, opt: torch.optim.Optimizer, history: History
 ) -> int:
     """Load the resume state if there is one; returns the number of steps already done."""
-    state = resume.load()
+    state = resume.restore_training(opt, history)
     if state is None:
         return 0
     model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    history.rows = History.from_tensor_state(state["history"]).rows
     return int(state["step"])
 
 
 def _save_state(
     resume: ResumeState, step: int, model: DeepLab, opt: torch.optim.Optimizer, history: History
 ) -> None:
-    resume.save(
-        step,
-        model=model.state_dict(),
-        optimizer=opt.state_dict(),
-        rng=rng_state(),
-        history=history.as_tensor_state(),
-    )
+    resume.save_training(step, model.state_dict(), opt, history)
 
 
 def _wrap(model: DeepLab, cfg: TrainDeeplabConfig, dist: DistInfo) -> nn.Module:

@@ -46,11 +46,9 @@ from qaclims.training import (
     ResumeState,
     autocast,
     fingerprint,
-    rng_state,
     save_weights,
     seed_everything,
     set_poly_lr,
-    set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -469,27 +467,20 @@ def _head_state(model: IrnNet) -> dict[str, torch.Tensor]:
 def _save_state(
     resume: ResumeState, step: int, model: IrnNet, opt: torch.optim.SGD, hist: History
 ) -> None:
-    resume.save(
-        step,
-        model=_head_state(model),
-        optimizer=opt.state_dict(),
-        rng=rng_state(),
-        history=hist.as_tensor_state(),
-    )
+    resume.save_training(step, _head_state(model), opt, hist)
 
 
 def _restore(resume: ResumeState, model: IrnNet, opt: torch.optim.SGD) -> tuple[int, History]:
-    state = resume.load()
+    history = History()
+    state = resume.restore_training(opt, history)
     if state is None:
-        return 0, History()
+        return 0, history
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if unexpected or any(not k.startswith("backbone.") for k in missing):
         raise DataError(
             f"resume state {resume.path} does not fit the model: {unexpected or missing}"
         )
-    opt.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    return int(state["step"]), History.from_tensor_state(state["history"])
+    return int(state["step"]), history
 
 
 def train_step(

@@ -38,11 +38,9 @@ from qaclims.training import (
     ResumeState,
     autocast,
     fingerprint,
-    rng_state,
     save_weights,
     seed_everything,
     set_poly_lr,
-    set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -202,13 +200,10 @@ def _restore(
     resume: ResumeState, model: CamNet, optimizer: torch.optim.Optimizer, history: History
 ) -> int:
     """Load the resume state if there is one; returns the number of steps already done."""
-    state = resume.load()
+    state = resume.restore_training(optimizer, history)
     if state is None:
         return 0
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    history.rows = History.from_tensor_state(state["history"]).rows
     log.info("train_cam: continuing from step %d (epoch %d)", state["step"], state["epoch"])
     return int(state["step"])
 
@@ -221,14 +216,7 @@ def _save(
     opt: torch.optim.Optimizer,
     history: History,
 ) -> None:
-    resume.save(
-        step,
-        epoch=epoch,
-        model=model.state_dict(),
-        optimizer=opt.state_dict(),
-        rng=rng_state(),
-        history=history.as_tensor_state(),
-    )
+    resume.save_training(step, model.state_dict(), opt, history, epoch=epoch)
 
 
 def train_step(

@@ -61,11 +61,9 @@ from qaclims.training import (
     fingerprint,
     init_distributed,
     per_rank_batch,
-    rng_state,
     save_weights,
     seed_everything,
     set_poly_lr,
-    set_rng_state,
     unwrap,
 )
 
@@ -528,25 +526,18 @@ def _loader(
 
 def _restore(loop: Loop) -> int:
     """Load the resume state if there is one; returns the number of steps already done."""
-    state = loop.resume.load()
+    state = loop.resume.restore_training(loop.optimizer, loop.history)
     if state is None:
         return 0
     unwrap(loop.model).load_state_dict(state["model"])
-    loop.optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    loop.history.rows = History.from_tensor_state(state["history"]).rows
     log.info("train_ritc: continuing from step %d", state["step"])
     return int(state["step"])
 
 
 def _save(loop: Loop, step: int) -> None:
     if loop.dist.main:
-        loop.resume.save(
-            step,
-            model=unwrap(loop.model).state_dict(),
-            optimizer=loop.optimizer.state_dict(),
-            rng=rng_state(),
-            history=loop.history.as_tensor_state(),
+        loop.resume.save_training(
+            step, unwrap(loop.model).state_dict(), loop.optimizer, loop.history
         )
 
 

@@ -82,6 +82,40 @@ class ResumeState:
         with atomic_path(self.path, suffix=".pt") as tmp:
             torch.save({"fingerprint": self.fingerprint, "step": step, **parts}, tmp)
 
+    def save_training(
+        self,
+        step: int,
+        model_state: Mapping[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        history: History,
+        **extra: Any,
+    ) -> None:
+        """Save a training loop's state: model tensors, optimizer, RNG states, history."""
+        self.save(
+            step,
+            model=dict(model_state),
+            optimizer=optimizer.state_dict(),
+            rng=rng_state(),
+            history=history.as_tensor_state(),
+            **extra,
+        )
+
+    def restore_training(
+        self, optimizer: torch.optim.Optimizer, history: History
+    ) -> dict[str, Any] | None:
+        """Load what :meth:`save_training` wrote into ``optimizer``, the RNGs and ``history``.
+
+        Returns the state (its ``"model"`` and ``"step"`` are for the caller), or None when
+        there is nothing to continue from.
+        """
+        state = self.load()
+        if state is None:
+            return None
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        history.rows = History.from_tensor_state(state["history"]).rows
+        return state
+
     def clear(self) -> None:
         """Remove the state once the final outputs are written."""
         self.path.unlink(missing_ok=True)
