@@ -36,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from qaclims import random_walk as rw
+from qaclims.augment import IMAGENET_MEAN, IMAGENET_STD
 from qaclims.config import to_dict
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
@@ -73,8 +74,8 @@ class IrnModelConfig:
     )
     edge_width: int = 32
     disp_width: int = 256
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 @dataclass(frozen=True)

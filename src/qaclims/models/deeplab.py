@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qaclims.augment import IMAGENET_MEAN, IMAGENET_STD
 from qaclims.errors import ConfigError, DataError
 from qaclims.models.backbone import Backbone, BackboneConfig, build_backbone, load_state_file
 
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 
 VERSIONS = ("v2", "v3")
 STYLES = ("torchvision", "caffe")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
 
 
