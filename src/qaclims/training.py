@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,14 +241,3 @@ class History:
         cols = list(state["cols"])
         vals = state["values"].numpy()
         return cls([dict(zip(cols, map(float, r), strict=True)) for r in vals])
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Use ``n`` intra-op CPU threads inside the block (Snakemake's ``threads``)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
