@@ -23,7 +23,8 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks workflow/scripts
+	$(VENV)/bin/ruff check src tests benchmarks workflow/scripts envs
+	$(VENV)/bin/ruff format --check src tests benchmarks workflow/scripts envs
 	$(VENV)/bin/mypy
 	$(VENV)/bin/snakemake --lint --configfile config/config.yaml
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,44 +78,6 @@ def test_label_png_roundtrip_and_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="bad.jpg"):
         io.read_image(tmp_path / "bad.jpg")
-
-
-def test_gpu_picker_gives_distinct_devices_and_frees_them(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with devices.acquire_gpus(1, total=2) as a:
-        assert os.environ["CUDA_VISIBLE_DEVICES"] == str(a[0])
-        # a second process sees device a[0] busy and takes the other one
-        code = (
-            "import os,sys; from qaclims import devices\n"
-            "with devices.acquire_gpus(1, total=2, timeout_s=5) as b: print(b[0])"
-        )
-        env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        assert int(out) == 1 - a[0]
-    assert "CUDA_VISIBLE_DEVICES" not in os.environ
-    with devices.acquire_gpus(2, total=2) as both:  # both free again
-        assert sorted(both) == [0, 1]
-
-
-def test_gpu_picker_lock_released_when_holder_crashes(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    code = (
-        "import os; from qaclims import devices\nwith devices.acquire_gpus(1, total=1): os._exit(3)"
-    )
-    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ))
-    assert r.returncode == 3
-    with devices.acquire_gpus(1, total=1, timeout_s=2) as got:
-        assert got == [0]
-
-
-def test_gpu_picker_leaves_slurm_choice_alone(monkeypatch) -> None:
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    with devices.acquire_gpus(1, total=4) as got:
-        assert got == [] and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
 
 
 def test_poly_lr_matches_formula() -> None:

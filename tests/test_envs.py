@@ -1,67 +1,149 @@
-"""Conda envs: every rule's `conda:` file exists, is pinned, and agrees with pyproject."""
+"""Conda envs: every rule's `conda:` file exists, is generated from pyproject (core + the
+family's group, pinned), needs no path relative to where Snakemake copies it, and holds what
+its rules import: each env's pip part is installed into a fresh venv, as Snakemake would
+install it, and every module its rules' scripts import is imported there."""
 
 from __future__ import annotations
 
+import ast
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
+from qaclims.codegraph import library_files
+
 ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = ("torch", "vqa", "crf", "report")
 
 
-def project_pins() -> dict[str, str]:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pins = {}
-    for d in deps:
-        name, _, version = d.partition("==")
-        assert version, f"pyproject dependency {d!r} is not pinned with =="
-        pins[name.lower()] = version
-    return pins
-
-
-def conda_paths() -> set[Path]:
-    """Env files named by `conda:` directives, resolved as Snakemake does (rule file's dir)."""
-    found = set()
+def rules() -> dict[str, tuple[str, str | None]]:
+    """Rule name -> (env file name, script name) from the rule files."""
+    out = {}
     for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
-        for m in re.finditer(r"conda:\s*\n\s*\"([^\"]+)\"", smk.read_text()):
-            found.add((smk.parent / m.group(1)).resolve())
-    return found
+        for body in re.split(r"\nrule ", smk.read_text())[1:]:
+            name = body.split(":", 1)[0]
+            env = re.search(r'conda:\s*\n\s*"([^"]+)"', body)
+            script = re.search(r'script:\s*\n\s*"\.\./scripts/(\w+)\.py"', body)
+            assert env, f"rule {name} has no conda env"
+            out[name] = (Path(env.group(1)).name, script.group(1) if script else None)
+    return out
 
 
-def test_every_rule_file_uses_existing_envs() -> None:
-    paths = conda_paths()
-    assert paths, "no conda: directive found"
-    for p in paths:
-        assert p.is_file(), f"missing conda env {p}"
-    assert {p.name for p in paths} == {p.name for p in (ROOT / "envs").glob("*.yaml")}
+def env_pip(family: str) -> list[str]:
+    spec = yaml.safe_load((ROOT / "envs" / f"{family}.yaml").read_text())
+    return next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
 
 
-def test_env_pins_agree_with_pyproject() -> None:
-    pins = project_pins()
-    for env in (ROOT / "envs").glob("*.yaml"):
-        spec = yaml.safe_load(env.read_text())
-        assert "nodefaults" in spec["channels"], env
-        pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
-        assert pip[-1] == "-e ..", f"{env.name}: the project itself must be installed last"
-        for req in pip[:-1]:
-            name, _, version = req.partition("==")
-            assert version, f"{env.name}: {req} is not pinned"
-            assert pins.get(name.lower()) == version, (
-                f"{env.name}: {name}=={version} but pyproject pins {pins.get(name.lower())}"
-            )
+def test_every_rule_uses_an_existing_env() -> None:
+    used = {env for env, _ in rules().values()}
+    assert used == {f"{f}.yaml" for f in FAMILIES}
+    assert used == {p.name for p in (ROOT / "envs").glob("*.yaml")}
+
+
+def test_env_files_are_generated_from_pyproject() -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "envs" / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for family in FAMILIES:
+        pins = env_pip(family)
+        expected = project["dependencies"] + project["optional-dependencies"][family]
+        assert set(pins) == set(expected), family
+        assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][\w.]*", p) for p in pins), pins
+        spec = yaml.safe_load((ROOT / "envs" / f"{family}.yaml").read_text())
+        assert "nodefaults" in spec["channels"]
         for d in spec["dependencies"]:
             if isinstance(d, str):
-                assert re.search(r"=\S", d), f"{env.name}: conda dependency {d} is not pinned"
+                assert re.search(r"=\S", d), f"{family}: conda dependency {d} is not pinned"
 
 
-def test_every_rule_has_log_and_env() -> None:
-    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
-        text = smk.read_text()
-        rules = re.split(r"\nrule ", text)[1:]
-        for body in rules:
-            name = body.split(":", 1)[0]
-            assert "\n    log:" in body, f"rule {name} has no log"
-            assert "\n    conda:" in body, f"rule {name} has no conda env"
-            assert "\n    threads:" in body, f"rule {name} has no threads"
+def test_env_files_name_no_path() -> None:
+    """Nothing relative to the env file (Snakemake builds it from a copy elsewhere)."""
+    for family in FAMILIES:
+        for p in env_pip(family):
+            assert not p.startswith(("-e", ".", "/", "file:")), (family, p)
+
+
+def test_library_core_does_not_depend_on_snakemake() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.lower().startswith("snakemake")]
+    for f in (ROOT / "src" / "qaclims").rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not [n for n in names if n.split(".")[0] == "snakemake"], f
+
+
+def _imports_of(files: list[str]) -> set[str]:
+    """Top-level third-party modules the files import anywhere (lazy imports included)."""
+    std = set(sys.stdlib_module_names) | {"__future__", "qaclims"}
+    mods: set[str] = set()
+    for f in files:
+        for node in ast.walk(ast.parse(Path(f).read_text())):
+            if isinstance(node, ast.Import):
+                mods |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods.add(node.module.split(".")[0])
+    return mods - std
+
+
+def _module_name(path: str) -> str:
+    rel = Path(path).relative_to(ROOT / "src").with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_env_installs_in_a_fresh_venv_and_its_rules_import(family: str, tmp_path: Path) -> None:
+    venv = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    req = tmp_path / "requirements.txt"  # what Snakemake hands pip for an env's pip section
+    req.write_text("\n".join(env_pip(family)) + "\n")
+    r = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(req)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    scripts = {s for env, s in rules().values() if env == f"{family}.yaml" and s}
+    files = sorted(
+        {
+            f
+            for s in scripts
+            for f in library_files(ROOT / "workflow/scripts" / f"{s}.py", ROOT / "src")
+        }
+    )
+    modules = [_module_name(f) for f in files]
+    third = sorted(
+        _imports_of(files + [str(ROOT / "workflow/scripts" / f"{s}.py") for s in scripts])
+    )
+    code = (
+        "import importlib, importlib.util, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        f"missing = [m for m in {third!r} if importlib.util.find_spec(m) is None]\n"
+        "assert not missing, f'not installed: {missing}'\n"
+        "assert 'snakemake' not in sys.modules\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT / "src")  # as the Snakefile sets it for every job
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, f"{family} env: {sorted(scripts)}\n{r.stderr[-4000:]}"

@@ -8,11 +8,15 @@ account ``qaclims``, 4 fake GPUs, accounting through slurmdbd) and ``QACLIMS_SLU
 Without ``QACLIMS_SLURM=1`` the SLURM tests skip with that reason, except under ``CI=true``,
 where they fail: CI must never skip them silently. With it set, any problem is a failure.
 
-One smoke-size run of ``targets()`` (dataset -> train_cam -> make_cam -> eval_cam) goes through
-a copy of ``profiles/slurm`` shrunk to this node, beside a tiny probe workflow whose GPU job
-records the environment SLURM gave it. The tests then compare what Snakemake planned (its
-"Job stats" table and job blocks) with what SLURM's accounting (``sacct``) says ran, and
-check the outputs.
+The README's command line, ``snakemake --profile profiles/slurm --configfile config/voc12.yaml``,
+runs from the root of a clone (a copy of this repository) whose ``profiles/slurm`` carries this
+cluster's account and requests shrunk to its one node (the overlay), against a fake VOC tree
+where ``config/voc12.yaml`` looks for it, with a given baseline CAM network (as a released
+model; training a ResNet-50 here would take an hour): dataset, then ``targets()`` (make_cam ->
+eval_cam). Nothing else is added: ``profiles/default`` loads as it does for a user. A tiny probe
+workflow beside it records the environment SLURM gave its GPU job. The tests then compare what
+Snakemake planned (its "Job stats" table and job blocks) with what SLURM's accounting
+(``sacct``) says ran, and check the outputs.
 """
 
 from __future__ import annotations
@@ -37,28 +41,24 @@ import pytest
 import yaml
 
 from qaclims import io
+from tests.workflow_util import copy_repo, fake_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT = os.environ.get("QACLIMS_SLURM_ACCOUNT", "qaclims")  # as in .ci/slurm/common.sh
-RUN = "slurm_ci"  # results/<RUN>/ inside the test's work folder
+RUN = "voc12"  # results/<RUN>/ inside the clone, as config/voc12.yaml names it
+README_CMD = "snakemake --profile profiles/slurm --configfile config/voc12.yaml"
+VOC_IDS = {
+    "train_aug": [f"2007_{i:06d}" for i in range(8)],
+    "train": [f"2007_{i:06d}" for i in range(4)],
+    "val": ["2008_000001"],
+}
 
 
 def targets(cfg: dict) -> list[str]:
-    """The part of the DAG this test runs (the one place to widen it as stages get wired)."""
+    """The part of the DAG this test runs: the baseline CAMs and their evaluation."""
     split = cfg["splits"]["eval_cam"]
-    return [f"results/{RUN}/eval_cam/{m}/{split}/summary.json" for m in cfg["methods"]]
+    return [f"results/{RUN}/eval_cam/cam/{split}/summary.json"]
 
-
-# Demo config overlays, later ones win. config/smoke.yaml (the lead's smoke size) is used
-# when present; FALLBACK_SMOKE stands in for it until then. SLURM_OVERLAY always applies.
-FALLBACK_SMOKE = {
-    "methods": ["cam"],
-    "shards": {"make_cam": 1},
-    "synthetic": {"image_size": 64, "num_images": {"train": 12, "val": 6}},
-    "train_cam": {"batch_size": 4, "epochs": 1, "resize_long": [56, 80], "crop": 64},
-    "make_cam": {"scales": [1.0, 0.5], "flip": True, "batch_size": 4},
-}
-SLURM_OVERLAY = {"run": RUN, "threads": {"gpu_job": 1, "cpu_shard": 1}}
 
 # profiles/slurm asks for cluster-sized jobs; these values make every request fit one small
 # node (the keys a rule's entry has are replaced, partitions and everything else are kept).
@@ -66,11 +66,11 @@ FIT = {"mem_mb": 1000, "runtime": 20, "cpus_per_gpu": 1, "cpus_per_task": 1}
 # The plugin polls sacct INIT s after a submission, then waits 10 s longer after each check
 # that saw nothing finish (checks at INIT, 2*INIT+10, 3*INIT+30 s). A smoke job takes 13-19 s
 # here (two Snakemake start-ups plus torch), so INIT=5 sees most finish at the 20 s check.
-SLURM_FLAGS = [
-    "--slurm-init-seconds-before-status-checks=5",
-    "--seconds-between-status-checks=2",
-    "--slurm-keep-successful-logs",
-]
+SLURM_FLAGS = {
+    "slurm-init-seconds-before-status-checks": 5,
+    "seconds-between-status-checks": 2,
+    "slurm-keep-successful-logs": True,
+}
 RUN_TIMEOUT_S = 900
 
 PROBE_SNAKEFILE = """
@@ -136,8 +136,8 @@ def _check(cmd: list[str]) -> str:
 # ------------------------------------------------------------------------------ set-up
 
 
-def write_profile(dst: Path) -> Path:
-    """profiles/slurm with this cluster's account and requests shrunk to FIT."""
+def write_profile(dst: Path, logdir: Path) -> Path:
+    """profiles/slurm with this cluster's account, requests shrunk to FIT, fast polling."""
     prof = yaml.safe_load((ROOT / "profiles/slurm/config.v8+.yaml").read_text())
     prof["default-resources"] = {
         **prof.get("default-resources", {}),
@@ -149,34 +149,36 @@ def write_profile(dst: Path) -> Path:
         res.update({k: v for k, v in FIT.items() if k in res})
     prof["set-threads"] = {rule: 1 for rule in prof.get("set-threads") or {}}
     prof["retries"] = 0  # a failure must show at once, not after a silent second try
+    prof.update(SLURM_FLAGS)
+    prof["slurm-logdir"] = str(logdir)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "config.v8+.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
     return dst
 
 
-def config_files(tmp: Path) -> list[Path]:
-    smoke = ROOT / "config/smoke.yaml"
-    if not smoke.exists():
-        smoke = tmp / "smoke.yaml"
-        smoke.write_text(yaml.safe_dump(FALLBACK_SMOKE))
-    overlay = tmp / "slurm_overlay.yaml"
-    overlay.write_text(yaml.safe_dump(SLURM_OVERLAY))
-    return [ROOT / "config/config.yaml", smoke, overlay]
+def clone_with_data(dst: Path) -> tuple[Path, dict]:
+    """A copy of the repository with a fake VOC tree where config/voc12.yaml looks."""
+    repo = copy_repo(dst)
+    cfg = yaml.safe_load((repo / "config/voc12.yaml").read_text())
+    fake_voc(repo / cfg["dataset"]["root"], VOC_IDS, size=(24, 32))
+    return repo, cfg
 
 
-def merged_config(files: list[Path]) -> dict:
-    """The config Snakemake sees, merged the way --configfile merges (nested keys)."""
-
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-
-    cfg: dict = {}
-    for f in files:
-        cfg = merge(cfg, yaml.safe_load(f.read_text()) or {})
-    return cfg
+def released_cam_model(repo: Path) -> None:
+    """A ResNet-50 CAM network in the project's format (random weights) and its history."""
+    code = (
+        "import dataclasses, pandas as pd, torch, yaml\n"
+        "from qaclims import io\nfrom qaclims.config import from_mapping\n"
+        "from qaclims.models.cam_resnet import CamModelConfig, CamNet\n"
+        "from qaclims.training import save_weights\n"
+        "m = from_mapping(CamModelConfig, yaml.safe_load(open('config/voc12.yaml'))"
+        "['train_cam']['model'], 'train_cam.model')\n"
+        "m = dataclasses.replace(m, backbone=dataclasses.replace(m.backbone, weights='none'))\n"
+        "torch.manual_seed(0)\n"
+        "save_weights('results/voc12/train_cam/model.safetensors', CamNet(m, 20))\n"
+        "io.write_parquet('results/voc12/train_cam/history.parquet', pd.DataFrame({'step': [0]}))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=repo, check=True, timeout=300)
 
 
 def job_env(tmp: Path) -> dict[str, str]:
@@ -196,11 +198,16 @@ def job_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def snakemake_cmd(snakefile: Path, workdir: Path, profile: Path, extra: list[str]) -> list[str]:
+def probe_cmd(snakefile: Path, workdir: Path, profile: Path, extra: list[str]) -> list[str]:
     return [
         sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
         "--directory", str(workdir), "--workflow-profile", str(profile), *extra,
     ]  # fmt: skip
+
+
+def readme_cmd(targets: list[str]) -> list[str]:
+    """The README's SLURM line as a user types it (``snakemake`` from the venv on PATH)."""
+    return ["bash", "-c", f"{README_CMD} -- {' '.join(targets)}"]
 
 
 # ------------------------------------------------------------------------ the run itself
@@ -262,10 +269,12 @@ def job_blocks(text: str) -> dict[str, PlannedJob]:
     return jobs
 
 
-def start(cmd: list[str], env: dict[str, str], out: Path) -> subprocess.Popen:
+def start(
+    cmd: list[str], env: dict[str, str], out: Path, cwd: Path | None = None
+) -> subprocess.Popen:
     with out.open("w") as f:
         return subprocess.Popen(
-            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cwd
         )
 
 
@@ -314,31 +323,33 @@ class Runs:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     require_cluster()
     tmp = tmp_path_factory.mktemp("slurm")
-    profile, env = write_profile(tmp / "profile"), job_env(tmp)
-    files = config_files(tmp)
-    cfg = merged_config(files)
-    work, probe_dir = tmp / "work", tmp / "probe"
+    repo, cfg = clone_with_data(tmp / "qaclims")
+    write_profile(repo / "profiles" / "slurm", tmp / "slurm_logs")  # the cluster overlay
+    env = job_env(tmp)
+    probe_profile = write_profile(tmp / "probe_profile", tmp / "probe_logs")
+    probe_dir = tmp / "probe"
     probe_dir.mkdir()
     (probe_dir / "Snakefile").write_text(PROBE_SNAKEFILE)
     (probe_dir / "probe.py").write_text(PROBE_SCRIPT)
-    main_cmd = snakemake_cmd(
-        ROOT / "Snakefile", work, profile,
-        ["--configfile", *map(str, files), "--slurm-logdir", str(tmp / "slurm_logs"),
-         *SLURM_FLAGS, "--", *targets(cfg)],
-    )  # fmt: skip
-    probe_cmd = snakemake_cmd(
-        probe_dir / "Snakefile", probe_dir, profile,
-        ["--slurm-logdir", str(tmp / "probe_logs"), *SLURM_FLAGS, "--", *PROBE_TARGETS],
-    )  # fmt: skip
     t0, since = time.monotonic(), datetime.now()
-    procs = [start(c, env, tmp / f"{n}.out") for n, c in (("main", main_cmd), ("probe", probe_cmd))]
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    main = finish(procs[0], tmp / "main.out", work, since, deadline)
-    probe = finish(procs[1], tmp / "probe.out", probe_dir, since, deadline)
+    probe = start(
+        probe_cmd(probe_dir / "Snakefile", probe_dir, probe_profile, ["--", *PROBE_TARGETS]),
+        env, tmp / "probe.out",
+    )  # fmt: skip
+    data = start(readme_cmd([f"results/{RUN}/data/classes.json"]), env, tmp / "data.out", repo)
+    first = finish(data, tmp / "data.out", repo, since, deadline)
+    _ok(first)
+    released_cam_model(repo)
+    main = finish(
+        start(readme_cmd(targets(cfg)), env, tmp / "main.out", repo),
+        tmp / "main.out", repo, since, deadline,
+    )  # fmt: skip
+    probe_run = finish(probe, tmp / "probe.out", probe_dir, since, deadline)
     seconds = time.monotonic() - t0
-    n_jobs = len(main.submitted) + len(probe.submitted)
+    n_jobs = len(first.submitted) + len(main.submitted) + len(probe_run.submitted)
     print(f"\nSLURM workflow test: {seconds:.0f} s, {n_jobs} SLURM jobs (work dir {tmp})")
-    yield Runs(main, probe, cfg, seconds)
+    yield Runs(main, probe_run, cfg, seconds)
 
 
 def _ok(run: SlurmRun) -> None:
@@ -355,18 +366,14 @@ def test_workflow_outputs_are_complete_and_sane(runs: Runs) -> None:
     for t in targets(cfg):
         summary = json.loads((work / t).read_text())
         assert 0.0 <= summary["miou"] <= 1.0, summary
-        assert summary["num_images"] == cfg_images(cfg, cfg["splits"]["eval_cam"]), summary
+        assert summary["num_images"] == len(VOC_IDS[cfg["splits"]["eval_cam"]]), summary
     for split in cfg["splits"]["cam"]:
         manifest = pd.read_parquet(work / f"results/{RUN}/data/manifest/{split}.parquet")
-        assert len(manifest) == cfg_images(cfg, split)
+        assert len(manifest) == len(VOC_IDS[split])
         cams = sorted((work / f"results/{RUN}/make_cam/cam/{split}").glob("*/*.npz"))
         assert sorted(p.stem for p in cams) == sorted(manifest["image_id"])
         cam = io.read_npz(cams[0])["cam"]
         assert cam.dtype == np.float16 and 0.0 <= cam.min() and cam.max() <= 1.0
-
-
-def cfg_images(cfg: dict, split: str) -> int:
-    return int(cfg["synthetic"]["num_images"][split])
 
 
 def rule_of(comment: str) -> str:
@@ -395,7 +402,7 @@ def test_gpu_jobs_got_their_gpus_on_the_gpu_partition(runs: Runs) -> None:
     run = runs.main
     _ok(run)
     gpu_rules = {j.rule for j in run.jobs.values() if j.gpu > 0}
-    assert {"train_cam", "make_cam"} <= gpu_rules, gpu_rules
+    assert "make_cam" in gpu_rules, gpu_rules
     for _, row in run.sacct.iterrows():
         planned = run.jobs[run.submitted[row["JobIDRaw"]]]
         got = re.search(r"gres/gpu=(\d+)", row["AllocTRES"])
@@ -416,13 +423,15 @@ def test_gpu_jobs_keep_the_devices_slurm_chose(runs: Runs) -> None:
         assert re.fullmatch(r"[0-3]", rec["before"] or ""), f"SLURM set no GPU: {rec}"
         assert rec["inside"] == rec["before"] == rec["step_gpus"], rec
         assert "gres/gpu=1" in acct.loc[rec["job_id"], "AllocTRES"]
-        assert "using GPUs" not in (runs.probe.workdir / t.replace(".json", ".log")).read_text()
+        probe_log = (runs.probe.workdir / t.replace(".json", ".log")).read_text()
+        assert f"set by SLURM job {rec['job_id']}" in probe_log, probe_log
     _ok(runs.main)
     gpu_jobs = [j for j in runs.main.jobs.values() if j.gpu > 0]
     assert gpu_jobs
     for job in gpu_jobs:
         text = (runs.main.workdir / job.log).read_text()
-        assert f"rule {job.rule} on" in text and "using GPUs" not in text, text
+        assert f"rule {job.rule} on" in text and "(set by SLURM job" in text, text
+        assert "CUDA_VISIBLE_DEVICES=" not in text, text  # the picker chose nothing itself
 
 
 def test_fake_nvidia_smi_makes_the_picker_choose(tmp_path: Path, monkeypatch, caplog) -> None:
@@ -435,5 +444,5 @@ def test_fake_nvidia_smi_makes_the_picker_choose(tmp_path: Path, monkeypatch, ca
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert devices.count_gpus() == 4
     with caplog.at_level("INFO", logger="qaclims.devices"), devices.acquire_gpus(1) as ids:
-        assert ids == [0] and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+        assert ids == ["0"] and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert "using GPUs" in caplog.text

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from tests.workflow_util import (
     CONFIG,
@@ -17,6 +15,8 @@ from tests.workflow_util import (
     SMOKE,
     copy_repo,
     dry_run_jobs,
+    fake_coco,
+    fake_voc,
     snakemake,
     write_overlay,
 )
@@ -39,6 +39,104 @@ def test_wrong_type_is_rejected_naming_it(tmp_path: Path) -> None:
     assert "scales" in out and "make_cam" in out
 
 
+@pytest.mark.parametrize(
+    ("overlay", "key", "value"),
+    [
+        ({"dataset": {"name": "voc13"}}, "name", "voc13"),
+        ({"vqa": {"backend": "blop"}}, "backend", "blop"),
+        ({"train_cam": {"batch_size": -3}}, "batch_size", "-3"),
+        ({"train_ritc": {"region_encoding": "foo"}}, "region_encoding", "foo"),
+        ({"infer_deeplab": {"fusion": "median"}}, "fusion", "median"),
+        ({"train_cam": {"model": {"backbone": {"arch": "resnet77"}}}}, "arch", "resnet77"),
+        ({"train_deeplab": {"lr": -0.1}}, "lr", "-0.1"),
+        ({"eval_cam": {"threshold": 2.0}}, "threshold", "2.0"),
+        ({"make_cam": {"scales": []}}, "scales", "[]"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_wrong_values_stop_the_run_before_any_job_naming_the_key(
+    tmp_path: Path, overlay: dict, key: str, value: str
+) -> None:
+    bad = write_overlay(tmp_path / "bad.yaml", overlay)
+    r = snakemake(tmp_path, "--cores", "1", configfiles=(CONFIG, bad), check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert key in out and value in out, out[-3000:]
+    assert "Job stats" not in out and not (tmp_path / "results").exists()
+
+
+def test_cross_field_config_errors_stop_the_run_at_parse_time(tmp_path: Path) -> None:
+    """A check only the typed config knows (tiny backbones have no ImageNet weights)."""
+    bad = write_overlay(
+        tmp_path / "bad.yaml", {"train_cam": {"model": {"backbone": {"weights": "imagenet"}}}}
+    )
+    r = snakemake(tmp_path, "-n", configfiles=(CONFIG, bad), check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "imagenet" in out and "tiny" in out, out[-3000:]
+
+
+def _nested(key: str, value: object) -> dict:
+    out: dict = {}
+    node = out
+    *parents, last = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    return out
+
+
+MISSING = [  # (key, path the key names, other settings that make the path needed)
+    ("dataset.root", "no/such/VOC2012", {"dataset": {"name": "voc12"}}),
+    ("train_irn.model.backbone.weights", "w/irn.pth", {}),
+    ("clip.pretrained", "ckpt/clip.pt", {"clip": {"name": "ViT-B-32"}}),
+    ("clip.ovseg_checkpoint", "ckpt/ovseg.pth", {"clip": {"name": "ViT-B-32"}}),
+    ("vqa.model", "./models/blip", {"vqa": {"backend": "blip"}}),
+]
+
+
+@pytest.mark.parametrize(("key", "path", "extra"), MISSING, ids=[m[0] for m in MISSING])
+def test_missing_inputs_stop_the_run_naming_key_and_absolute_path(
+    tmp_path: Path, key: str, path: str, extra: dict
+) -> None:
+    overlay = extra | _nested(key, path)
+    if key.split(".")[0] in extra:
+        overlay[key.split(".")[0]] = (
+            extra[key.split(".")[0]] | _nested(key, path)[key.split(".")[0]]
+        )
+    bad = write_overlay(tmp_path / "bad.yaml", overlay)
+    r = snakemake(tmp_path, "-n", configfiles=(CONFIG, bad), check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert f"config key {key}" in out and str((tmp_path / path).resolve()) in out, out[-3000:]
+
+
+def test_every_schema_key_has_a_description_and_runtime_keys_are_marked() -> None:
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    keys, runtime = [], []
+
+    def walk(node: dict, path: str) -> None:
+        for k, v in (node.get("properties") or {}).items():
+            keys.append(path + k)
+            assert v.get("description"), f"{path + k} has no description"
+            if v.get("x-result") is False:
+                runtime.append(path + k)
+            walk(v, path + k + ".")
+
+    walk(schema, "")
+    assert len(keys) > 250
+    for k in (
+        "train_cam.num_workers",
+        "make_cam.batch_size",
+        "vqa.cache_flush_batches",
+        "train_ritc.resume_every",
+        "dataset.io_workers",
+        "train_deeplab.log_every",
+    ):
+        assert k in runtime, k  # fmt: skip
+    for k in ("train_cam.lr", "make_cam.scales", "vqa.batch_size", "train_ritc.w_bg"):
+        assert k not in runtime or k == "vqa.batch_size", k
+
+
 def test_split_mismatch_is_rejected(tmp_path: Path) -> None:
     bad = write_overlay(tmp_path / "bad.yaml", {"splits": {"eval_cam": "test"}})
     r = snakemake(tmp_path, "-n", configfiles=(CONFIG, bad), check=False)
@@ -54,60 +152,13 @@ def test_demo_dry_run_has_every_stage_sharded(tmp_path: Path) -> None:
         assert jobs[rule] >= 1, rule
 
 
-def _fake_voc(root: Path, ids: dict[str, list[str]]) -> None:
-    rng = np.random.default_rng(0)
-    for d in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    for split, names in ids.items():
-        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    for name in {n for names in ids.values() for n in names}:
-        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(
-            root / "JPEGImages" / f"{name}.jpg"
-        )
-        mask = np.zeros((20, 30), np.uint8)
-        mask[5:15, 5:20] = 12  # dog
-        Image.fromarray(mask, mode="L").save(root / "SegmentationClass" / f"{name}.png")
-        (root / "Annotations" / f"{name}.xml").write_text(
-            "<annotation><object><name>dog</name></object></annotation>"
-        )
-
-
-def _fake_coco(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        (root / f"{split}2014").mkdir(parents=True)
-        images, anns = [], []
-        for i in range(3):
-            name = f"COCO_{split}2014_{i:012d}.jpg"
-            Image.fromarray(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(
-                root / f"{split}2014" / name
-            )
-            images.append({"id": i + 1, "file_name": name, "height": 16, "width": 24})
-            anns.append(
-                {
-                    "id": i + 1,
-                    "image_id": i + 1,
-                    "category_id": 18,
-                    "iscrowd": 0,
-                    "area": 40.0,
-                    "bbox": [2, 2, 8, 5],
-                    "segmentation": [[2, 2, 10, 2, 10, 7, 2, 7]],
-                }
-            )
-        cats = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
-        (root / "annotations").mkdir(exist_ok=True)
-        (root / "annotations" / f"instances_{split}2014.json").write_text(
-            json.dumps({"images": images, "annotations": anns, "categories": cats})
-        )
-
-
 @pytest.mark.parametrize("name", ["voc12", "coco14"])
 def test_paper_configs_dry_run_on_fake_trees(tmp_path: Path, name: str) -> None:
     data = tmp_path / "data"
     if name == "voc12":
-        _fake_voc(data, {"train_aug": ["a", "b", "c"], "train": ["a", "b"], "val": ["d"]})
+        fake_voc(data, {"train_aug": ["a", "b", "c"], "train": ["a", "b"], "val": ["d"]})
     else:
-        _fake_coco(data)
+        fake_coco(data)
     cfg_file = ROOT / "config" / f"{name}.yaml"
     over = write_overlay(tmp_path / "o.yaml", {"dataset": {"root": str(data)}})
     # build the manifests for real, then dry-run the whole DAG on top of them
@@ -154,11 +205,34 @@ def _jobs(smoke: tuple[Path, Path], overlay: dict | None = None) -> set[str]:
     files: tuple[Path, ...] = (CONFIG, SMOKE)
     if overlay is not None:
         files += (write_overlay(work / "change.yaml", overlay),)
-    return set(dry_run_jobs(work, configfiles=files, repo=repo))
+    # run_config (the record of the resolved config) reruns on any config change, by design
+    return set(dry_run_jobs(work, configfiles=files, repo=repo)) - {"run_config"}
 
 
 def test_nothing_to_do_after_a_run(smoke: tuple[Path, Path]) -> None:
     assert _jobs(smoke) == set()
+
+
+@pytest.mark.parametrize(
+    "overlay",
+    [
+        {"dataset": {"io_workers": 7}},
+        {"train_cam": {"num_workers": 3, "log_every": 7, "resume_every": 9}},
+        {"make_cam": {"batch_size": 3, "num_workers": 1}},
+        {"vqa": {"cache_flush_batches": 3, "batch_size": 5}},
+        {"train_ritc": {"resume_every": 7, "log_every": 3}},
+        {"train_irn": {"num_workers": 2}},
+        {"train_deeplab": {"log_every": 3, "iter_size": 2}},
+        {"device": "cpu"},
+        {"threads": {"gpu_job": 2, "cpu_shard": 2}},
+        {"gpus": {"train_ritc": 2, "train_deeplab": 2}},
+    ],
+    ids=lambda o: ",".join(o),
+)
+def test_settings_that_cannot_change_a_result_rerun_nothing(
+    smoke: tuple[Path, Path], overlay: dict
+) -> None:
+    assert _jobs(smoke, overlay) - {"all"} == set()
 
 
 def test_changing_eval_thresholds_reruns_only_eval(smoke: tuple[Path, Path]) -> None:
@@ -260,3 +334,56 @@ def test_snakefmt_is_clean() -> None:
         text=True,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_code_inputs_are_each_scripts_transitive_library_imports(tmp_path: Path) -> None:
+    """Every rule's library inputs equal what its script imports inside qaclims, found by a
+    second method (the standard library's bytecode-scanning ModuleFinder)."""
+    import modulefinder
+    import re
+
+    r = snakemake(tmp_path, "-n", "--forceall", configfiles=(CONFIG,))
+    src = ROOT / "src"
+    seen: dict[str, set[str]] = {}
+    for block in re.findall(r"^rule (\w+):\n((?:    .*\n)+)", r.stdout + r.stderr, re.M):
+        rule, body = block
+        m = re.search(r"^    input: (.*)$", body, re.M)
+        inputs = m.group(1).split(", ") if m else []
+        seen.setdefault(rule, {p for p in inputs if p.startswith(str(src))})
+    scripts = {}
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for body in re.split(r"\nrule ", smk.read_text())[1:]:
+            s = re.search(r'script:\s*\n\s*"\.\./scripts/(\w+)\.py"', body)
+            if s:
+                scripts[body.split(":", 1)[0]] = s.group(1)
+    assert set(scripts) - {"report", "run_config"} <= set(seen)
+    for rule, script in scripts.items():
+        if rule not in seen:
+            continue
+        finder = modulefinder.ModuleFinder(path=[str(src)])
+        finder.run_script(str(ROOT / "workflow" / "scripts" / f"{script}.py"))
+        expected = {
+            str(Path(mod.__file__))
+            for name, mod in finder.modules.items()
+            if name.split(".")[0] == "qaclims" and mod.__file__
+        }
+        assert seen[rule] == expected, rule
+
+
+def test_logs_carry_no_unrounded_floats(smoke: tuple[Path, Path]) -> None:
+    import re
+
+    for log in (smoke[1] / "logs").rglob("*.log"):
+        text = log.read_text()
+        assert not re.search(r"\d\.\d{7,}", text), (log, re.findall(r"\S*\d\.\d{7,}\S*", text)[:3])
+
+
+def test_outputs_follow_the_umask(smoke: tuple[Path, Path]) -> None:
+    """Every result file has the mode a plain open() gives (0666 less the umask), not 0600."""
+    from qaclims.io import current_umask
+
+    want = 0o666 & ~current_umask()  # the smoke run inherited this process's umask
+    files = [p for p in (smoke[1] / "results" / "demo").rglob("*") if p.is_file()]
+    assert len(files) > 50
+    other = [(p, oct(p.stat().st_mode & 0o777)) for p in files if p.stat().st_mode & 0o777 != want]
+    assert not other, other[:5]

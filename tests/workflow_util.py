@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "config.yaml"
@@ -90,3 +93,52 @@ def copy_repo(dest: Path) -> Path:
 def write_overlay(path: Path, overlay: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(overlay))
     return path
+
+
+def fake_voc(root: Path, ids: dict[str, list[str]], size: tuple[int, int] = (20, 30)) -> None:
+    """A VOC tree: random JPEGs, one dog box per label PNG and XML, the given split lists."""
+    rng = np.random.default_rng(0)
+    for d in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for split, names in ids.items():
+        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    for name in {n for names in ids.values() for n in names}:
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+            root / "JPEGImages" / f"{name}.jpg"
+        )
+        mask = np.zeros(size, np.uint8)
+        mask[5:15, 5:20] = 12  # dog
+        Image.fromarray(mask, mode="L").save(root / "SegmentationClass" / f"{name}.png")
+        (root / "Annotations" / f"{name}.xml").write_text(
+            "<annotation><object><name>dog</name></object></annotation>"
+        )
+
+
+def fake_coco(root: Path) -> None:
+    """A COCO 2014 tree: 3 images per split, one dog polygon each."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / f"{split}2014").mkdir(parents=True)
+        images, anns = [], []
+        for i in range(3):
+            name = f"COCO_{split}2014_{i:012d}.jpg"
+            Image.fromarray(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(
+                root / f"{split}2014" / name
+            )
+            images.append({"id": i + 1, "file_name": name, "height": 16, "width": 24})
+            anns.append(
+                {
+                    "id": i + 1,
+                    "image_id": i + 1,
+                    "category_id": 18,
+                    "iscrowd": 0,
+                    "area": 40.0,
+                    "bbox": [2, 2, 8, 5],
+                    "segmentation": [[2, 2, 10, 2, 10, 7, 2, 7]],
+                }
+            )
+        cats = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"instances_{split}2014.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats})
+        )

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from qaclims import augment
-from qaclims.config import to_dict
+from qaclims.config import runtime, setting, to_dict
 from qaclims.datasets.base import check_exist, read_manifest, shard_rows
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
@@ -62,14 +62,16 @@ class MakeCamConfig:
     class's maximum before dividing. mean/std: ImageNet normalisation.
     """
 
-    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-    flip: bool = True
-    batch_size: int = 8
-    num_workers: int = 4
-    amp: bool = True
-    norm_eps: float = 1e-5
-    mean: tuple[float, ...] = augment.IMAGENET_MEAN
-    std: tuple[float, ...] = augment.IMAGENET_STD
+    scales: tuple[float, ...] = setting((1.0, 0.5, 1.5, 2.0), gt=0.0, min_items=1)
+    flip: bool = setting(True, doc="add each scale's mirror-image CAM.")
+    batch_size: int = runtime(8, ge=1)
+    num_workers: int = runtime(4, ge=0)
+    amp: bool = setting(True, doc="bf16 autocast on GPU.")
+    norm_eps: float = setting(1e-5, gt=0.0, doc="added to each class's maximum before dividing.")
+    mean: tuple[float, ...] = setting(augment.IMAGENET_MEAN, doc="normalisation mean (ImageNet).")
+    std: tuple[float, ...] = setting(
+        augment.IMAGENET_STD, gt=0.0, doc="normalisation std (ImageNet)."
+    )
 
 
 def check_config(cfg: MakeCamConfig, where: str = "make_cam") -> None:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from qaclims.config import to_dict
+from qaclims.config import setting, to_dict
 from qaclims.crf import CrfConfig, crf_labels, densecrf_module
 from qaclims.datasets.base import check_exist, shard_rows
 from qaclims.errors import ConfigError, DataError
@@ -56,8 +56,8 @@ class IrLabelConfig:
     crf: dense-CRF settings (IRN's ``crf_inference_label``).
     """
 
-    conf_fg_thres: float = 0.30
-    conf_bg_thres: float = 0.10
+    conf_fg_thres: float = setting(0.30, ge=0.0, le=1.0)
+    conf_bg_thres: float = setting(0.10, ge=0.0, le=1.0)
     crf: CrfConfig = field(default_factory=CrfConfig)
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qaclims import augment
+from qaclims.config import runtime, setting
 from qaclims.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # open_clip ships no type information: this documents, mypy sees Any
@@ -67,17 +68,17 @@ class TinyClipArch:
         tokens become zeros).
     """
 
-    embed_dim: int = 64
-    image_size: int = 64
-    patch_size: int = 8
-    vision_width: int = 64
-    vision_layers: int = 3
-    vision_heads: int = 2
-    text_width: int = 64
-    text_layers: int = 2
-    text_heads: int = 2
-    context_length: int = 24
-    mask_prompt_depth: int = 3
+    embed_dim: int = setting(64, ge=1)
+    image_size: int = setting(64, ge=1)
+    patch_size: int = setting(8, ge=1)
+    vision_width: int = setting(64, ge=1)
+    vision_layers: int = setting(3, ge=1)
+    vision_heads: int = setting(2, ge=1)
+    text_width: int = setting(64, ge=1)
+    text_layers: int = setting(2, ge=1)
+    text_heads: int = setting(2, ge=1)
+    context_length: int = setting(24, ge=1)
+    mask_prompt_depth: int = setting(3, ge=0)
 
 
 @dataclass(frozen=True)
@@ -480,20 +481,20 @@ class TinyClipConfig:
     log_every: steps per log line.
     """
 
-    splits: tuple[str, ...] = ("train",)
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.002
-    weight_decay: float = 0.05
+    splits: tuple[str, ...] = setting(("train",), min_items=1)
+    epochs: int = setting(10, ge=1)
+    batch_size: int = setting(64, ge=1)
+    lr: float = setting(0.002, gt=0.0)
+    weight_decay: float = setting(0.05, ge=0.0)
     prompt: str = "a photo of {}."
     strip_articles: bool = True
-    inside: tuple[float, ...] = (0.5, 1.0)
-    outside: tuple[float, ...] = (0.0, 0.2)
-    jitter: int = 2
-    alpha: float = 0.1
+    inside: tuple[float, ...] = setting((0.5, 1.0), ge=0.0, le=1.0, min_items=2)
+    outside: tuple[float, ...] = setting((0.0, 0.2), ge=0.0, le=1.0, min_items=2)
+    jitter: int = setting(2, ge=0)
+    alpha: float = setting(0.1, ge=0.0, le=1.0)
     hflip: bool = True
     seed: int = 0
-    log_every: int = 50
+    log_every: int = runtime(50, ge=1)
 
 
 REGION_IMAGE, REGION_FG, REGION_BG = 0, 1, 2

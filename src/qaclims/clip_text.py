@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from qaclims.clip_models import ClipConfig, clip_metadata, encode_texts, load_clip
+from qaclims.config import runtime, setting
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
 from qaclims.io import atomic_path, read_parquet, write_parquet
@@ -56,9 +57,9 @@ class TextFeatureConfig:
     """
 
     prompt: str = "a photo of {}."
-    class_weight: float = 0.5
-    batch_size: int = 256
-    dtype: str = "float32"
+    class_weight: float = setting(0.5, ge=0.0, le=1.0)
+    batch_size: int = runtime(256, ge=1)
+    dtype: str = setting("float32", choices=tuple(DTYPES))
 
 
 def check_config(cfg: TextFeatureConfig) -> None:

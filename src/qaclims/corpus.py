@@ -44,6 +44,7 @@ from pathlib import Path
 import pandas as pd
 import simplemma
 
+from qaclims.config import setting
 from qaclims.datasets.base import raise_if_any
 from qaclims.errors import ConfigError, DataError
 from qaclims.io import read_parquet, write_parquet
@@ -99,11 +100,11 @@ class CorpusConfig:
     """
 
     synonyms: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(VOC_SYNONYMS))
-    min_phrase_len: int = 1
+    min_phrase_len: int = setting(1, ge=1)
     drop_answers: tuple[str, ...] = DROP_ANSWERS
     complete_fg_with_class: bool = True
-    top_k: int = 10
-    lemmatize: str = "head"
+    top_k: int = setting(10, ge=1)
+    lemmatize: str = setting("head", choices=LEMMATIZE_MODES)
     lemma_exceptions: dict[str, str] = field(default_factory=lambda: dict(LEMMA_EXCEPTIONS))
     keep_suffixes: tuple[str, ...] = KEEP_SUFFIXES
 

@@ -27,6 +27,8 @@ from types import ModuleType
 
 import numpy as np
 
+from qaclims.config import setting
+
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
@@ -48,14 +50,18 @@ class CrfConfig:
     prob_clip: lower clip of the probabilities :func:`dense_crf` takes the log of.
     """
 
-    iterations: int = 10
-    gauss_sxy: float = 3.0
-    gauss_compat: float = 3.0
-    bilateral_sxy: float = 50.0
-    bilateral_srgb: float = 5.0
-    bilateral_compat: float = 10.0
-    label_confidence: float = 0.7
-    prob_clip: float = 1e-5
+    iterations: int = setting(10, ge=0, doc="mean-field steps.")
+    gauss_sxy: float = setting(3.0, gt=0.0, doc="spatial std (pixels) of the smoothness kernel.")
+    gauss_compat: float = setting(3.0, ge=0.0, doc="weight of the smoothness kernel.")
+    bilateral_sxy: float = setting(
+        50.0, gt=0.0, doc="spatial std (pixels) of the appearance kernel."
+    )
+    bilateral_srgb: float = setting(
+        5.0, gt=0.0, doc="colour std (0..255 units) of the appearance kernel."
+    )
+    bilateral_compat: float = setting(10.0, ge=0.0, doc="weight of the appearance kernel.")
+    label_confidence: float = setting(0.7, gt=0.0, lt=1.0)
+    prob_clip: float = setting(1e-5, gt=0.0, lt=1.0)
 
 
 def densecrf_module() -> ModuleType:

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from qaclims.config import to_dict
+from qaclims.config import from_mapping, runtime, setting, to_dict
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
 from qaclims.io import read_image, read_label_png, read_parquet, write_label_png
@@ -97,24 +97,39 @@ class TrainDeeplabConfig:
     """
 
     model: DeeplabModelConfig = field(default_factory=DeeplabModelConfig)
-    batch_size: int = 10
-    iter_size: int = 1
-    crop: int = 321
-    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
-    flip: bool = True
-    msc_scales: tuple[float, ...] = (0.5, 0.75)
-    iterations: int = 20000
-    lr: float = 2.5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    classifier_lr_mult: float = 10.0
-    classifier_bias_lr_mult: float = 20.0
-    seed: int = 0
-    amp: bool = False
-    num_workers: int = 4
-    log_every: int = 100
-    resume_every: int = 500
+    batch_size: int = setting(
+        10, ge=1, doc="images per optimiser step (global, over all processes)."
+    )
+    iter_size: int = runtime(1, ge=1)
+    crop: int = setting(
+        321, ge=1, doc="square random crop in pixels (padded with the mean colour)."
+    )
+    scales: tuple[float, ...] = setting(
+        (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
+        gt=0.0,
+        min_items=1,
+        doc="random rescale factors, one drawn per image.",
+    )
+    flip: bool = setting(True, doc="random horizontal flips.")
+    msc_scales: tuple[float, ...] = setting(
+        (0.5, 0.75), gt=0.0, doc="extra input scales of multi-scale training (empty: single scale)."
+    )
+    iterations: int = setting(20000, ge=1, doc="optimiser steps.")
+    lr: float = setting(2.5e-4, gt=0.0, doc="SGD learning rate of the backbone (poly decay).")
+    momentum: float = setting(0.9, ge=0.0, lt=1.0, doc="SGD momentum.")
+    weight_decay: float = setting(5e-4, ge=0.0, doc="SGD weight decay.")
+    poly_power: float = setting(0.9, ge=0.0, doc="lr x (1 - step/steps)^poly_power per step.")
+    classifier_lr_mult: float = setting(10.0, ge=0.0, doc="learning-rate factor of the classifier.")
+    classifier_bias_lr_mult: float = setting(
+        20.0, ge=0.0, doc="learning-rate factor of the head's biases."
+    )
+    seed: int = setting(0, doc="seed of data order, augmentation and initialisation.")
+    amp: bool = setting(False, doc="bf16 autocast on GPU.")
+    num_workers: int = runtime(4, ge=0, doc="data-loader processes.")
+    log_every: int = runtime(100, ge=1, doc="steps per log line (and per row of the loss table).")
+    resume_every: int = runtime(
+        500, ge=1, doc="steps between resume-state saves (one is also saved at each epoch end)."
+    )
 
 
 @dataclass(frozen=True)
@@ -126,13 +141,17 @@ class DeeplabCrfConfig:
     bilateral_compat (BI_W 4). See :class:`qaclims.crf.CrfConfig`.
     """
 
-    enabled: bool = True
-    iterations: int = 10
-    gauss_sxy: float = 1.0
-    gauss_compat: float = 3.0
-    bilateral_sxy: float = 67.0
-    bilateral_srgb: float = 3.0
-    bilateral_compat: float = 4.0
+    enabled: bool = setting(True, doc="also write CRF-refined masks.")
+    iterations: int = setting(10, ge=0, doc="mean-field steps.")
+    gauss_sxy: float = setting(1.0, gt=0.0, doc="spatial std (pixels) of the smoothness kernel.")
+    gauss_compat: float = setting(3.0, ge=0.0, doc="weight of the smoothness kernel.")
+    bilateral_sxy: float = setting(
+        67.0, gt=0.0, doc="spatial std (pixels) of the appearance kernel."
+    )
+    bilateral_srgb: float = setting(
+        3.0, gt=0.0, doc="colour std (0..255 units) of the appearance kernel."
+    )
+    bilateral_compat: float = setting(4.0, ge=0.0, doc="weight of the appearance kernel.")
 
 
 @dataclass(frozen=True)
@@ -145,12 +164,14 @@ class InferDeeplabConfig:
     batch_size: images of equal size per forward pass. amp: bf16 autocast on GPU.
     """
 
-    scales: tuple[float, ...] = (1.0, 0.75, 0.5)
-    flip: bool = False
-    fusion: str = "max"
+    scales: tuple[float, ...] = setting((1.0, 0.75, 0.5), gt=0.0, min_items=1)
+    flip: bool = setting(False, doc="add mirrored passes.")
+    fusion: str = setting(
+        "max", choices=FUSIONS, doc="max (reference) or mean of the per-pass logits."
+    )
     crf: DeeplabCrfConfig = field(default_factory=DeeplabCrfConfig)
-    batch_size: int = 1
-    amp: bool = False
+    batch_size: int = runtime(1, ge=1)
+    amp: bool = setting(False, doc="bf16 autocast on GPU.")
 
 
 # ---------------------------------------------------------------- config checks
@@ -801,3 +822,25 @@ def infer_run(
             _write(str(image_id), im, p, crf_cfg, out)
         bar.update(len(batch))
     bar.close()
+
+
+def worker(job: dict[str, Any], device: str) -> None:
+    """Entry point of one ``torchrun`` worker (``python -m qaclims.cli qaclims.deeplab``).
+
+    ``job`` is :func:`qaclims.launch.job_args`: the rule's named inputs and outputs, the
+    resolved config and the resume path.
+    """
+    from qaclims.datasets.base import read_classes
+
+    inp, out = job["input"], job["output"]
+    pseudo = inp["pseudo"]
+    train_run(
+        manifest=Path(inp["manifest"]),
+        pseudo_dirs=[Path(p) for p in ([pseudo] if isinstance(pseudo, str) else pseudo)],
+        num_classes=len(read_classes(inp["classes"])) + 1,
+        cfg=from_mapping(TrainDeeplabConfig, job["config"]["train_deeplab"], "train_deeplab"),
+        out_model=Path(out["model"]),
+        out_history=Path(out["history"]),
+        device=device,
+        resume_path=Path(job["resume"]),
+    )

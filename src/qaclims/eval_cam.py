@@ -32,6 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from qaclims import io
+from qaclims.config import setting
 from qaclims.errors import ConfigError, DataError
 from qaclims.evaluate import (
     base_summary,
@@ -67,8 +68,8 @@ class EvalCamConfig:
     use_strided: score ``cam_strided`` upsampled x4 (bilinear) instead of ``cam``.
     """
 
-    threshold: float = 0.15
-    thresholds: tuple[float, ...] = DEFAULT_SWEEP
+    threshold: float = setting(0.15, ge=0.0, le=1.0)
+    thresholds: tuple[float, ...] = setting(DEFAULT_SWEEP, ge=0.0, le=1.0, min_items=1)
     use_strided: bool = False
 
     def __post_init__(self) -> None:
@@ -263,8 +264,8 @@ def run(
         "eval_cam: mIoU %.4f at threshold %.2f; best %s at %s (GT-tuned upper bound)",
         summary["miou"],
         cfg.threshold,
-        best_m,
-        best_t,
+        "n/a" if best_m is None else f"{best_m:.4f}",
+        "n/a" if best_t is None else f"{best_t:.2f}",
     )
     io.write_parquet(out_sweep, sweep)
     table = per_class_frame(conf, class_names(classes))

@@ -23,12 +23,25 @@ from qaclims.errors import DataError
 PathLike = str | os.PathLike[str]
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (read without changing it where Linux allows)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    old = os.umask(0o022)  # no /proc: set and restore (not thread-safe, but only a fallback)
+    os.umask(old)
+    return old
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
     The temporary file keeps ``path``'s suffix (or ``suffix``) so writers that choose a
-    format by extension still work. On an exception the temporary file is removed and
+    format by extension still work. The file gets the mode a plain ``open()`` would give
+    (``0666`` less the umask), not ``mkstemp``'s private ``0600``, so lab mates on a shared
+    file system can read results. On an exception the temporary file is removed and
     ``path`` is left untouched.
     """
     dest = Path(path)
@@ -36,6 +49,7 @@ def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(
         dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix or "".join(dest.suffixes)
     )
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -50,6 +64,14 @@ def write_json(path: PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_yaml(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` (plain mappings, lists, scalars) as block-style YAML, atomically."""
+    import yaml
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
 
 
 def read_json(path: PathLike) -> Any:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from qaclims import random_walk as rw
 from qaclims.augment import IMAGENET_MEAN, IMAGENET_STD
-from qaclims.config import to_dict
+from qaclims.config import runtime, setting, to_dict
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
 from qaclims.io import read_image, read_label_png, read_parquet
@@ -72,10 +72,10 @@ class IrnModelConfig:
     backbone: BackboneConfig = BackboneConfig(
         arch="resnet50", weights="imagenet", strides=(2, 2, 2, 1), frozen_bn=True
     )
-    edge_width: int = 32
-    disp_width: int = 256
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    edge_width: int = setting(32, ge=1)
+    disp_width: int = setting(256, ge=1)
+    mean: tuple[float, ...] = setting(IMAGENET_MEAN, doc="normalisation mean (ImageNet).")
+    std: tuple[float, ...] = setting(IMAGENET_STD, gt=0.0, doc="normalisation std (ImageNet).")
 
 
 @dataclass(frozen=True)
@@ -94,22 +94,35 @@ class TrainIrnConfig:
     """
 
     model: IrnModelConfig = field(default_factory=IrnModelConfig)
-    crop: int = 512
-    rescale: tuple[float, ...] = (0.5, 1.5)
-    hflip: bool = True
-    batch_size: int = 32
-    epochs: int = 3
-    lr: float = 0.1
-    disp_lr_mult: float = 10.0
-    weight_decay: float = 1e-4
-    momentum: float = 1e-4
-    poly_power: float = 0.9
-    radius: int = 10
-    seed: int = 0
-    num_workers: int = 4
-    amp: bool = False
-    log_every: int = 50
-    resume_every: int = 100
+    crop: int = setting(
+        512, ge=1, doc="square random crop in pixels (padded with the mean colour)."
+    )
+    rescale: tuple[float, ...] = setting(
+        (0.5, 1.5),
+        gt=0.0,
+        min_items=2,
+        doc="random scale range of image and ir label before cropping.",
+    )
+    hflip: bool = setting(True, doc="random horizontal flips.")
+    batch_size: int = setting(
+        32, ge=1, doc="images per optimiser step (global, over all processes)."
+    )
+    epochs: int = setting(3, ge=1, doc="passes over the training split.")
+    lr: float = setting(0.1, gt=0.0, doc="SGD learning rate of the backbone (poly decay).")
+    disp_lr_mult: float = setting(
+        10.0, ge=0.0, doc="learning-rate factor of the displacement branch."
+    )
+    weight_decay: float = setting(1e-4, ge=0.0, doc="SGD weight decay.")
+    momentum: float = setting(1e-4, ge=0.0, lt=1.0, doc="SGD momentum.")
+    poly_power: float = setting(0.9, ge=0.0, doc="lr x (1 - step/steps)^poly_power per step.")
+    radius: int = setting(10, ge=1)
+    seed: int = setting(0, doc="seed of data order, augmentation and initialisation.")
+    num_workers: int = runtime(4, ge=0, doc="data-loader processes.")
+    amp: bool = setting(False, doc="bf16 autocast on GPU.")
+    log_every: int = runtime(50, ge=1, doc="steps per log line (and per row of the loss table).")
+    resume_every: int = runtime(
+        100, ge=1, doc="steps between resume-state saves (one is also saved at each epoch end)."
+    )
 
 
 # ----------------------------------------------------------------------------- model
@@ -604,4 +617,5 @@ def run_train(
     save_weights(out_model, model, metadata={"model_config": json.dumps(to_dict(cfg.model))})
     hist.save(out_history)
     resume.clear()
-    log.info("IRN saved to %s (mean displacement %s)", out_model, model.disp_mean.tolist())
+    mean = ", ".join(f"{v:.4f}" for v in model.disp_mean.flatten().tolist())
+    log.info("IRN saved to %s (mean displacement %s)", out_model, mean)

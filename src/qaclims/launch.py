@@ -1,65 +1,77 @@
-"""Launch a multi-GPU training stage: ``python -m qaclims.launch --gpus N STAGE ARGS.json``.
+"""Launch a multi-GPU training stage from its rule: one job, ``torchrun`` started once.
 
 Takes N free local GPUs (or the ones SLURM set in ``CUDA_VISIBLE_DEVICES``), then starts
-``torchrun --standalone --nproc-per-node=<visible GPUs>`` once, which forks one worker per
-GPU running ``python -m qaclims.cli STAGE ARGS.json``. Without a GPU (or with
-``device: cpu``) the stage runs as one plain process on the CPU.
+``torchrun --standalone --nproc-per-node=<GPUs held>`` once, which forks one worker per GPU
+running ``python -m qaclims.cli MODULE JOB_JSON``. Without a GPU (or with ``device: cpu``) the
+stage runs as one plain process on the CPU. The workers' output goes to the rule's log and,
+tagged with the job, to the terminal; the GPU locks are passed on to the workers, so they
+stay held until the last worker has ended.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import subprocess
+import json
+import logging
 import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
 
-from qaclims.devices import acquire_gpus
+from qaclims import cli
+from qaclims.devices import acquire_gpus, run_child
+
+log = logging.getLogger(__name__)
 
 
-def _visible() -> int:
-    v = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    return len([x for x in v.split(",") if x.strip()]) if v else 0
+def job_args(smk: Any, resume: str) -> dict[str, Any]:
+    """What a worker needs of its Snakemake job: named inputs/outputs, config, resume path."""
+
+    def named(files: Any) -> dict[str, Any]:
+        return {k: (v if isinstance(v, str) else list(v)) for k, v in files.items()}
+
+    return {
+        "input": {k: v for k, v in named(smk.input).items() if k != "code"},
+        "output": named(smk.output),
+        "config": dict(smk.config),
+        "resume": resume,
+    }
 
 
-def run(stage: str, gpus: int, args_json: str, log_path: str | None = None) -> int:
-    """Run ``stage`` holding ``gpus`` free GPUs; its output is appended to ``log_path``.
+def command(module: str, job_json: str, workers: int) -> list[str]:
+    """The command line: one plain process, or ``torchrun`` with ``workers`` processes."""
+    worker = ["-m", cli.__name__, module, job_json]
+    if workers <= 1:
+        return [sys.executable, *worker]
+    run = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}"]
+    return [sys.executable, *run, *worker]
 
-    Returns the exit status (torchrun's when several GPUs are visible).
+
+def run(
+    stage: ModuleType,
+    gpus: int,
+    job: dict[str, Any],
+    log_path: str | None = None,
+    tag: str = "",
+    echo: TextIO | None = None,
+) -> int:
+    """Run ``stage.worker`` holding ``gpus`` free GPUs; returns the exit status.
+
+    Every output line of the workers is appended to ``log_path`` and written to ``echo``
+    (default: stderr) prefixed with ``tag``.
     """
-    cli = ["-m", "qaclims.cli", stage, args_json]
-    with acquire_gpus(gpus):
-        n = _visible()
-        cmd = [sys.executable, *cli]
-        if n > 1:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={n}", *cli]
+    out = echo if echo is not None else sys.stderr
+    with acquire_gpus(gpus) as ids:
+        cmd = command(stage.__name__, json.dumps(job), len(ids))
+        log.info("%s holds GPUs %s: %d worker(s)", stage.__name__, ids or "none", max(1, len(ids)))
         if log_path is None:
-            return subprocess.call(cmd)
-        with open(log_path, "a") as log:
-            return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+            return run_child(cmd)
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as f:
 
+            def line(text: str) -> None:
+                f.write(text + "\n")
+                f.flush()
+                out.write(f"{tag}{text}\n")
+                out.flush()
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gpus", type=int, default=0, help="GPUs the rule's resources ask for")
-    p.add_argument("--cpu", action="store_true", help="force one CPU process")
-    p.add_argument("stage")
-    p.add_argument("args_json")
-    a = p.parse_args(argv)
-    cli = [sys.executable, "-m", "qaclims.cli", a.stage, a.args_json]
-    with acquire_gpus(0 if a.cpu else a.gpus):
-        n = 0 if a.cpu else _visible()
-        if n <= 1:
-            return subprocess.call(cli)
-        torchrun = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={n}",
-        ]
-        return subprocess.call(torchrun + ["-m", "qaclims.cli", a.stage, a.args_json])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            return run_child(cmd, on_line=line)

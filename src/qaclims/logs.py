@@ -1,24 +1,39 @@
-"""Logging set-up shared by the workflow scripts: one log file per rule, plus stderr."""
+"""Logging set-up shared by the workflow scripts: one log file per rule, plus the terminal.
+
+Terminal lines carry the job's tag (``[make_cam cam/val/001]``) so the lines of parallel jobs
+can be told apart; the log file, one per job, needs none.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-def setup(log_path: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
-    """Send ``qaclims`` log records to ``log_path`` (appended) and to stderr."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+
+def job_tag(rule: str, wildcards: Mapping[str, str] | None = None) -> str:
+    """``"[rule a/b] "``: the prefix of a job's terminal lines (wildcard values in order)."""
+    values = "/".join(str(v) for v in (wildcards or {}).values())
+    return f"[{rule} {values}] " if values else f"[{rule}] "
+
+
+def setup(
+    log_path: str | Path | None = None, level: int = logging.INFO, tag: str = ""
+) -> logging.Logger:
+    """Send ``qaclims`` log records to ``log_path`` (appended) and to stderr (with ``tag``)."""
     root = logging.getLogger("qaclims")
     root.setLevel(level)
     root.handlers.clear()
     root.propagate = False  # no second copy through handlers others put on the root logger
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    term = logging.StreamHandler(sys.stderr)
+    term.setFormatter(logging.Formatter(tag.replace("%", "%%") + FORMAT))
+    root.addHandler(term)
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="a"))
-    for h in handlers:
-        h.setFormatter(fmt)
-        root.addHandler(h)
+        file = logging.FileHandler(log_path, mode="a")
+        file.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(file)
     return root

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from qaclims import irn
 from qaclims.cam_to_ir_label import PartialDir, check_images, find_cam_files, read_cam, select_shard
-from qaclims.config import to_dict
+from qaclims.config import runtime, setting, to_dict
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
 from qaclims.io import read_image, read_parquet, write_label_png
@@ -52,13 +52,13 @@ class SemSegConfig:
     num_workers: data-loading processes.
     """
 
-    beta: float = 10.0
-    exp_times: int = 8
-    radius: int = 5
-    sem_seg_bg_thres: float = 0.25
-    pad_to: int = 512
-    method: str = "sparse"
-    num_workers: int = 2
+    beta: float = setting(10.0, gt=0.0)
+    exp_times: int = setting(8, ge=0)
+    radius: int = setting(5, ge=1)
+    sem_seg_bg_thres: float = setting(0.25, ge=0.0, le=1.0)
+    pad_to: int = setting(512, ge=0)
+    method: str = setting("sparse", choices=("sparse", "dense"))
+    num_workers: int = runtime(2, ge=0)
 
 
 def masks_from_walk(

@@ -95,7 +95,12 @@ WORKFLOW: dict[str, Any] = {
         "default": {},
         "description": "Static jobs per sharded stage (a few per GPU; never one per image).",
         "properties": {
-            k: {"type": "integer", "minimum": 1, "default": 4}
+            k: {
+                "type": "integer",
+                "minimum": 1,
+                "default": 4,
+                "description": f"Jobs {k} is split into (each a static share of the images).",
+            }
             for k in ("vqa", "make_cam", "cam_to_ir_label", "make_sem_seg", "infer_deeplab")
         },
     },
@@ -105,7 +110,12 @@ WORKFLOW: dict[str, Any] = {
         "default": {},
         "description": "GPUs per multi-GPU training job (a resource: changing it reruns nothing).",
         "properties": {
-            k: {"type": "integer", "minimum": 0, "default": 1}
+            k: {
+                "type": "integer",
+                "minimum": 0,
+                "default": 1,
+                "description": f"GPUs of the {k} job (torchrun starts one worker per GPU held).",
+            }
             for k in ("train_ritc", "train_deeplab")
         },
     },
@@ -115,8 +125,19 @@ WORKFLOW: dict[str, Any] = {
         "default": {},
         "description": "Threads per job kind (capped by --cores).",
         "properties": {
-            "gpu_job": {"type": "integer", "minimum": 1, "default": 8},
-            "cpu_shard": {"type": "integer", "minimum": 1, "default": 4},
+            "gpu_job": {
+                "type": "integer",
+                "minimum": 1,
+                "default": 2,
+                "description": "Threads of each GPU job, per GPU (a 4-GPU training job gets "
+                "4x). 2 fits --cores 8 --resources gpu=4.",
+            },
+            "cpu_shard": {
+                "type": "integer",
+                "minimum": 1,
+                "default": 4,
+                "description": "Threads (worker processes) of each CPU shard (cam_to_ir_label).",
+            },
         },
     },
     "refine": {
@@ -125,7 +146,11 @@ WORKFLOW: dict[str, Any] = {
         "default": {},
         "description": "CRF seeds, IRN and random-walk pseudo masks.",
         "properties": {
-            "enabled": {"type": "boolean", "default": True},
+            "enabled": {
+                "type": "boolean",
+                "default": True,
+                "description": "Run the refinement (CRF seeds, IRN, random walk).",
+            },
             "cam_source": {
                 "type": "string",
                 "enum": ["cam", "ritc"],
@@ -139,7 +164,13 @@ WORKFLOW: dict[str, Any] = {
         "additionalProperties": False,
         "default": {},
         "description": "Segmentation network trained on the pseudo masks.",
-        "properties": {"enabled": {"type": "boolean", "default": True}},
+        "properties": {
+            "enabled": {
+                "type": "boolean",
+                "default": True,
+                "description": "Train, infer and score DeepLab on the pseudo masks.",
+            }
+        },
     },
     "report": {
         "type": "object",
@@ -147,8 +178,17 @@ WORKFLOW: dict[str, Any] = {
         "default": {},
         "description": "Figures and tables for snakemake --report.",
         "properties": {
-            "enabled": {"type": "boolean", "default": True},
-            "num_overlays": {"type": "integer", "minimum": 0, "default": 6},
+            "enabled": {
+                "type": "boolean",
+                "default": True,
+                "description": "Build the report's figures and tables (rule report).",
+            },
+            "num_overlays": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 6,
+                "description": "Val images shown as CAM / mask overlays.",
+            },
         },
     },
 }
@@ -197,10 +237,27 @@ def type_schema(tp: Any) -> dict[str, Any]:
             "type": "object",
             "additionalProperties": type_schema(args[1]) if len(args) == 2 else {},
         }
+    if origin is typing.Literal:
+        return {"enum": list(args)}
     simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
     if tp in simple:
         return {"type": simple[tp]}
     return {}
+
+
+_KEYWORDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+
+
+def _add_constraints(s: dict[str, Any], meta: Any) -> None:
+    """JSON-schema keywords for a field's :func:`qaclims.config.setting` constraints."""
+    target = s["items"] if s.get("type") == "array" and "items" in s else s
+    for key, keyword in _KEYWORDS.items():
+        if key in meta:
+            target[keyword] = meta[key]
+    if "choices" in meta:
+        target["enum"] = list(meta["choices"])
+    if "min_items" in meta:
+        s["minItems"] = meta["min_items"]
 
 
 def dataclass_schema(cls: type, description: str | None = None) -> dict[str, Any]:
@@ -211,8 +268,15 @@ def dataclass_schema(cls: type, description: str | None = None) -> dict[str, Any
     required = []
     for f in dataclasses.fields(cls):
         s = type_schema(hints[f.name])
-        if f.name in docs:
+        _add_constraints(s, f.metadata)
+        if "doc" in f.metadata:
+            s["description"] = f.metadata["doc"]
+        elif f.name in docs:
             s["description"] = docs[f.name]
+        if not f.metadata.get("result", True):
+            s["description"] = s.get("description", "") + " (cannot change a result: never reruns)"
+            s["description"] = s["description"].strip()
+            s["x-result"] = False
         if f.default is not dataclasses.MISSING:
             s["default"] = _plain(f.default)
         elif f.default_factory is not dataclasses.MISSING:

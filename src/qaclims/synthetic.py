@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from qaclims.config import setting
 from qaclims.errors import ConfigError
 from qaclims.io import PathLike, atomic_path, write_image, write_json, write_label_png
 from qaclims.questions import BG_QUESTIONS, FG_QUESTIONS
@@ -168,22 +169,22 @@ class SyntheticConfig:
     """
 
     seed: int = 0
-    image_size: int = 128
+    image_size: int = setting(128, ge=8)
     num_images: dict[str, int] = field(default_factory=lambda: {"train": 240, "val": 80})
     classes: tuple[str, ...] = tuple(OBJECTS)
-    p_context: float = 0.8
-    p_two_classes: float = 0.35
-    object_area: tuple[float, ...] = (0.10, 0.35)
-    max_overlap: float = 0.1
-    placement_tries: int = 20
-    shrink_per_try: float = 0.95
-    colour_jitter: int = 20
-    pixel_noise: float = 6.0
-    jpeg_quality: int = 95
-    answer_noise: float = 0.1
-    p_class_name: float = 0.2
-    p_plural: float = 0.15
-    captions_per_region: int = 2
+    p_context: float = setting(0.8, ge=0.0, le=1.0)
+    p_two_classes: float = setting(0.35, ge=0.0, le=1.0)
+    object_area: tuple[float, ...] = setting((0.10, 0.35), gt=0.0, le=1.0, min_items=2)
+    max_overlap: float = setting(0.1, ge=0.0, le=1.0)
+    placement_tries: int = setting(20, ge=1)
+    shrink_per_try: float = setting(0.95, gt=0.0, le=1.0)
+    colour_jitter: int = setting(20, ge=0)
+    pixel_noise: float = setting(6.0, ge=0.0)
+    jpeg_quality: int = setting(95, ge=1, le=100)
+    answer_noise: float = setting(0.1, ge=0.0, le=1.0)
+    p_class_name: float = setting(0.2, ge=0.0, le=1.0)
+    p_plural: float = setting(0.15, ge=0.0, le=1.0)
+    captions_per_region: int = setting(2, ge=1)
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from qaclims import augment
-from qaclims.config import to_dict
+from qaclims.config import runtime, setting, to_dict
 from qaclims.datasets.base import check_exist, read_manifest
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
@@ -63,23 +63,38 @@ class TrainCamConfig:
     """
 
     model: CamModelConfig = field(default_factory=CamModelConfig)
-    batch_size: int = 16
-    epochs: int = 5
-    lr: float = 0.1
-    weight_decay: float = 1e-4
-    momentum: float = 0.0
-    poly_power: float = 0.9
-    classifier_lr_mult: float = 10.0
-    resize_long: tuple[int, ...] = (320, 640)
-    crop: int = 512
-    hflip: bool = True
-    mean: tuple[float, ...] = augment.IMAGENET_MEAN
-    std: tuple[float, ...] = augment.IMAGENET_STD
-    num_workers: int = 4
-    seed: int = 0
-    amp: bool = True
-    log_every: int = 100
-    resume_every: int = 500
+    batch_size: int = setting(
+        16, ge=1, doc="images per optimiser step (global, over all processes)."
+    )
+    epochs: int = setting(5, ge=1, doc="passes over the training split.")
+    lr: float = setting(0.1, gt=0.0, doc="SGD learning rate of the backbone (poly decay).")
+    weight_decay: float = setting(1e-4, ge=0.0, doc="SGD weight decay.")
+    momentum: float = setting(0.0, ge=0.0, lt=1.0, doc="SGD momentum.")
+    poly_power: float = setting(0.9, ge=0.0, doc="lr x (1 - step/steps)^poly_power per step.")
+    classifier_lr_mult: float = setting(10.0, ge=0.0, doc="learning-rate factor of the classifier.")
+    resize_long: tuple[int, ...] = setting(
+        (320, 640),
+        ge=1,
+        min_items=2,
+        doc="random long side of the training images, inclusive range [low, high].",
+    )
+    crop: int = setting(
+        512, ge=1, doc="square random crop in pixels (padded with the mean colour)."
+    )
+    hflip: bool = setting(True, doc="random horizontal flips.")
+    mean: tuple[float, ...] = setting(
+        augment.IMAGENET_MEAN, doc="normalisation mean (RGB in [0, 1]; ImageNet)."
+    )
+    std: tuple[float, ...] = setting(
+        augment.IMAGENET_STD, gt=0.0, doc="normalisation std (RGB in [0, 1]; ImageNet)."
+    )
+    num_workers: int = runtime(4, ge=0, doc="data-loader processes.")
+    seed: int = setting(0, doc="seed of data order, augmentation and initialisation.")
+    amp: bool = setting(True, doc="bf16 autocast on GPU.")
+    log_every: int = runtime(100, ge=1, doc="steps per log line (and per row of the loss table).")
+    resume_every: int = runtime(
+        500, ge=1, doc="steps between resume-state saves (one is also saved at each epoch end)."
+    )
 
 
 def check_config(cfg: TrainCamConfig, where: str = "train_cam") -> None:

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from qaclims import augment
 from qaclims.clip_models import ClipConfig, ClipInput, load_clip, region_features
-from qaclims.config import to_dict
+from qaclims.config import from_mapping, runtime, setting, to_dict
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
 from qaclims.io import read_image, read_parquet
@@ -112,33 +112,33 @@ class TrainRitcConfig:
     resume_every: steps between resume-state saves (one is also saved at each epoch end).
     """
 
-    batch_size: int = 8
-    epochs: int = 15
-    lr: float = 0.00035
-    classifier_lr_mult: float = 10.0
-    weight_decay: float = 1e-4
-    momentum: float = 0.0
-    poly_power: float = 0.9
-    temperature: float = 0.7
-    w_fg: float = 10.0
-    w_bg: float = 8.0
-    w_area: float = 0.2
-    alpha: float = 0.1
-    loss_images: int = 4
-    region_encoding: str = "auto"
+    batch_size: int = setting(8, ge=1)
+    epochs: int = setting(15, ge=1)
+    lr: float = setting(0.00035, gt=0.0)
+    classifier_lr_mult: float = setting(10.0, ge=0.0)
+    weight_decay: float = setting(1e-4, ge=0.0)
+    momentum: float = setting(0.0, ge=0.0, lt=1.0)
+    poly_power: float = setting(0.9, ge=0.0)
+    temperature: float = setting(0.7, gt=0.0)
+    w_fg: float = setting(10.0, ge=0.0)
+    w_bg: float = setting(8.0, ge=0.0)
+    w_area: float = setting(0.2, ge=0.0)
+    alpha: float = setting(0.1, ge=0.0, le=1.0)
+    loss_images: int = setting(4, ge=1)
+    region_encoding: str = setting("auto", choices=("auto", "prompt", "pixels"))
     clip_normalize: bool = False
     detach_stage2: bool = False
     frozen_bn: bool = False
-    resize_long: tuple[int, ...] = (320, 640)
-    crop: int = 512
+    resize_long: tuple[int, ...] = setting((320, 640), ge=1, min_items=2)
+    crop: int = setting(512, ge=1)
     hflip: bool = True
     mean: tuple[float, ...] = augment.IMAGENET_MEAN
-    std: tuple[float, ...] = augment.IMAGENET_STD
-    num_workers: int = 4
+    std: tuple[float, ...] = setting(augment.IMAGENET_STD, gt=0.0)
+    num_workers: int = runtime(4, ge=0)
     seed: int = 0
     amp: bool = True
-    log_every: int = 200
-    resume_every: int = 500
+    log_every: int = runtime(200, ge=1)
+    resume_every: int = runtime(500, ge=1)
 
 
 def check_config(cfg: TrainRitcConfig, where: str = "train_ritc") -> None:
@@ -634,3 +634,29 @@ def _finish(loop: Loop, stop: int, out_model: Path, out_history: Path, num_class
         log.info("train_ritc: wrote %s and %s", out_model, out_history)
     if loop.dist.world > 1:
         torch.distributed.barrier()
+
+
+def worker(job: dict[str, Any], device: str) -> None:
+    """Entry point of one ``torchrun`` worker (``python -m qaclims.cli qaclims.train_ritc``).
+
+    ``job`` is :func:`qaclims.launch.job_args`: the rule's named inputs and outputs, the
+    resolved config and the resume path.
+    """
+    from qaclims.datasets.base import read_classes
+
+    inp, out, cfg = job["input"], job["output"], job["config"]
+    run(
+        manifest=Path(inp["manifest"]),
+        num_classes=len(read_classes(inp["classes"])),
+        cam_weights=Path(inp["cam"]),
+        model_cfg=from_mapping(CamModelConfig, cfg["train_cam"]["model"], "train_cam.model"),
+        corpus_index=Path(inp["index"]),
+        text_features=Path(inp["features"]),
+        clip_cfg=from_mapping(ClipConfig, cfg["clip"], "clip"),
+        clip_weights=Path(inp["clip_weights"]) if inp.get("clip_weights") else None,
+        cfg=from_mapping(TrainRitcConfig, cfg["train_ritc"], "train_ritc"),
+        out_model=Path(out["model"]),
+        out_history=Path(out["history"]),
+        device=device,
+        resume_path=Path(job["resume"]),
+    )

@@ -50,6 +50,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from qaclims.config import runtime, setting
 from qaclims.datasets.base import raise_if_any, read_manifest, shard_rows
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
@@ -101,7 +102,7 @@ class PrecomputedConfig:
 
     fg: str = ""
     bg: str = ""
-    format: str = "qaclims_npy"
+    format: str = setting("qaclims_npy", choices=PRECOMPUTED_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -122,16 +123,16 @@ class VqaConfig:
     cache_flush_batches: batches between writes of new answers to the cache.
     """
 
-    backend: str = "blip"
+    backend: str = setting("blip", choices=BACKENDS)
     model: str = "Salesforce/blip-vqa-capfilt-large"
-    image_size: int = 480
-    batch_size: int = 128
-    dtype: str = "auto"
-    max_new_tokens: int = 9
-    num_beams: int = 3
+    image_size: int = setting(480, ge=1)
+    batch_size: int = runtime(128, ge=1)
+    dtype: str = setting("auto", choices=tuple(DTYPES))
+    max_new_tokens: int = setting(9, ge=1)
+    num_beams: int = setting(3, ge=1)
     questions: QuestionsConfig = field(default_factory=QuestionsConfig)
     precomputed: PrecomputedConfig = field(default_factory=PrecomputedConfig)
-    cache_flush_batches: int = 50
+    cache_flush_batches: int = runtime(50, ge=1)
 
     def __post_init__(self) -> None:
         _check_choice("vqa.backend", self.backend, BACKENDS)

@@ -12,13 +12,7 @@ rule train_cam:
     input:
         manifest=manifest(SPLITS["train"]),
         classes=R("data", "classes.json"),
-        code=lib(
-            "train_cam.py",
-            "models/cam_resnet.py",
-            "models/backbone.py",
-            "augment.py",
-            "training.py",
-        ),
+        code=code("train_cam"),
     output:
         model=R("train_cam", "model.safetensors"),
         history=R("train_cam", "history.parquet"),
@@ -32,7 +26,7 @@ rule train_cam:
     resources:
         gpu=1,
     params:
-        cfg=config["train_cam"],
+        cfg=result_cfg("train_cam"),
         resume=RESUME("train_cam", "state.pt"),
     script:
         "../scripts/train_cam.py"
@@ -43,9 +37,7 @@ rule make_cam:
         manifest=lambda wc: manifest(wc.split),
         classes=R("data", "classes.json"),
         weights=cam_weights,
-        code=lib(
-            "cam_infer.py", "models/cam_resnet.py", "models/backbone.py", "augment.py"
-        ),
+        code=code("make_cam"),
     output:
         cams=directory(R("make_cam", "{model}", "{split}", "{shard}")),
     log:
@@ -58,7 +50,7 @@ rule make_cam:
     resources:
         gpu=1,
     params:
-        cfg=config["make_cam"],
+        cfg=result_cfg("make_cam"),
         model=config["train_cam"]["model"],
         shard=lambda wc: int(wc.shard),
         num_shards=SHARDS["make_cam"],
@@ -71,7 +63,7 @@ rule eval_cam:
         manifest=lambda wc: manifest(wc.split),
         classes=R("data", "classes.json"),
         cams=lambda wc: cam_dirs(wc.model),
-        code=lib("eval_cam.py", "metrics.py"),
+        code=code("eval_cam"),
     output:
         summary=R("eval_cam", "{model}", "{split}", "summary.json"),
         per_class=R("eval_cam", "{model}", "{split}", "per_class.parquet"),
@@ -82,6 +74,6 @@ rule eval_cam:
         "../../envs/torch.yaml"
     threads: 1
     params:
-        cfg=config["eval_cam"],
+        cfg=result_cfg("eval_cam"),
     script:
         "../scripts/eval_cam.py"

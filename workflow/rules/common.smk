@@ -1,10 +1,26 @@
 # Config validation, paths and input functions shared by the other .smk files.
-import json
 import os
+import sys
 
+import yaml
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+SRC_ROOT = os.path.join(workflow.basedir, "src")
+SRC = os.path.join(SRC_ROOT, "qaclims")
+SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
+if SRC_ROOT not in sys.path:
+    sys.path.insert(
+        0, SRC_ROOT
+    )  # the workflow's own library, wherever Snakemake runs from
+from qaclims import preflight  # noqa: E402  (standard library only at import)
+from qaclims.codegraph import library_files  # noqa: E402
+
+with open(
+    os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+) as _f:
+    SCHEMA = yaml.safe_load(_f)
 
 RUN = config["run"]
 # Answer files may name this run's folder as {run} (the demo's synthetic answers do).
@@ -14,7 +30,6 @@ for _kind in ("fg", "bg"):
 SPLITS = config["splits"]
 SHARDS = config["shards"]
 METHODS = config["methods"]
-SRC = os.path.join(workflow.basedir, "src", "qaclims")
 
 
 def _check_splits():
@@ -32,6 +47,13 @@ def _check_splits():
 
 
 _check_splits()
+# Paths that must exist, and every stage's typed config, before any job runs.
+preflight.check_paths(config)
+preflight.check_stage_configs(
+    config, SRC_ROOT, cache_dir=os.path.join(".snakemake", "qaclims")
+)
+# Editing an image, label, annotation or split list reruns the manifests and what follows.
+DATA_FINGERPRINT = preflight.data_fingerprint(config)
 
 
 def R(*parts):
@@ -52,9 +74,29 @@ def RESUME(*parts):
     return os.path.join("results", RUN, ".resume", *parts)
 
 
-def lib(*modules):
-    """Library source files a job depends on: editing one reruns that step."""
-    return [os.path.join(SRC, m) for m in modules + ("io.py", "config.py")]
+def code(script):
+    """Library files a rule's script imports (transitively): editing one reruns that rule."""
+    return library_files(os.path.join(SCRIPTS, script + ".py"), SRC_ROOT)
+
+
+def _result_only(value, schema):
+    props = schema.get("properties")
+    if not isinstance(value, dict) or not props:
+        return value
+    return {
+        k: _result_only(v, props.get(k, {}))
+        for k, v in value.items()
+        if props.get(k, {}).get("x-result", True)
+    }
+
+
+def result_cfg(key):
+    """config[key] without the settings that cannot change a result (schema x-result: false).
+
+    This is what a rule tracks as params, so changing workers, logging or resume cadence
+    or an inference batch size reruns nothing; scripts read the whole slice from config.
+    """
+    return _result_only(config[key], SCHEMA["properties"][key])
 
 
 def shard_ids(stage):
@@ -90,6 +132,14 @@ def dataset_root():
     if config["dataset"]["name"] == "synthetic":
         return R("synthetic")
     return config["dataset"]["root"]
+
+
+def dataset_extra_outputs():
+    """COCO's evaluation masks are made by the dataset rule: declared, so they never go stale."""
+    d = config["dataset"]
+    if d["name"] != "coco14":
+        return {}
+    return {"masks": directory(d["coco14"]["mask_dir"] or R("data", "coco_masks"))}
 
 
 def dataset_inputs(wildcards):
@@ -202,7 +252,7 @@ def report_inputs(wildcards):
 
 
 def all_targets():
-    t = eval_targets()
+    t = [R("config.yaml")] + eval_targets()
     if config["refine"]["enabled"]:
         t.append(R("eval_seeds", refine_source(), SPLITS["eval_cam"], "summary.json"))
         t.append(R("eval_sem_seg", refine_source(), SPLITS["eval_cam"], "summary.json"))

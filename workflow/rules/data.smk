@@ -1,9 +1,27 @@
-# The data set: the synthetic world (demo) and the per-split manifests of any data set.
+# The data set: the synthetic world (demo) and the per-split manifests of any data set,
+# and the record of the run's resolved config.
+
+
+rule run_config:
+    input:
+        code=code("run_config"),
+    output:
+        config=R("config.yaml"),
+    log:
+        LOG("run_config.log"),
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    params:
+        resolved=config,
+    script:
+        "../scripts/run_config.py"
 
 
 rule synthetic:
     input:
-        code=lib("synthetic.py"),
+        code=code("synthetic"),
     output:
         root=directory(R("synthetic")),
     log:
@@ -12,7 +30,7 @@ rule synthetic:
         "../../envs/torch.yaml"
     threads: 1
     params:
-        cfg=config["synthetic"],
+        cfg=result_cfg("synthetic"),
     script:
         "../scripts/synthetic.py"
 
@@ -20,13 +38,9 @@ rule synthetic:
 rule dataset:
     input:
         unpack(dataset_inputs),
-        code=lib(
-            "datasets/__init__.py",
-            "datasets/base.py",
-            "datasets/voc.py",
-            "datasets/coco.py",
-        ),
+        code=code("dataset"),
     output:
+        **dataset_extra_outputs(),
         classes=R("data", "classes.json"),
         manifests=expand(
             R("data", "manifest", "{split}.parquet"), split=config["dataset"]["splits"]
@@ -37,7 +51,8 @@ rule dataset:
         "../../envs/torch.yaml"
     threads: 1
     params:
-        cfg=config["dataset"],
+        cfg=result_cfg("dataset"),
         root=dataset_root(),
+        data=DATA_FINGERPRINT,
     script:
         "../scripts/dataset.py"

@@ -6,7 +6,7 @@ rule train_deeplab:
         manifest=manifest(SPLITS["train"]),
         classes=R("data", "classes.json"),
         pseudo=pseudo_dirs(SPLITS["train"]),
-        code=lib("deeplab.py", "models/deeplab.py", "models/backbone.py", "training.py"),
+        code=code("train_deeplab"),
     output:
         model=R("train_deeplab", "model.safetensors"),
         history=R("train_deeplab", "history.parquet"),
@@ -16,26 +16,14 @@ rule train_deeplab:
         BENCH("train_deeplab.tsv")
     conda:
         "../../envs/torch.yaml"
-    threads: config["threads"]["gpu_job"]
+    threads: config["threads"]["gpu_job"] * max(1, gpus("train_deeplab"))
     resources:
         gpu=gpus("train_deeplab"),
     params:
-        cfg=config["train_deeplab"],
-        args=lambda wc, input, output: (
-            {
-                "manifest": input.manifest,
-                "classes": input.classes,
-                "pseudo_dirs": list(input.pseudo),
-                "cfg": config["train_deeplab"],
-                "model": output.model,
-                "history": output.history,
-                "resume": RESUME("train_deeplab", "state.pt"),
-                "log": LOG("train_deeplab.log"),
-                "device": config["device"],
-            }
-        ),
+        cfg=result_cfg("train_deeplab"),
+        resume=RESUME("train_deeplab", "state.pt"),
     script:
-        "../scripts/launch.py"
+        "../scripts/train_deeplab.py"
 
 
 rule infer_deeplab:
@@ -43,7 +31,7 @@ rule infer_deeplab:
         manifest=lambda wc: manifest(wc.split),
         classes=R("data", "classes.json"),
         weights=R("train_deeplab", "model.safetensors"),
-        code=lib("deeplab.py", "models/deeplab.py", "models/backbone.py", "crf.py"),
+        code=code("infer_deeplab"),
     output:
         nocrf=directory(R("infer_deeplab", "{split}", "nocrf", "{shard}")),
         crf=directory(R("infer_deeplab", "{split}", "crf", "{shard}")),
@@ -52,12 +40,12 @@ rule infer_deeplab:
     benchmark:
         BENCH("infer_deeplab", "{split}_{shard}.tsv")
     conda:
-        "../../envs/crf.yaml"
+        "../../envs/torch.yaml"
     threads: config["threads"]["gpu_job"]
     resources:
         gpu=1,
     params:
-        cfg=config["infer_deeplab"],
+        cfg=result_cfg("infer_deeplab"),
         model=config["train_deeplab"]["model"],
         shard=lambda wc: int(wc.shard),
         num_shards=SHARDS["infer_deeplab"],
@@ -73,7 +61,7 @@ rule eval_deeplab:
             R("infer_deeplab", wc.split, wc.variant, "{shard}"),
             shard=shard_ids("infer_deeplab"),
         ),
-        code=lib("evaluate.py", "metrics.py"),
+        code=code("eval_labels"),
     output:
         summary=R("eval_deeplab", "{split}", "{variant}", "summary.json"),
         per_class=R("eval_deeplab", "{split}", "{variant}", "per_class.parquet"),

@@ -6,7 +6,7 @@ rule cam_to_ir_label:
     input:
         manifest=lambda wc: manifest(wc.split),
         cams=cam_dirs_of_split,
-        code=lib("cam_to_ir_label.py", "crf.py", "datasets/base.py"),
+        code=code("cam_to_ir_label"),
     output:
         labels=directory(R("cam_to_ir_label", "{model}", "{split}", "{shard}")),
     log:
@@ -17,7 +17,7 @@ rule cam_to_ir_label:
         "../../envs/crf.yaml"
     threads: config["threads"]["cpu_shard"]
     params:
-        cfg=config["cam_to_ir_label"],
+        cfg=result_cfg("cam_to_ir_label"),
         shard=lambda wc: int(wc.shard),
         num_shards=SHARDS["cam_to_ir_label"],
     script:
@@ -29,7 +29,7 @@ rule eval_seeds:
         manifest=lambda wc: manifest(wc.split),
         classes=R("data", "classes.json"),
         preds=lambda wc: [d for s in SPLITS["cam"] for d in ir_label_dirs(wc.model, s)],
-        code=lib("evaluate.py", "metrics.py"),
+        code=code("eval_labels"),
     output:
         summary=R("eval_seeds", "{model}", "{split}", "summary.json"),
         per_class=R("eval_seeds", "{model}", "{split}", "per_class.parquet"),
@@ -48,7 +48,7 @@ rule train_irn:
     input:
         manifest=manifest(SPLITS["train"]),
         labels=lambda wc: ir_label_dirs(wc.model, SPLITS["train"]),
-        code=lib("irn.py", "random_walk.py", "models/backbone.py", "training.py"),
+        code=code("train_irn"),
     output:
         model=R("train_irn", "{model}", "model.safetensors"),
         history=R("train_irn", "{model}", "history.parquet"),
@@ -62,7 +62,7 @@ rule train_irn:
     resources:
         gpu=1,
     params:
-        cfg=config["train_irn"],
+        cfg=result_cfg("train_irn"),
         resume=lambda wc: RESUME("train_irn", wc.model, "state.pt"),
     script:
         "../scripts/train_irn.py"
@@ -73,14 +73,7 @@ rule make_sem_seg:
         manifest=lambda wc: manifest(wc.split),
         cams=cam_dirs_of_split,
         irn=R("train_irn", "{model}", "model.safetensors"),
-        code=lib(
-            "make_sem_seg.py",
-            "random_walk.py",
-            "irn.py",
-            "cam_to_ir_label.py",
-            "crf.py",
-            "models/backbone.py",
-        ),
+        code=code("make_sem_seg"),
     output:
         masks=directory(R("make_sem_seg", "{model}", "{split}", "{shard}")),
     log:
@@ -93,7 +86,7 @@ rule make_sem_seg:
     resources:
         gpu=1,
     params:
-        cfg=config["make_sem_seg"],
+        cfg=result_cfg("make_sem_seg"),
         irn=config["train_irn"]["model"],
         shard=lambda wc: int(wc.shard),
         num_shards=SHARDS["make_sem_seg"],
@@ -110,7 +103,7 @@ rule eval_sem_seg:
             split=SPLITS["cam"],
             shard=shard_ids("make_sem_seg"),
         ),
-        code=lib("evaluate.py", "metrics.py"),
+        code=code("eval_labels"),
     output:
         summary=R("eval_sem_seg", "{model}", "{split}", "summary.json"),
         per_class=R("eval_sem_seg", "{model}", "{split}", "per_class.parquet"),

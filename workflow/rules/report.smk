@@ -5,7 +5,7 @@
 rule report:
     input:
         unpack(report_inputs),
-        code=lib("report_build.py", "report.py"),
+        code=code("report"),
     output:
         table=report(
             R("report", "index.html"),
@@ -49,7 +49,7 @@ rule report:
         "../../envs/report.yaml"
     threads: 1
     params:
-        cfg=config["report"],
+        cfg=result_cfg("report"),
         threshold=config["eval_cam"]["threshold"],
     script:
         "../scripts/report.py"

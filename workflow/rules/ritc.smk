@@ -5,7 +5,7 @@
 rule train_tiny_clip:
     input:
         root=R("synthetic"),
-        code=lib("clip_models.py"),
+        code=code("train_tiny_clip"),
     output:
         model=R("train_tiny_clip", "model.safetensors"),
     log:
@@ -18,8 +18,8 @@ rule train_tiny_clip:
     resources:
         gpu=1,
     params:
-        cfg=config["train_tiny_clip"],
-        clip=config["clip"],
+        cfg=result_cfg("train_tiny_clip"),
+        clip=result_cfg("clip"),
     script:
         "../scripts/train_tiny_clip.py"
 
@@ -29,7 +29,7 @@ rule text_features:
         unpack(clip_weight_inputs),
         corpus=R("corpus", "corpus.parquet"),
         classes=R("data", "classes.json"),
-        code=lib("clip_text.py", "clip_models.py"),
+        code=code("text_features"),
     output:
         features=R("text_features", "features.safetensors"),
         index=R("text_features", "index.parquet"),
@@ -41,8 +41,8 @@ rule text_features:
     resources:
         gpu=1,
     params:
-        cfg=config["text_features"],
-        clip=config["clip"],
+        cfg=result_cfg("text_features"),
+        clip=result_cfg("clip"),
     script:
         "../scripts/text_features.py"
 
@@ -55,15 +55,7 @@ rule train_ritc:
         cam=R("train_cam", "model.safetensors"),
         features=R("text_features", "features.safetensors"),
         index=R("text_features", "index.parquet"),
-        code=lib(
-            "train_ritc.py",
-            "losses.py",
-            "clip_models.py",
-            "models/cam_resnet.py",
-            "models/backbone.py",
-            "augment.py",
-            "training.py",
-        ),
+        code=code("train_ritc"),
     output:
         model=R("train_ritc", "model.safetensors"),
         history=R("train_ritc", "history.parquet"),
@@ -73,27 +65,13 @@ rule train_ritc:
         BENCH("train_ritc.tsv")
     conda:
         "../../envs/torch.yaml"
-    threads: config["threads"]["gpu_job"]
+    threads: config["threads"]["gpu_job"] * max(1, gpus("train_ritc"))
     resources:
         gpu=gpus("train_ritc"),
     params:
-        cfg=config["train_ritc"],
-        args=lambda wc, input, output: (
-            {
-                "manifest": input.manifest,
-                "classes": input.classes,
-                "cam_weights": input.cam,
-                "model_cfg": config["train_cam"]["model"],
-                "corpus_index": input.index,
-                "text_features": input.features,
-                "clip_cfg": config["clip"],
-                "clip_weights": input.get("clip_weights"),
-                "cfg": config["train_ritc"],
-                "model": output.model,
-                "history": output.history,
-                "resume": RESUME("train_ritc", "state.pt"),
-                "device": config["device"],
-            }
-        ),
+        cfg=result_cfg("train_ritc"),
+        model=config["train_cam"]["model"],
+        clip=result_cfg("clip"),
+        resume=RESUME("train_ritc", "state.pt"),
     script:
-        "../scripts/launch.py"
+        "../scripts/train_ritc.py"

@@ -6,7 +6,7 @@ rule vqa:
         unpack(vqa_inputs),
         manifest=manifest(SPLITS["train"]),
         classes=R("data", "classes.json"),
-        code=lib("vqa.py", "safe_load.py", "datasets/base.py"),
+        code=code("vqa"),
     output:
         answers=R("vqa", "{kind}", "{shard}.parquet"),
     log:
@@ -21,7 +21,7 @@ rule vqa:
     resources:
         gpu=1 if config["vqa"]["backend"] == "blip" else 0,
     params:
-        cfg=config["vqa"],
+        cfg=result_cfg("vqa"),
         shard=lambda wc: int(wc.shard),
         num_shards=SHARDS["vqa"],
         cache=R(".cache", "vqa"),
@@ -37,7 +37,7 @@ rule corpus:
             shard=shard_ids("vqa"),
         ),
         classes=R("data", "classes.json"),
-        code=lib("corpus.py"),
+        code=code("corpus"),
     output:
         corpus=R("corpus", "corpus.parquet"),
         stats=R("corpus", "stats.parquet"),
@@ -47,6 +47,6 @@ rule corpus:
         "../../envs/vqa.yaml"
     threads: 1
     params:
-        cfg=config["corpus"],
+        cfg=result_cfg("corpus"),
     script:
         "../scripts/corpus.py"

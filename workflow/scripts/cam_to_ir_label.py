@@ -8,7 +8,9 @@ with job(snakemake) as j:
     cam_to_ir_label.run(
         manifest=Path(snakemake.input.manifest),
         cam_dirs=[Path(d) for d in snakemake.input.cams],
-        cfg=from_mapping(cam_to_ir_label.IrLabelConfig, snakemake.params.cfg, "cam_to_ir_label"),
+        cfg=from_mapping(
+            cam_to_ir_label.IrLabelConfig, snakemake.config["cam_to_ir_label"], "cam_to_ir_label"
+        ),
         out_dir=Path(snakemake.output.labels),
         shard=snakemake.params.shard,
         num_shards=snakemake.params.num_shards,

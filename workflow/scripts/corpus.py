@@ -9,7 +9,7 @@ with job(snakemake):
     corpus.run(
         answer_tables=[Path(p) for p in snakemake.input.answers],
         classes=read_classes(snakemake.input.classes),
-        cfg=from_mapping(corpus.CorpusConfig, snakemake.params.cfg, "corpus"),
+        cfg=from_mapping(corpus.CorpusConfig, snakemake.config["corpus"], "corpus"),
         out_corpus=Path(snakemake.output.corpus),
         out_stats=Path(snakemake.output.stats),
     )

@@ -5,6 +5,6 @@ from qaclims.config import from_mapping
 from qaclims.smk import job
 
 with job(snakemake):
-    cfg = dict(snakemake.params.cfg, root=snakemake.params.root)
+    cfg = dict(snakemake.config["dataset"], root=snakemake.params.root)
     cfg = from_mapping(datasets.DatasetConfig, cfg, "dataset")
     datasets.run(cfg, Path(snakemake.output.classes).parent)

@@ -10,7 +10,7 @@ with job(snakemake):
         manifest=Path(snakemake.input.manifest),
         cam_dirs=[Path(d) for d in snakemake.input.cams],
         classes=read_classes(snakemake.input.classes),
-        cfg=from_mapping(eval_cam.EvalCamConfig, snakemake.params.cfg, "eval_cam"),
+        cfg=from_mapping(eval_cam.EvalCamConfig, snakemake.config["eval_cam"], "eval_cam"),
         out_summary=Path(snakemake.output.summary),
         out_per_class=Path(snakemake.output.per_class),
         out_sweep=Path(snakemake.output.sweep),

@@ -7,7 +7,9 @@ from qaclims.models.deeplab import DeeplabModelConfig
 from qaclims.smk import job
 
 with job(snakemake) as j:
-    cfg = from_mapping(deeplab.InferDeeplabConfig, snakemake.params.cfg, "infer_deeplab")
+    cfg = from_mapping(
+        deeplab.InferDeeplabConfig, snakemake.config["infer_deeplab"], "infer_deeplab"
+    )
     crf_dir = Path(snakemake.output.crf)
     if not cfg.crf.enabled:  # the folder is still a declared output: leave it empty
         crf_dir.mkdir(parents=True, exist_ok=True)

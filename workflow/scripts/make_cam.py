@@ -12,7 +12,7 @@ with job(snakemake) as j:
         weights=Path(snakemake.input.weights),
         model_cfg=from_mapping(CamModelConfig, snakemake.params.model, "train_cam.model"),
         num_classes=len(read_classes(snakemake.input.classes)),
-        cfg=from_mapping(cam_infer.MakeCamConfig, snakemake.params.cfg, "make_cam"),
+        cfg=from_mapping(cam_infer.MakeCamConfig, snakemake.config["make_cam"], "make_cam"),
         out_dir=Path(snakemake.output.cams),
         shard=snakemake.params.shard,
         num_shards=snakemake.params.num_shards,

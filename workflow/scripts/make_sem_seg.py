@@ -10,7 +10,9 @@ with job(snakemake) as j:
         cam_dirs=[Path(d) for d in snakemake.input.cams],
         irn_weights=Path(snakemake.input.irn),
         irn_cfg=from_mapping(irn.IrnModelConfig, snakemake.params.irn, "train_irn.model"),
-        cfg=from_mapping(make_sem_seg.SemSegConfig, snakemake.params.cfg, "make_sem_seg"),
+        cfg=from_mapping(
+            make_sem_seg.SemSegConfig, snakemake.config["make_sem_seg"], "make_sem_seg"
+        ),
         out_dir=Path(snakemake.output.masks),
         shard=snakemake.params.shard,
         num_shards=snakemake.params.num_shards,

@@ -31,6 +31,6 @@ with job(snakemake):
         corpus_stats=Path(inp["corpus"]) if "corpus" in keys else None,
         overlays=overlays,
         out_dir=Path(snakemake.output.table).parent,
-        num_overlays=snakemake.params.cfg["num_overlays"],
+        num_overlays=snakemake.config["report"]["num_overlays"],
         fixed_threshold=snakemake.params.threshold,
     )

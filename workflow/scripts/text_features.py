@@ -10,8 +10,10 @@ with job(snakemake) as j:
     clip_text.run(
         corpus=Path(snakemake.input.corpus),
         classes=read_classes(snakemake.input.classes),
-        clip_cfg=from_mapping(clip_models.ClipConfig, snakemake.params.clip, "clip"),
-        cfg=from_mapping(clip_text.TextFeatureConfig, snakemake.params.cfg, "text_features"),
+        clip_cfg=from_mapping(clip_models.ClipConfig, snakemake.config["clip"], "clip"),
+        cfg=from_mapping(
+            clip_text.TextFeatureConfig, snakemake.config["text_features"], "text_features"
+        ),
         out_features=Path(snakemake.output.features),
         out_index=Path(snakemake.output.index),
         device=j.device,

@@ -11,7 +11,7 @@ with job(snakemake) as j:
         num_classes=len(read_classes(snakemake.input.classes)),
         out_model=Path(snakemake.output.model),
         out_history=Path(snakemake.output.history),
-        cfg=from_mapping(train_cam.TrainCamConfig, snakemake.params.cfg, "train_cam"),
+        cfg=from_mapping(train_cam.TrainCamConfig, snakemake.config["train_cam"], "train_cam"),
         device=j.device,
         resume_path=Path(snakemake.params.resume),
     )

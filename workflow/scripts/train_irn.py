@@ -8,7 +8,7 @@ with job(snakemake) as j:
     irn.run_train(
         manifest=Path(snakemake.input.manifest),
         ir_label_dirs=[Path(d) for d in snakemake.input.labels],
-        cfg=from_mapping(irn.TrainIrnConfig, snakemake.params.cfg, "train_irn"),
+        cfg=from_mapping(irn.TrainIrnConfig, snakemake.config["train_irn"], "train_irn"),
         out_model=Path(snakemake.output.model),
         out_history=Path(snakemake.output.history),
         device=j.device,

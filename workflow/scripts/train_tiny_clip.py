@@ -9,8 +9,10 @@ with job(snakemake) as j:
     clip_models.train_tiny_clip(
         root=root,
         captions=root / "captions.parquet",
-        clip_cfg=from_mapping(clip_models.ClipConfig, snakemake.params.clip, "clip"),
-        cfg=from_mapping(clip_models.TinyClipConfig, snakemake.params.cfg, "train_tiny_clip"),
+        clip_cfg=from_mapping(clip_models.ClipConfig, snakemake.config["clip"], "clip"),
+        cfg=from_mapping(
+            clip_models.TinyClipConfig, snakemake.config["train_tiny_clip"], "train_tiny_clip"
+        ),
         out=Path(snakemake.output.model),
         device=j.device,
     )

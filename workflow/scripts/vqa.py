@@ -9,7 +9,7 @@ with job(snakemake) as j:
     vqa.run(
         manifest=Path(snakemake.input.manifest),
         classes=read_classes(snakemake.input.classes),
-        cfg=from_mapping(vqa.VqaConfig, snakemake.params.cfg, "vqa"),
+        cfg=from_mapping(vqa.VqaConfig, snakemake.config["vqa"], "vqa"),
         kind=snakemake.wildcards.kind,
         out=Path(snakemake.output.answers),
         shard=snakemake.params.shard,

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from qaclims.config import runtime, setting
 from qaclims.datasets import base, voc
 from qaclims.datasets import coco as coco_ds
 from qaclims.datasets.base import read_classes, read_manifest, shard_rows
@@ -58,13 +59,13 @@ class DatasetConfig:
     io_workers: threads reading image headers.
     """
 
-    name: str = "voc12"
+    name: str = setting("voc12", choices=DATASETS)
     root: str = ""
-    splits: tuple[str, ...] = ("train_aug", "train", "val")
+    splits: tuple[str, ...] = setting(("train_aug", "train", "val"), min_items=1)
     voc12: Voc12Config = Voc12Config()
     coco14: Coco14Config = Coco14Config()
-    check_images: bool = True
-    io_workers: int = 8
+    check_images: bool = runtime(True)
+    io_workers: int = runtime(8, ge=1)
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qaclims.config import setting
 from qaclims.datasets import base
 from qaclims.errors import ConfigError, DataError
 from qaclims.io import read_label_png
@@ -74,7 +75,7 @@ class Voc12Config:
     gt_dir: str = "SegmentationClass"
     split_dir: str = "ImageSets/Segmentation"
     annotation_dir: str = "Annotations"
-    label_source: str = "xml"
+    label_source: str = setting("xml", choices=LABEL_SOURCES)
 
     def __post_init__(self) -> None:
         if self.label_source not in LABEL_SOURCES:

@@ -19,7 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qaclims.config import setting
 from qaclims.errors import ConfigError, DataError
+
+#: Backbone architectures :func:`build_backbone` knows.
+ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "tiny")
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,30 @@ class BackboneConfig:
     frozen_bn: keep every BatchNorm in eval mode with frozen affine parameters (IRN, DeepLab).
     """
 
-    arch: str = "resnet50"
-    weights: str = "imagenet"
-    strides: tuple[int, ...] = (2, 2, 2, 1)
-    dilations: tuple[int, ...] = (1, 1, 1, 1)
-    widths: tuple[int, ...] = (16, 32, 64, 128)
-    frozen_bn: bool = True
+    arch: str = setting(
+        "resnet50", choices=ARCHS, doc="resnet18, resnet34, resnet50, resnet101 or tiny."
+    )
+    weights: str = setting(
+        "imagenet",
+        doc="imagenet (torchvision IMAGENET1K_V1), none (random init) or a state-dict file.",
+    )
+    strides: tuple[int, ...] = setting(
+        (2, 2, 2, 1),
+        ge=1,
+        min_items=4,
+        doc="stride of each of the 4 stages (the stem's stride 4 is part of stage 1).",
+    )
+    dilations: tuple[int, ...] = setting(
+        (1, 1, 1, 1), ge=1, min_items=4, doc="dilation of each stage's 3x3 convolutions."
+    )
+    widths: tuple[int, ...] = setting(
+        (16, 32, 64, 128), ge=1, min_items=4, doc="channel widths of the 4 stages of tiny."
+    )
+    frozen_bn: bool = setting(True, doc="BatchNorm in eval mode with frozen affine parameters.")
+
+    def __post_init__(self) -> None:
+        if self.arch == "tiny" and self.weights == "imagenet":
+            raise ConfigError("backbone.weights: imagenet weights do not exist for arch tiny")
 
 
 class Backbone(nn.Module):

@@ -33,8 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from qaclims.augment import IMAGENET_MEAN, IMAGENET_STD
+from qaclims.config import setting
 from qaclims.errors import ConfigError, DataError
-from qaclims.models.backbone import Backbone, BackboneConfig, build_backbone, load_state_file
+from qaclims.models.backbone import (
+    ARCHS,
+    Backbone,
+    BackboneConfig,
+    build_backbone,
+    load_state_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +58,30 @@ class DeeplabBackboneConfig:
     (output stride 8), frozen batch norm.
     """
 
-    arch: str = "resnet101"
-    weights: str = "imagenet"
-    strides: tuple[int, ...] = (2, 2, 1, 1)
-    dilations: tuple[int, ...] = (1, 1, 2, 4)
-    widths: tuple[int, ...] = (16, 32, 64, 128)
-    frozen_bn: bool = True
+    arch: str = setting(
+        "resnet101", choices=ARCHS, doc="resnet18, resnet34, resnet50, resnet101 or tiny."
+    )
+    weights: str = setting(
+        "imagenet",
+        doc="imagenet (torchvision IMAGENET1K_V1), none (random init) or a state-dict file.",
+    )
+    strides: tuple[int, ...] = setting(
+        (2, 2, 1, 1),
+        ge=1,
+        min_items=4,
+        doc="stride of each of the 4 stages (the stem's stride 4 is part of stage 1).",
+    )
+    dilations: tuple[int, ...] = setting(
+        (1, 1, 2, 4), ge=1, min_items=4, doc="dilation of each stage's 3x3 convolutions."
+    )
+    widths: tuple[int, ...] = setting(
+        (16, 32, 64, 128), ge=1, min_items=4, doc="channel widths of the 4 stages of tiny."
+    )
+    frozen_bn: bool = setting(True, doc="BatchNorm in eval mode with frozen affine parameters.")
+
+    def __post_init__(self) -> None:
+        if self.arch == "tiny" and self.weights == "imagenet":
+            raise ConfigError("backbone.weights: imagenet weights do not exist for arch tiny")
 
     def to_backbone_config(self, weights: str | None = None) -> BackboneConfig:
         """The equivalent :class:`BackboneConfig` (``weights`` overrides the init)."""
@@ -80,10 +105,10 @@ class DeeplabModelConfig:
         are then ``floor(H/8) + 1`` high for some even sizes instead of ``ceil(H/8)``).
     """
 
-    version: str = "v2"
+    version: str = setting("v2", choices=VERSIONS)
     backbone: DeeplabBackboneConfig = field(default_factory=DeeplabBackboneConfig)
-    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
-    style: str = "torchvision"
+    aspp_rates: tuple[int, ...] = setting((6, 12, 18, 24), ge=1, min_items=1)
+    style: str = setting("torchvision", choices=STYLES)
 
 
 def check_model_config(cfg: DeeplabModelConfig, where: str = "train_deeplab.model") -> None:

@@ -1,0 +1,259 @@
+"""The user's path, as written: the README's command lines, run from the root of a clone
+(a copy of this repository) with the shipped config files and profiles, against fake VOC and
+COCO trees placed where the shipped configs look for them.
+
+- every README ``snakemake`` line dry-runs as printed;
+- the config every job sees (recorded by the ``run_config`` job) equals the schema defaults
+  plus the given files, for every shipped config, from the root and from another folder;
+- ``snakemake --cores 8 --resources gpu=4 --configfile config/voc12.yaml`` keeps four
+  single-GPU jobs in flight on four distinct (emulated) GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.workflow_util import ROOT, copy_repo, fake_coco, fake_voc
+
+pytestmark = pytest.mark.workflow
+
+VOC_IDS = {
+    "train_aug": [f"2007_{i:06d}" for i in range(16)],
+    "train": [f"2007_{i:06d}" for i in range(4)],
+    "val": ["2008_000001", "2008_000002"],
+}
+FAKE_NVIDIA_SMI = "#!/bin/sh\nprintf '0\\n1\\n2\\n3\\n'\n"
+
+
+def readme_commands() -> list[str]:
+    """The ``snakemake`` lines of the README's bash blocks, without their comments."""
+    text = (ROOT / "README.md").read_text()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            cmd = line.split("#", 1)[0].strip()
+            if cmd.startswith("snakemake "):
+                lines.append(cmd)
+    return lines
+
+
+def user_env(tmp: Path) -> dict[str, str]:
+    """The environment of a user whose venv is active (``snakemake`` on PATH), offline."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        QACLIMS_GPU_LOCK_DIR=str(tmp / "gpu-locks"),
+    )
+    return env
+
+
+def run(
+    cmd: str, cwd: Path, env: dict[str, str], timeout: int = 900
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A copy of the repository with fake VOC and COCO trees where the paper configs look."""
+    repo = copy_repo(tmp_path_factory.mktemp("user") / "qaclims")
+    voc = yaml.safe_load((repo / "config/voc12.yaml").read_text())["dataset"]["root"]
+    coco = yaml.safe_load((repo / "config/coco14.yaml").read_text())["dataset"]["root"]
+    fake_voc(repo / voc, VOC_IDS, size=(24, 32))
+    fake_coco(repo / coco)
+    yield repo
+
+
+# ---------------------------------------------------------------- the resolved config
+
+
+def schema_defaults(node: dict[str, Any]) -> Any:
+    """The config the schema alone gives: each property's default, objects recursively."""
+    props = node.get("properties")
+    if node.get("type") == "object" and props:
+        return {
+            k: schema_defaults(v) for k, v in props.items() if "default" in v or "properties" in v
+        }
+    return node.get("default")
+
+
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def expected_config(files: list[Path]) -> dict[str, Any]:
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    cfg = schema_defaults(schema)
+    for f in files:
+        cfg = merge(cfg, yaml.safe_load(f.read_text()) or {})
+    pre = cfg["vqa"]["precomputed"]  # documented: {run} names this run's folder
+    for kind in ("fg", "bg"):
+        pre[kind] = pre[kind].replace("{run}", cfg["run"])
+    return cfg
+
+
+CASES = {
+    "demo (no --configfile)": [],
+    "smoke overlay": ["config/config.yaml", "config/smoke.yaml"],
+    "voc12": ["config/voc12.yaml"],
+    "coco14": ["config/coco14.yaml"],
+    "voc12 + user overlay": ["config/voc12.yaml", "mine.yaml"],
+}
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["from the root", "from elsewhere"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_job_sees_schema_defaults_plus_the_given_files(
+    clone: Path, tmp_path: Path, case: str, elsewhere: bool
+) -> None:
+    (clone / "mine.yaml").write_text(yaml.safe_dump({"train_ritc": {"w_bg": 4.0}, "run": "mine"}))
+    files = [clone / f for f in CASES[case]]
+    expected = expected_config(files or [clone / "config/config.yaml"])
+    cwd = tmp_path / "elsewhere" if elsewhere else clone
+    if elsewhere:  # the shipped configs' relative data roots, seen from there
+        cwd.mkdir()
+        (cwd / "data").symlink_to(clone / "data")
+    snakefile = f"-s {clone / 'Snakefile'} " if elsewhere else ""
+    given = " ".join(str(f) if elsewhere else str(f.relative_to(clone)) for f in files)
+    cmd = f"snakemake {snakefile}--cores 1 {'--configfile ' + given if files else ''} "
+    target = f"results/{expected['run']}/config.yaml"
+    r = run(cmd + "-- " + target, cwd, user_env(tmp_path))  # --configfile takes several files
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    seen = yaml.safe_load((cwd / target).read_text())
+    assert seen == expected
+    if not files:
+        assert seen["dataset"]["name"] == "synthetic"
+    elif "voc12" in case:  # the demo leaks nothing into a paper run
+        assert seen["clip"]["name"] == "ViT-L-14" and seen["train_ritc"]["lr"] == 0.00035
+        assert seen["vqa"]["precomputed"]["format"] == "qaclims_npy"
+
+
+# ------------------------------------------------------------------ README dry runs
+
+
+DRY_RUNNABLE = [c for c in readme_commands() if "--report" not in c and "--unlock" not in c]
+
+
+@pytest.mark.parametrize("cmd", DRY_RUNNABLE)
+def test_readme_command_dry_runs_as_printed(clone: Path, tmp_path: Path, cmd: str) -> None:
+    r = run(cmd + " -n", clone, user_env(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-6000:]
+    assert "Job stats:" in out and "train_tiny_clip" not in out.split("Job stats:")[1][:2000]
+    if "--profile profiles/slurm" in cmd:
+        # the cluster run loads profiles/default too: it must add no cores and no GPU cap
+        assert "--cores" not in cmd
+        default = yaml.safe_load((clone / "profiles/default/config.v8+.yaml").read_text())
+        assert not {"cores", "resources", "jobs"} & set(default)
+        blocks = re.findall(r"rule make_cam:\n(?:    .*\n)+", out)
+        assert blocks and all("gpu=1" in b and "slurm_partition=gpu" in b for b in blocks)
+        assert all(re.search(r"threads: 8\b", b) for b in blocks), blocks[0]
+
+
+def test_readme_unlock_releases_a_stale_lock(clone: Path, tmp_path: Path) -> None:
+    """A killed run leaves Snakemake's lock; the README's --unlock line clears it."""
+    cmd = next(c for c in readme_commands() if "--unlock" in c)
+    locks = clone / ".snakemake" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    (locks / "0.input.lock").write_text(str(clone / "data"))  # what a killed run leaves
+    (locks / "0.output.lock").write_text(str(clone / "results" / "voc12" / "config.yaml"))
+    env = user_env(tmp_path)
+    blocked = run("snakemake --cores 1 --configfile config/voc12.yaml -R run_config -- "
+                  "results/voc12/config.yaml",
+                  clone, env)  # fmt: skip
+    assert blocked.returncode != 0 and "locked" in (blocked.stdout + blocked.stderr).lower()
+    r = run(cmd, clone, env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not list(locks.glob("*.lock"))
+
+
+def test_plain_snakemake_without_cores_says_what_to_do(clone: Path, tmp_path: Path) -> None:
+    r = run("snakemake", clone, user_env(tmp_path), timeout=300)
+    assert r.returncode != 0 and "cores" in (r.stdout + r.stderr).lower()
+
+
+# ------------------------------------------------------------- four GPUs, four jobs
+
+
+def _stamp(line: str) -> datetime:
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_readme_command_keeps_four_gpu_jobs_in_flight(clone: Path, tmp_path: Path) -> None:
+    """`snakemake --cores 8 --resources gpu=4 --configfile config/voc12.yaml` with 4 emulated
+    GPUs: the 8 make_cam shards of the baseline run 4 at a time, each on its own GPU.
+
+    The baseline CAM network is given (a released-model set-up: training a ResNet-50 on two
+    CPU cores would take an hour), so the run starts at make_cam.
+    """
+    cmd = next(c for c in readme_commands() if "config/voc12.yaml" in c and "--resources" in c)
+    assert cmd.startswith("snakemake --cores 8 --resources gpu=4 ")
+    env = user_env(tmp_path)
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.write_text(FAKE_NVIDIA_SMI)
+    smi.chmod(0o755)
+    env["PATH"] = f"{smi.parent}{os.pathsep}{env['PATH']}"
+    work = clone
+    r = run(cmd + " -- results/voc12/data/classes.json", work, env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    _released_cam_model(work)
+    cfg = yaml.safe_load((work / "config/voc12.yaml").read_text())
+    n = cfg["shards"]["make_cam"]
+    targets = " ".join(f"results/voc12/make_cam/cam/train_aug/{k:03d}" for k in range(n))
+    r = run(f"{cmd} -- {targets}", work, env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-6000:]
+    assert "Shell command: None" not in out
+    spans = []
+    for k in range(n):
+        log = (work / f"logs/voc12/make_cam/cam_train_aug_{k:03d}.log").read_text().splitlines()
+        got = next(line for line in log if "using GPUs" in line)
+        gpu = re.search(r"using GPUs \['(\d)'\]", got).group(1)  # type: ignore[union-attr]
+        assert any("holds GPU(s)" in line and "running on the CPU" in line for line in log)
+        spans.append((_stamp(got), _stamp(log[-1]), gpu))
+        assert f"[make_cam cam/train_aug/{k:03d}] " in out  # terminal lines are tagged
+    peak = 0
+    for start, _, _ in spans:
+        live = [s for s in spans if s[0] <= start < s[1]]
+        peak = max(peak, len(live))
+        assert len({g for *_, g in live}) == len(live), f"two running jobs share a GPU: {live}"
+    assert peak == 4, spans
+    assert {g for *_, g in spans} == {"0", "1", "2", "3"}
+
+
+def _released_cam_model(work: Path) -> None:
+    """A ResNet-50 CAM network in the project's format (random weights) and its history."""
+    code = """
+import pandas as pd, torch
+from qaclims import io
+from qaclims.config import from_mapping
+from qaclims.models.cam_resnet import CamModelConfig, CamNet
+from qaclims.training import save_weights
+import dataclasses, yaml
+cfg = yaml.safe_load(open("config/voc12.yaml"))["train_cam"]["model"]
+m = from_mapping(CamModelConfig, cfg, "train_cam.model")
+m = dataclasses.replace(m, backbone=dataclasses.replace(m.backbone, weights="none"))
+torch.manual_seed(0)
+save_weights("results/voc12/train_cam/model.safetensors", CamNet(m, 20))
+io.write_parquet("results/voc12/train_cam/history.parquet", pd.DataFrame({"step": [0]}))
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=work, check=True, timeout=300)
