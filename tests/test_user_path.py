@@ -11,17 +11,24 @@ COCO trees placed where the shipped configs look for them.
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from tests.workflow_util import ROOT, copy_repo, fake_coco, fake_voc
 
@@ -83,28 +90,35 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 # ---------------------------------------------------------------- the resolved config
 
 
-def schema_defaults(node: dict[str, Any]) -> Any:
-    """The config the schema alone gives: each property's default, objects recursively."""
-    props = node.get("properties")
-    if node.get("type") == "object" and props:
-        return {
-            k: schema_defaults(v) for k, v in props.items() if "default" in v or "properties" in v
-        }
-    return node.get("default")
-
-
 def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Config files merge key by key, nested mappings included (Snakemake's update_config)."""
     out = dict(a)
     for k, v in b.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
+def with_defaults(value: Any, node: dict[str, Any]) -> Any:
+    """Fill every key a file leaves out with its schema default, objects recursively; a value
+    a file gives (a free-form mapping such as corpus.synonyms included) is kept whole."""
+    props = node.get("properties")
+    if not props or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for k, sub in props.items():
+        if k in out:
+            out[k] = with_defaults(out[k], sub)
+        elif "default" in sub:
+            out[k] = with_defaults(copy.deepcopy(sub["default"]), sub)
+    return out
+
+
 def expected_config(files: list[Path]) -> dict[str, Any]:
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    cfg = schema_defaults(schema)
+    merged: dict[str, Any] = {}
     for f in files:
-        cfg = merge(cfg, yaml.safe_load(f.read_text()) or {})
+        merged = merge(merged, yaml.safe_load(f.read_text()) or {})
+    cfg = with_defaults(merged, schema)
     pre = cfg["vqa"]["precomputed"]  # documented: {run} names this run's folder
     for kind in ("fg", "bg"):
         pre[kind] = pre[kind].replace("{run}", cfg["run"])
@@ -166,24 +180,30 @@ def test_readme_command_dry_runs_as_printed(clone: Path, tmp_path: Path, cmd: st
         assert not {"cores", "resources", "jobs"} & set(default)
         blocks = re.findall(r"rule make_cam:\n(?:    .*\n)+", out)
         assert blocks and all("gpu=1" in b and "slurm_partition=gpu" in b for b in blocks)
-        assert all(re.search(r"threads: 8\b", b) for b in blocks), blocks[0]
+        assert all("cpus_per_gpu=8" in b for b in blocks), blocks[0]
 
 
 def test_readme_unlock_releases_a_stale_lock(clone: Path, tmp_path: Path) -> None:
-    """A killed run leaves Snakemake's lock; the README's --unlock line clears it."""
+    """A run killed with SIGKILL leaves Snakemake's lock; the README's --unlock line clears it."""
     cmd = next(c for c in readme_commands() if "--unlock" in c)
-    locks = clone / ".snakemake" / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    (locks / "0.input.lock").write_text(str(clone / "data"))  # what a killed run leaves
-    (locks / "0.output.lock").write_text(str(clone / "results" / "voc12" / "config.yaml"))
     env = user_env(tmp_path)
-    blocked = run("snakemake --cores 1 --configfile config/voc12.yaml -R run_config -- "
-                  "results/voc12/config.yaml",
-                  clone, env)  # fmt: skip
+    locks = clone / ".snakemake" / "locks"
+    job = "snakemake --cores 1 --configfile config/voc12.yaml -R run_config -- "
+    job += "results/voc12/config.yaml"
+    victim = subprocess.Popen(["bash", "-c", job], cwd=clone, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(locks.glob("*.lock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert list(locks.glob("*.lock")), "the run ended before it locked"
+    blocked = run(job, clone, env)
     assert blocked.returncode != 0 and "locked" in (blocked.stdout + blocked.stderr).lower()
     r = run(cmd, clone, env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not list(locks.glob("*.lock"))
+    assert run(job, clone, env).returncode == 0
 
 
 def test_plain_snakemake_without_cores_says_what_to_do(clone: Path, tmp_path: Path) -> None:
@@ -257,3 +277,62 @@ save_weights("results/voc12/train_cam/model.safetensors", CamNet(m, 20))
 io.write_parquet("results/voc12/train_cam/history.parquet", pd.DataFrame({"step": [0]}))
 """
     subprocess.run([sys.executable, "-c", code], cwd=work, check=True, timeout=300)
+
+
+# --------------------------------------------------------------------- data edits
+
+
+def _planned(out: str) -> set[str]:
+    return set(re.findall(r"^rule (\w+):$", out, re.M))
+
+
+def test_editing_voc_data_reruns_the_manifests(clone: Path, tmp_path: Path) -> None:
+    env = user_env(tmp_path)
+    build = "snakemake --cores 1 --configfile config/voc12.yaml -- results/voc12/data/classes.json"
+    dry = build.replace("--cores 1", "--cores 1 -n")
+    assert run(build, clone, env).returncode == 0
+    assert _planned(run(dry, clone, env).stdout) == set()
+    root = clone / "data/VOCdevkit/VOC2012"
+    train = root / "ImageSets/Segmentation/train.txt"
+    image = root / "JPEGImages" / f"{VOC_IDS['train'][0]}.jpg"
+    xml = root / "Annotations" / f"{VOC_IDS['train'][1]}.xml"
+    edits = {
+        "split list": lambda: train.write_text("\n".join(VOC_IDS["train"][:-1]) + "\n"),
+        "image": lambda: image.write_bytes(image.read_bytes()),  # rewritten in place
+        "annotation": lambda: xml.write_text(
+            "<annotation><object><name>cat</name></object></annotation>"
+        ),
+    }
+    for what, edit in edits.items():
+        time.sleep(0.01)
+        edit()
+        assert "dataset" in _planned(run(dry, clone, env).stdout), what
+        assert run(build, clone, env).returncode == 0, what
+    manifest = pd.read_parquet(clone / "results/voc12/data/manifest/train.parquet")
+    assert len(manifest) == len(VOC_IDS["train"]) - 1
+
+
+def test_coco_masks_are_outputs_and_follow_the_annotations(clone: Path, tmp_path: Path) -> None:
+    env = user_env(tmp_path)
+    build = (
+        "snakemake --cores 1 --configfile config/coco14.yaml -- results/coco14/data/classes.json"
+    )
+    assert run(build, clone, env).returncode == 0
+    masks = sorted((clone / "results/coco14/data/coco_masks/val").glob("*.png"))
+    assert masks
+    before = np.asarray(Image.open(masks[0]))
+    manifest = clone / "results/coco14/data/manifest/val.parquet"
+    labels_before = [list(x) for x in pd.read_parquet(manifest)["labels"]]
+    ann_file = clone / "data/coco/annotations/instances_val2014.json"
+    ann = json.loads(ann_file.read_text())
+    for a in ann["annotations"]:
+        a["category_id"] = 1  # dog -> person
+    ann_file.write_text(json.dumps(ann))
+    dry = run(build.replace("--cores 1", "--cores 1 -n"), clone, env).stdout
+    assert "dataset" in _planned(dry)
+    assert run(build, clone, env).returncode == 0
+    after = np.asarray(Image.open(masks[0]))
+    assert set(np.unique(before)) - {0, 255} != set(np.unique(after)) - {0, 255}
+    labels_after = [list(x) for x in pd.read_parquet(manifest)["labels"]]
+    assert labels_before != labels_after and all(x == [0] for x in labels_after)  # person: 0
+    assert set(np.unique(after)) - {0, 255} == {1}  # label value = class index + 1
