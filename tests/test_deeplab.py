@@ -193,7 +193,7 @@ def test_caffe_style_strides_reduce_conv_and_subtracts_bgr_mean() -> None:
 
 
 def test_partial_backbone_mapping_keeps_deeplab_defaults() -> None:
-    mapping = {"model": {"backbone": {"arch": "tiny"}}}
+    mapping = {"model": {"backbone": {"arch": "tiny", "weights": "none"}}}
     cfg = from_mapping(deeplab.TrainDeeplabConfig, mapping, "train_deeplab")
     bb = cfg.model.backbone.to_backbone_config()
     assert (bb.strides, bb.dilations, bb.frozen_bn) == ((2, 2, 1, 1), (1, 1, 2, 4), True)

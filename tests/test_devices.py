@@ -260,3 +260,44 @@ def test_cpu_fallback_warns(caplog) -> None:
         devices.warn_cpu_fallback(["1"], "cuda:0", "auto", log)
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert "holds GPU(s) 1 but torch sees no CUDA device" in caplog.text
+
+
+def test_launcher_hands_its_gpus_to_the_workers_and_echoes_their_output(
+    tmp_path: Path, locks: Path, monkeypatch
+) -> None:
+    """launch.run: GPUs taken for the whole job, worker count = GPUs held, every worker line
+    in the rule's log and, tagged, on the terminal; a progress bar's \\r updates become lines."""
+    import io as _io
+    import types
+
+    from qaclims import launch
+
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\nprintf '0\\n1\\n2\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    seen: dict[str, object] = {}
+
+    def command(module: str, job_json: str, workers: int) -> list[str]:
+        seen.update(module=module, workers=workers)
+        code = (
+            "import os, sys\n"
+            "print('GPUS', os.environ['CUDA_VISIBLE_DEVICES'], flush=True)\n"
+            "sys.stderr.write('bar 1/2\\rbar 2/2\\n'); sys.stderr.flush()\n"
+            "print('step 10 loss 0.5000')\n"
+        )
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(launch, "command", command)
+    echo = _io.StringIO()
+    log = tmp_path / "logs" / "train_ritc.log"
+    stage = types.SimpleNamespace(__name__="qaclims.train_ritc")
+    rc = launch.run(stage, gpus=2, job={}, log_path=str(log), tag="[train_ritc] ", echo=echo)  # type: ignore[arg-type]
+    assert rc == 0 and seen == {"module": "qaclims.train_ritc", "workers": 2}
+    lines = log.read_text().splitlines()
+    assert lines[0] in ("GPUS 0,1", "GPUS 0,2", "GPUS 1,2")
+    assert {"bar 1/2", "bar 2/2", "step 10 loss 0.5000"} <= set(lines)
+    assert echo.getvalue().splitlines() == [f"[train_ritc] {line}" for line in lines]
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # released and restored after the job
+    assert _free(["0", "1", "2"], locks)

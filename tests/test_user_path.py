@@ -134,8 +134,17 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("elsewhere", [False, True], ids=["from the root", "from elsewhere"])
-@pytest.mark.parametrize("case", list(CASES))
+RESOLVE = [(c, False) for c in CASES] + [
+    ("demo (no --configfile)", True),
+    ("voc12 + user overlay", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "elsewhere"),
+    RESOLVE,
+    ids=[f"{c}, {'from elsewhere' if e else 'from the root'}" for c, e in RESOLVE],
+)
 def test_a_job_sees_schema_defaults_plus_the_given_files(
     clone: Path, tmp_path: Path, case: str, elsewhere: bool
 ) -> None:

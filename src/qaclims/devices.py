@@ -214,8 +214,14 @@ def torch_device(requested: str = "auto") -> str:
     """Resolve ``"auto" | "cpu" | "cuda" | "cuda:N"`` to a torch device string.
 
     Returns ``"cuda:0"`` (or the given ``"cuda:N"``) or ``"cpu"``; resolving twice is safe.
+    Without torch installed (the CRF and report envs) the answer is ``"cpu"``.
     """
-    import torch
+    try:
+        import torch
+    except ImportError:
+        if requested.startswith("cuda"):
+            raise RuntimeError(f"device {requested} was asked for but torch is not installed")
+        return "cpu"
 
     if requested.startswith("cuda:") and requested[5:].isdigit():  # already resolved
         if not torch.cuda.is_available():
@@ -244,12 +250,17 @@ def warn_cpu_fallback(
         )
 
 
-def run_child(cmd: Sequence[str], on_line: Callable[[str], None] | None = None) -> int:
+def run_child(
+    cmd: Sequence[str],
+    on_line: Callable[[str], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
     """Run ``cmd`` passing it the GPU locks this process holds; returns its exit status.
 
     With the lock fds inherited, the GPUs stay held as long as ``cmd`` runs, even if this
     process is killed; SIGTERM/SIGINT are passed on to ``cmd`` and waited for. With
-    ``on_line``, the command's stdout and stderr are read line by line and handed to it.
+    ``on_line``, the command's stdout and stderr are read line by line (a progress bar's
+    carriage returns end lines too) and handed to it. ``env``: the command's environment.
     """
     pipe = subprocess.PIPE if on_line is not None else None
     proc = subprocess.Popen(
@@ -259,6 +270,7 @@ def run_child(cmd: Sequence[str], on_line: Callable[[str], None] | None = None) 
         stderr=subprocess.STDOUT if on_line is not None else None,
         text=True,
         bufsize=1,
+        env=env,
     )
 
     def forward(sig: int, _frame: object) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -74,4 +75,6 @@ def run(
                 out.write(f"{tag}{text}\n")
                 out.flush()
 
-            return run_child(cmd, on_line=line)
+            # progress bars through a pipe: one line per update, so update every 10 s
+            env = dict(os.environ, TQDM_MININTERVAL="10")
+            return run_child(cmd, on_line=line, env=env)

@@ -42,7 +42,7 @@ def _set_up_torch(threads: int, requested: str) -> str:
     try:
         import torch
     except ImportError:
-        return "cpu"
+        return devices.torch_device(requested)
     torch.set_num_threads(max(1, threads))
     return devices.torch_device(requested)
 
