@@ -218,3 +218,42 @@ def test_env_installs_in_a_fresh_venv_and_its_rules_import(family: str, tmp_path
     env["PYTHONPATH"] = str(ROOT / "src")  # as the Snakefile sets it for every job
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, f"{family} env: {sorted(scripts)}\n{r.stderr[-4000:]}"
+
+
+@pytest.mark.slow
+def test_jobs_reach_the_library_without_it_being_installed(tmp_path: Path) -> None:
+    """A driver env with only Snakemake and the report family's packages (no qaclims, no
+    torch), as a conda user has: the run_config job imports the library from the checkout
+    (the Snakefile's PYTHONPATH) and records the resolved config; parse-time checks that need
+    torch are left to the jobs."""
+    import shutil
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    venv = tmp_path / "driver"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    req = tmp_path / "requirements.txt"
+    req.write_text("\n".join(env_pip("report") + project["optional-dependencies"]["workflow"]))
+    r = subprocess.run(
+        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "-r", str(req)],
+        capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    probe = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import importlib.util as u; "
+         "print(u.find_spec('qaclims'), u.find_spec('torch'))"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert probe.stdout.split() == ["None", "None"], probe.stdout
+    clone = tmp_path / "clone"
+    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".venv", ".git", "results",
+                                                               ".snakemake", "logs"))  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    r = subprocess.run(
+        ["bash", "-c", "snakemake --cores 1 -- results/demo/config.yaml"],
+        cwd=clone, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    seen = yaml.safe_load((clone / "results/demo/config.yaml").read_text())
+    assert seen["run"] == "demo" and seen["dataset"]["name"] == "synthetic"

@@ -220,7 +220,9 @@ def torch_device(requested: str = "auto") -> str:
         import torch
     except ImportError:
         if requested.startswith("cuda"):
-            raise RuntimeError(f"device {requested} was asked for but torch is not installed")
+            raise RuntimeError(
+                f"device {requested} was asked for but torch is not installed"
+            ) from None
         return "cpu"
 
     if requested.startswith("cuda:") and requested[5:].isdigit():  # already resolved
