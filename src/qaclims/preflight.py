@@ -10,6 +10,8 @@
 - :func:`data_fingerprint`: size and mtime of every input file of the data set, so editing
   an image, label or annotation reruns the manifest and everything after it.
 
+- :func:`put_on_pythonpath`: jobs import the library from the checkout.
+
 Standard library only at import time.
 """
 
@@ -102,6 +104,14 @@ def check_paths(config: Mapping[str, Any]) -> None:
                     raise ConfigError(f"config key vqa.precomputed.{kind} is empty")
                 if not path.startswith(run_dir + os.sep):  # made by this run's own rules
                     _require(f"vqa.precomputed.{kind}", path)
+
+
+def put_on_pythonpath(src_root: str | Path) -> None:
+    """Put ``src_root`` first on ``PYTHONPATH`` (once), so every job the workflow starts, in
+    whatever env, imports the library from this checkout."""
+    root = str(src_root)
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *rest])
 
 
 def _library_digest(src: Path) -> str:

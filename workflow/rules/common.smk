@@ -14,18 +14,12 @@ if SRC_ROOT not in sys.path:
     sys.path.insert(
         0, SRC_ROOT
     )  # the workflow's own library, wherever Snakemake runs from
-# Every job (local, SLURM, any conda env) imports the library from this checkout: the env
-# files hold only third-party packages, and nothing depends on where Snakemake copies them.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [SRC_ROOT]
-    + [
-        p
-        for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-        if p and p != SRC_ROOT
-    ]
-)
 from qaclims import preflight  # noqa: E402  (standard library only at import)
 from qaclims.codegraph import library_files  # noqa: E402
+
+# Every job (local, SLURM, any conda env) imports the library from this checkout: the env
+# files hold only third-party packages, and nothing depends on where Snakemake copies them.
+preflight.put_on_pythonpath(SRC_ROOT)
 
 with open(
     os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
