@@ -41,7 +41,7 @@ import pytest
 import yaml
 
 from qaclims import io
-from tests.workflow_util import copy_repo, fake_voc
+from tests.workflow_util import copy_repo, fake_voc, user_env
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT = os.environ.get("QACLIMS_SLURM_ACCOUNT", "qaclims")  # as in .ci/slurm/common.sh
@@ -95,9 +95,6 @@ with open(snakemake.output[0], "w") as f:
                "step_gpus": os.environ.get("SLURM_STEP_GPUS")}, f)
 """
 PROBE_TARGETS = ["probe/0.json"]  # one job: the node's other CPU keeps the main chain going
-# Stands in for the driver: the device picker then sees 4 GPUs and would pick one itself
-# (logging "using GPUs") in any GPU job where SLURM had not set CUDA_VISIBLE_DEVICES.
-FAKE_NVIDIA_SMI = "#!/bin/sh\nprintf '0\\n1\\n2\\n3\\n'\n"
 
 
 # ----------------------------------------------------------------------------- the gate
@@ -182,20 +179,10 @@ def released_cam_model(repo: Path) -> None:
 
 
 def job_env(tmp: Path) -> dict[str, str]:
-    """Environment of snakemake and, through sbatch --export=ALL, of every job."""
-    bin_dir = tmp / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    smi = bin_dir / "nvidia-smi"
-    smi.write_text(FAKE_NVIDIA_SMI)
-    smi.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_"))}
-    env.update(
-        PATH=f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        QACLIMS_GPU_LOCK_DIR=str(tmp / "gpu-locks"),
-    )
-    return env
+    """Environment of snakemake and, through sbatch --export=ALL, of every job. The fake
+    4-GPU nvidia-smi stands in for the driver: the device picker would pick a GPU itself
+    (logging CUDA_VISIBLE_DEVICES=) in any GPU job where SLURM had not set it."""
+    return user_env(tmp, gpus=4)
 
 
 def probe_cmd(snakefile: Path, workdir: Path, profile: Path, extra: list[str]) -> list[str]:

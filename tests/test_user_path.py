@@ -30,7 +30,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.workflow_util import ROOT, copy_repo, fake_coco, fake_voc
+from tests.workflow_util import ROOT, copy_repo, fake_coco, fake_voc, user_env
 
 pytestmark = pytest.mark.workflow
 
@@ -39,7 +39,6 @@ VOC_IDS = {
     "train": [f"2007_{i:06d}" for i in range(4)],
     "val": ["2008_000001", "2008_000002"],
 }
-FAKE_NVIDIA_SMI = "#!/bin/sh\nprintf '0\\n1\\n2\\n3\\n'\n"
 
 
 def readme_commands() -> list[str]:
@@ -52,20 +51,6 @@ def readme_commands() -> list[str]:
             if cmd.startswith("snakemake "):
                 lines.append(cmd)
     return lines
-
-
-def user_env(tmp: Path) -> dict[str, str]:
-    """The environment of a user whose venv is active (``snakemake`` on PATH), offline."""
-    bin_dir = tmp / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        QACLIMS_GPU_LOCK_DIR=str(tmp / "gpu-locks"),
-    )
-    return env
 
 
 def run(
@@ -236,11 +221,7 @@ def test_readme_command_keeps_four_gpu_jobs_in_flight(clone: Path, tmp_path: Pat
     """
     cmd = next(c for c in readme_commands() if "config/voc12.yaml" in c and "--resources" in c)
     assert cmd.startswith("snakemake --cores 8 --resources gpu=4 ")
-    env = user_env(tmp_path)
-    smi = tmp_path / "bin" / "nvidia-smi"
-    smi.write_text(FAKE_NVIDIA_SMI)
-    smi.chmod(0o755)
-    env["PATH"] = f"{smi.parent}{os.pathsep}{env['PATH']}"
+    env = user_env(tmp_path, gpus=4)
     work = clone
     r = run(cmd + " -- results/voc12/data/classes.json", work, env)
     assert r.returncode == 0, r.stderr[-4000:]

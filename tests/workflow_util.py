@@ -69,6 +69,28 @@ def dry_run_jobs(workdir: Path, *args: str, **kw: Any) -> dict[str, int]:
     return jobs
 
 
+def user_env(tmp: Path, gpus: int = 0) -> dict[str, str]:
+    """The environment of a user whose venv is active (``snakemake`` on PATH), offline, with
+    a private GPU lock folder and, for ``gpus > 0``, a fake ``nvidia-smi`` listing that many
+    GPUs (the device picker then hands them out). SLURM_/CUDA_ variables are dropped."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    if gpus:
+        smi = bin_dir / "nvidia-smi"
+        smi.write_text("#!/bin/sh\nprintf '" + "".join(f"{i}\\n" for i in range(gpus)) + "'\n")
+        smi.chmod(0o755)
+        path = f"{bin_dir}{os.pathsep}{path}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_"))}
+    env.update(
+        PATH=path,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        QACLIMS_GPU_LOCK_DIR=str(tmp / "gpu-locks"),
+    )
+    return env
+
+
 def copy_repo(dest: Path) -> Path:
     """A copy of the workflow (Snakefile, rules, scripts, library) to edit in a test."""
     shutil.copytree(

@@ -65,6 +65,13 @@ def runtime(default: Any, **kw: Any) -> Any:
     return setting(default, result=False, **kw)
 
 
+def with_default(cls: type, name: str, default: Any) -> Any:
+    """Field ``name`` of config class ``cls`` with another default: same checks, same doc
+    (for a subclass that only changes defaults)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return dataclasses.field(default=default, metadata=f.metadata)
+
+
 def is_result_field(f: dataclasses.Field[Any]) -> bool:
     """False for :func:`runtime` fields."""
     return bool(f.metadata.get("result", True))

@@ -78,3 +78,20 @@ def run(
             # progress bars through a pipe: one line per update, so update every 10 s
             env = dict(os.environ, TQDM_MININTERVAL="10")
             return run_child(cmd, on_line=line, env=env)
+
+
+def run_rule(smk: Any, stage: ModuleType) -> None:
+    """The whole script of a multi-GPU rule (``smk`` is the ``snakemake`` object): the job's
+    log and tag, then :func:`run` with the GPUs of ``resources: gpu``; a failure raises."""
+    from qaclims.smk import job
+
+    with job(smk, gpus=False) as j:
+        status = run(
+            stage,
+            gpus=int(smk.resources.gpu),
+            job=job_args(smk, resume=smk.params.resume),
+            log_path=smk.log[0],
+            tag=j.tag,
+        )
+    if status != 0:
+        raise SystemExit(f"{smk.rule} failed with exit status {status}; see {smk.log[0]}")

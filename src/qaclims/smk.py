@@ -37,13 +37,14 @@ def tag_of(smk: Any) -> str:
 
 
 def _set_up_torch(threads: int, requested: str) -> str:
-    """Set torch's CPU threads and resolve the device; ``"cpu"`` where torch is not installed
-    (the CRF and report envs: CPU-only stages)."""
+    """Set torch's CPU threads and resolve the device (``"cpu"`` where torch is not
+    installed: the CRF and report envs, CPU-only stages)."""
     try:
         import torch
     except ImportError:
-        return devices.torch_device(requested)
-    torch.set_num_threads(max(1, threads))
+        pass
+    else:
+        torch.set_num_threads(max(1, threads))
     return devices.torch_device(requested)
 
 
@@ -58,18 +59,14 @@ def job(smk: Any, gpus: bool = True) -> Iterator[Job]:
     tag = tag_of(smk)
     logger = logs.setup(log_path, tag=tag)
     threads = int(smk.threads)
-    if not gpus:
-        try:
-            logger.info("rule %s with %d threads", smk.rule, threads)
-            yield Job(device="", threads=threads, log=logger, tag=tag)
-        except Exception:
-            logger.exception("rule %s failed", smk.rule)
-            raise
-        return
-    n_gpu = int(getattr(smk.resources, "gpu", 0) or 0)
+    n_gpu = int(getattr(smk.resources, "gpu", 0) or 0) if gpus else 0
     requested = str(smk.config.get("device", "auto"))
     try:
         with devices.acquire_gpus(n_gpu) as ids:
+            if not gpus:
+                logger.info("rule %s with %d threads", smk.rule, threads)
+                yield Job(device="", threads=threads, log=logger, tag=tag)
+                return
             dev = _set_up_torch(threads, requested)
             logger.info(
                 "rule %s on %s with %d threads (GPUs: %s)",

@@ -56,8 +56,17 @@ preflight.check_paths(config)
 preflight.check_stage_configs(
     config, SRC_ROOT, cache_dir=os.path.join(".snakemake", "qaclims")
 )
-# Editing an image, label, annotation or split list reruns the manifests and what follows.
-DATA_FINGERPRINT = preflight.data_fingerprint(config)
+_DATA_FINGERPRINT = []
+
+
+def data_fingerprint(wildcards):
+    """The data set's (path, size, mtime) digest, a params of the dataset rule: editing an
+    image, label, annotation or split list reruns the manifests and what follows. Computed
+    once per parse, and only where a dataset job is planned (a SLURM job of another rule
+    never stats the whole data set)."""
+    if not _DATA_FINGERPRINT:
+        _DATA_FINGERPRINT.append(preflight.data_fingerprint(config))
+    return _DATA_FINGERPRINT[0]
 
 
 def R(*parts):

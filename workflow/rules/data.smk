@@ -53,6 +53,6 @@ rule dataset:
     params:
         cfg=result_cfg("dataset"),
         root=dataset_root(),
-        data=DATA_FINGERPRINT,
+        data=data_fingerprint,
     script:
         "../scripts/dataset.py"

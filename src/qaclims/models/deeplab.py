@@ -33,10 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from qaclims.augment import IMAGENET_MEAN, IMAGENET_STD
-from qaclims.config import setting
+from qaclims.config import setting, with_default
 from qaclims.errors import ConfigError, DataError
 from qaclims.models.backbone import (
-    ARCHS,
     Backbone,
     BackboneConfig,
     build_backbone,
@@ -51,37 +50,16 @@ CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
 
 
 @dataclass(frozen=True)
-class DeeplabBackboneConfig:
+class DeeplabBackboneConfig(BackboneConfig):
     """The backbone of a DeepLab net; same fields as :class:`BackboneConfig`, DeepLab defaults.
 
     Defaults: ResNet-101, ImageNet weights, strides (2, 2, 1, 1) and dilations (1, 1, 2, 4)
     (output stride 8), frozen batch norm.
     """
 
-    arch: str = setting(
-        "resnet101", choices=ARCHS, doc="resnet18, resnet34, resnet50, resnet101 or tiny."
-    )
-    weights: str = setting(
-        "imagenet",
-        doc="imagenet (torchvision IMAGENET1K_V1), none (random init) or a state-dict file.",
-    )
-    strides: tuple[int, ...] = setting(
-        (2, 2, 1, 1),
-        ge=1,
-        min_items=4,
-        doc="stride of each of the 4 stages (the stem's stride 4 is part of stage 1).",
-    )
-    dilations: tuple[int, ...] = setting(
-        (1, 1, 2, 4), ge=1, min_items=4, doc="dilation of each stage's 3x3 convolutions."
-    )
-    widths: tuple[int, ...] = setting(
-        (16, 32, 64, 128), ge=1, min_items=4, doc="channel widths of the 4 stages of tiny."
-    )
-    frozen_bn: bool = setting(True, doc="BatchNorm in eval mode with frozen affine parameters.")
-
-    def __post_init__(self) -> None:
-        if self.arch == "tiny" and self.weights == "imagenet":
-            raise ConfigError("backbone.weights: imagenet weights do not exist for arch tiny")
+    arch: str = with_default(BackboneConfig, "arch", "resnet101")
+    strides: tuple[int, ...] = with_default(BackboneConfig, "strides", (2, 2, 1, 1))
+    dilations: tuple[int, ...] = with_default(BackboneConfig, "dilations", (1, 1, 2, 4))
 
     def to_backbone_config(self, weights: str | None = None) -> BackboneConfig:
         """The equivalent :class:`BackboneConfig` (``weights`` overrides the init)."""
