@@ -29,6 +29,9 @@ include: "workflow/rules/report.smk"
 report: "workflow/report/workflow.rst"
 
 
+codegraph.save_scan_cache()  # import scans of the code params, for the next parse
+
+
 rule all:
     default_target: True
     input:

@@ -227,7 +227,7 @@ def test_readme_command_keeps_four_gpu_jobs_in_flight(clone: Path, tmp_path: Pat
     assert r.returncode == 0, r.stderr[-4000:]
     _released_cam_model(work)
     cfg = yaml.safe_load((work / "config/voc12.yaml").read_text())
-    n = cfg["shards"]["make_cam"]
+    n = cfg["shards"]
     targets = " ".join(f"results/voc12/make_cam/cam/train_aug/{k:03d}" for k in range(n))
     r = run(f"{cmd} -- {targets}", work, env)
     out = r.stdout + r.stderr

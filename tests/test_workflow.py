@@ -3,7 +3,9 @@ smoke-size run of the demo DAG, rerun semantics, lint."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -147,7 +149,7 @@ def test_demo_dry_run_has_every_stage_sharded(tmp_path: Path) -> None:
     cfg = yaml.safe_load(CONFIG.read_text())
     jobs = dry_run_jobs(tmp_path, configfiles=(CONFIG,))
     n_cam_splits = len(cfg["splits"]["cam"])
-    assert jobs["make_cam"] == cfg["shards"]["make_cam"] * n_cam_splits * len(cfg["methods"])
+    assert jobs["make_cam"] == cfg["shards"] * n_cam_splits * len(cfg["methods"])
     for rule in ("synthetic", "dataset", "train_cam", "eval_cam", "all"):
         assert jobs[rule] >= 1, rule
 
@@ -170,7 +172,7 @@ def test_paper_configs_dry_run_on_fake_trees(tmp_path: Path, name: str) -> None:
     )
     jobs = dry_run_jobs(tmp_path, configfiles=(cfg_file, over))
     cfg = yaml.safe_load(cfg_file.read_text())
-    assert jobs["make_cam"] == cfg["shards"]["make_cam"] * len(cfg["splits"]["cam"]) * 2
+    assert jobs["make_cam"] == cfg["shards"] * len(cfg["splits"]["cam"]) * 2
     assert "dataset" not in jobs  # already built
 
 
@@ -245,9 +247,35 @@ def test_changing_make_cam_scales_keeps_the_model(smoke: tuple[Path, Path]) -> N
     assert "make_cam" in jobs and not jobs & {"train_cam", "dataset", "synthetic"}
 
 
-def test_changing_shards_does_not_retrain(smoke: tuple[Path, Path]) -> None:
-    jobs = _jobs(smoke, {"shards": {"make_cam": 3}})
-    assert "make_cam" in jobs and "train_cam" not in jobs
+def test_one_shard_layout_through_the_chain(tmp_path: Path) -> None:
+    """Shard k of cam_to_ir_label and make_sem_seg reads shard k of make_cam and nothing
+    else of it; evaluations read the shards of their own split only (edges linear in the
+    shard count)."""
+    import re
+
+    over = write_overlay(tmp_path / "s.yaml", {"shards": 3, "splits": {"cam": ["train", "val"]}})
+    r = snakemake(tmp_path, "-n", "--forceall", configfiles=(CONFIG, SMOKE, over))
+    blocks = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", r.stdout + r.stderr, re.M)
+    seen = {"cam_to_ir_label": 0, "make_sem_seg": 0, "eval_cam": 0}
+    for rule, body in blocks:
+        if rule not in seen:
+            continue
+        inputs = re.search(r"^    input: (.*)$", body, re.M).group(1).split(", ")  # type: ignore[union-attr]
+        output = re.search(r"^    output: (.*)$", body, re.M).group(1).split(", ")  # type: ignore[union-attr]
+        cams = [p for p in inputs if "/make_cam/" in p]
+        if rule == "eval_cam":
+            model = output[0].split("/")[-3]
+            assert sorted(cams) == [
+                f"results/demo/make_cam/{model}/{s}/{k:03d}"
+                for s in ("train", "val")
+                for k in range(3)
+            ], body
+        else:
+            model, split, shard = output[0].split("/")[-3:]
+            assert cams == [f"results/demo/make_cam/{model}/{split}/{shard}"], body
+        seen[rule] += 1
+    # ritc CAMs are refined (both splits, 3 shards); eval_cam for both methods on train
+    assert seen == {"cam_to_ir_label": 6, "make_sem_seg": 6, "eval_cam": 2}, seen
 
 
 def test_changing_train_cam_reruns_downstream_not_upstream(smoke: tuple[Path, Path]) -> None:
@@ -336,38 +364,51 @@ def test_snakefmt_is_clean() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_code_inputs_are_each_scripts_transitive_library_imports(tmp_path: Path) -> None:
-    """Every rule's library inputs equal what its script imports inside qaclims, found by a
-    second method (the standard library's bytecode-scanning ModuleFinder)."""
+def test_code_params_are_each_scripts_transitive_library_imports() -> None:
+    """Every rule with a script tracks ``code=code("<that script>")``, and the files that
+    digest covers equal what the script imports inside qaclims, found by a second method
+    (the standard library's bytecode-scanning ModuleFinder)."""
     import modulefinder
     import re
 
-    r = snakemake(tmp_path, "-n", "--forceall", configfiles=(CONFIG,))
+    from qaclims.codegraph import code_digests, library_files
+
     src = ROOT / "src"
-    seen: dict[str, set[str]] = {}
-    for block in re.findall(r"^rule (\w+):\n((?:    .*\n)+)", r.stdout + r.stderr, re.M):
-        rule, body = block
-        m = re.search(r"^    input: (.*)$", body, re.M)
-        inputs = m.group(1).split(", ") if m else []
-        seen.setdefault(rule, {p for p in inputs if p.startswith(str(src))})
-    scripts = {}
+    scripts: dict[str, str] = {}
     for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
         for body in re.split(r"\nrule ", smk.read_text())[1:]:
+            rule = body.split(":", 1)[0]
             s = re.search(r'script:\s*\n\s*"\.\./scripts/(\w+)\.py"', body)
-            if s:
-                scripts[body.split(":", 1)[0]] = s.group(1)
-    assert set(scripts) - {"report", "run_config"} <= set(seen)
+            assert s, rule
+            params = body.split("    params:\n", 1)[1]
+            tracked = re.search(r'^        code=code\("(\w+)"\),$', params, re.M)
+            assert tracked and tracked.group(1) == s.group(1), rule
+            scripts[rule] = s.group(1)
+    assert len(scripts) >= 18
     for rule, script in scripts.items():
-        if rule not in seen:
-            continue
+        path = ROOT / "workflow" / "scripts" / f"{script}.py"
         finder = modulefinder.ModuleFinder(path=[str(src)])
-        finder.run_script(str(ROOT / "workflow" / "scripts" / f"{script}.py"))
+        finder.run_script(str(path))
         expected = {
             str(Path(mod.__file__))
             for name, mod in finder.modules.items()
             if name.split(".")[0] == "qaclims" and mod.__file__
         }
-        assert seen[rule] == expected, rule
+        assert set(library_files(path, src)) == expected, rule
+        digests = code_digests(path, src)
+        assert {str(src / k) for k in digests} == expected, rule
+        for k, v in digests.items():
+            assert v == hashlib.sha256((src / k).read_bytes()).hexdigest()[:16], (rule, k)
+
+
+def test_touching_library_code_reruns_nothing(smoke: tuple[Path, Path]) -> None:
+    """Only content counts: a newer mtime (git checkout, editor save without change)
+    reruns nothing."""
+    repo, _ = smoke
+    src = repo / "src" / "qaclims" / "metrics.py"
+    st = src.stat()
+    os.utime(src, (st.st_atime + 3600, st.st_mtime + 3600))
+    assert _jobs(smoke) == set()
 
 
 def test_logs_carry_no_unrounded_floats(smoke: tuple[Path, Path]) -> None:

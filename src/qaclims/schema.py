@@ -90,19 +90,15 @@ WORKFLOW: dict[str, Any] = {
         "default": {},
     },
     "shards": {
-        "type": "object",
-        "additionalProperties": False,
-        "default": {},
-        "description": "Static jobs per sharded stage (a few per GPU; never one per image).",
-        "properties": {
-            k: {
-                "type": "integer",
-                "minimum": 1,
-                "default": 4,
-                "description": f"Jobs {k} is split into (each a static share of the images).",
-            }
-            for k in ("vqa", "make_cam", "cam_to_ir_label", "make_sem_seg", "infer_deeplab")
-        },
+        "type": "integer",
+        "minimum": 1,
+        "default": 4,
+        "description": "Shards every per-image stage's outputs of a split are cut into (vqa, "
+        "make_cam, cam_to_ir_label, make_sem_seg, infer_deeplab): one job per shard and "
+        "stage, and shard k of a stage reads shard k upstream. Part of the file layout, "
+        "like the data set: changing it redoes every per-image stage and what follows. How "
+        "many shard jobs run at once is Snakemake's scheduling (--cores, --resources gpu, "
+        "SLURM), never a setting.",
     },
     "gpus": {
         "type": "object",

@@ -12,7 +12,6 @@ rule train_cam:
     input:
         manifest=manifest(SPLITS["train"]),
         classes=R("data", "classes.json"),
-        code=code("train_cam"),
     output:
         model=R("train_cam", "model.safetensors"),
         history=R("train_cam", "history.parquet"),
@@ -26,6 +25,7 @@ rule train_cam:
     resources:
         gpu=1,
     params:
+        code=code("train_cam"),
         cfg=result_cfg("train_cam"),
         resume=RESUME("train_cam", "state.pt"),
     script:
@@ -37,7 +37,6 @@ rule make_cam:
         manifest=lambda wc: manifest(wc.split),
         classes=R("data", "classes.json"),
         weights=cam_weights,
-        code=code("make_cam"),
     output:
         cams=directory(R("make_cam", "{model}", "{split}", "{shard}")),
     log:
@@ -50,10 +49,11 @@ rule make_cam:
     resources:
         gpu=1,
     params:
+        code=code("make_cam"),
         cfg=result_cfg("make_cam"),
         model=config["train_cam"]["model"],
         shard=lambda wc: int(wc.shard),
-        num_shards=SHARDS["make_cam"],
+        num_shards=SHARDS,
     script:
         "../scripts/make_cam.py"
 
@@ -63,7 +63,6 @@ rule eval_cam:
         manifest=lambda wc: manifest(wc.split),
         classes=R("data", "classes.json"),
         cams=lambda wc: cam_dirs(wc.model),
-        code=code("eval_cam"),
     output:
         summary=R("eval_cam", "{model}", "{split}", "summary.json"),
         per_class=R("eval_cam", "{model}", "{split}", "per_class.parquet"),
@@ -74,6 +73,7 @@ rule eval_cam:
         "../../envs/torch.yaml"
     threads: 1
     params:
+        code=code("eval_cam"),
         cfg=result_cfg("eval_cam"),
     script:
         "../scripts/eval_cam.py"

@@ -15,7 +15,7 @@ if SRC_ROOT not in sys.path:
         0, SRC_ROOT
     )  # the workflow's own library, wherever Snakemake runs from
 from qaclims import preflight  # noqa: E402  (standard library only at import)
-from qaclims.codegraph import library_files  # noqa: E402
+from qaclims import codegraph  # noqa: E402
 
 # Every job (local, SLURM, any conda env) imports the library from this checkout: the env
 # files hold only third-party packages, and nothing depends on where Snakemake copies them.
@@ -24,7 +24,7 @@ preflight.put_on_pythonpath(SRC_ROOT)
 with open(
     os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 ) as _f:
-    SCHEMA = yaml.safe_load(_f)
+    SCHEMA = yaml.load(_f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 RUN = config["run"]
 # Answer files may name this run's folder as {run} (the demo's synthetic answers do).
@@ -88,8 +88,12 @@ def RESUME(*parts):
 
 
 def code(script):
-    """Library files a rule's script imports (transitively): editing one reruns that rule."""
-    return library_files(os.path.join(SCRIPTS, script + ".py"), SRC_ROOT)
+    """Content digests of the library files a rule's script imports (transitively), a
+    param: editing one reruns that rule and what follows; touching one reruns nothing."""
+    return codegraph.code_digests(os.path.join(SCRIPTS, script + ".py"), SRC_ROOT)
+
+
+codegraph.use_scan_cache(os.path.join(".snakemake", "qaclims", "imports.json"))
 
 
 def _result_only(value, schema):
@@ -112,8 +116,9 @@ def result_cfg(key):
     return _result_only(config[key], SCHEMA["properties"][key])
 
 
-def shard_ids(stage):
-    return [f"{k:03d}" for k in range(SHARDS[stage])]
+def shard_ids():
+    """Shard names of every per-image stage: one layout through the chain."""
+    return [f"{k:03d}" for k in range(SHARDS)]
 
 
 def manifest(split):
@@ -124,15 +129,13 @@ def cam_dirs(model, splits=None):
     return expand(
         R("make_cam", model, "{split}", "{shard}"),
         split=splits or SPLITS["cam"],
-        shard=shard_ids("make_cam"),
+        shard=shard_ids(),
     )
 
 
-def cam_dirs_of_split(wildcards):
-    return expand(
-        R("make_cam", wildcards.model, wildcards.split, "{shard}"),
-        shard=shard_ids("make_cam"),
-    )
+def cam_dir_of_shard(wildcards):
+    """The one make_cam shard a downstream shard reads (same layout, same images)."""
+    return R("make_cam", wildcards.model, wildcards.split, wildcards.shard)
 
 
 def cam_weights(wildcards):
@@ -183,7 +186,7 @@ def clip_weight_inputs(wildcards):
 def pseudo_dirs(split):
     return expand(
         R("make_sem_seg", refine_source(), split, "{shard}"),
-        shard=shard_ids("make_sem_seg"),
+        shard=shard_ids(),
     )
 
 
@@ -194,7 +197,7 @@ def deeplab_variants():
 def ir_label_dirs(model, split):
     return expand(
         R("cam_to_ir_label", model, split, "{shard}"),
-        shard=shard_ids("cam_to_ir_label"),
+        shard=shard_ids(),
     )
 
 
@@ -250,7 +253,7 @@ def report_inputs(wildcards):
         items["masks_pseudo masks"] = expand(
             R("make_sem_seg", src, "{split}", "{shard}"),
             split=SPLITS["cam"],
-            shard=shard_ids("make_sem_seg"),
+            shard=shard_ids(),
         )
     if config["deeplab"]["enabled"]:
         val = SPLITS["val"]

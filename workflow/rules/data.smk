@@ -3,8 +3,6 @@
 
 
 rule run_config:
-    input:
-        code=code("run_config"),
     output:
         config=R("config.yaml"),
     log:
@@ -14,14 +12,13 @@ rule run_config:
         "../../envs/report.yaml"
     threads: 1
     params:
+        code=code("run_config"),
         resolved=config,
     script:
         "../scripts/run_config.py"
 
 
 rule synthetic:
-    input:
-        code=code("synthetic"),
     output:
         root=directory(R("synthetic")),
     log:
@@ -30,6 +27,7 @@ rule synthetic:
         "../../envs/torch.yaml"
     threads: 1
     params:
+        code=code("synthetic"),
         cfg=result_cfg("synthetic"),
     script:
         "../scripts/synthetic.py"
@@ -38,7 +36,6 @@ rule synthetic:
 rule dataset:
     input:
         unpack(dataset_inputs),
-        code=code("dataset"),
     output:
         **dataset_extra_outputs(),
         classes=R("data", "classes.json"),
@@ -51,6 +48,7 @@ rule dataset:
         "../../envs/torch.yaml"
     threads: 1
     params:
+        code=code("dataset"),
         cfg=result_cfg("dataset"),
         root=dataset_root(),
         data=data_fingerprint,

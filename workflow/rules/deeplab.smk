@@ -6,7 +6,6 @@ rule train_deeplab:
         manifest=manifest(SPLITS["train"]),
         classes=R("data", "classes.json"),
         pseudo=pseudo_dirs(SPLITS["train"]),
-        code=code("train_deeplab"),
     output:
         model=R("train_deeplab", "model.safetensors"),
         history=R("train_deeplab", "history.parquet"),
@@ -20,6 +19,7 @@ rule train_deeplab:
     resources:
         gpu=gpus("train_deeplab"),
     params:
+        code=code("train_deeplab"),
         cfg=result_cfg("train_deeplab"),
         resume=RESUME("train_deeplab", "state.pt"),
     script:
@@ -31,7 +31,6 @@ rule infer_deeplab:
         manifest=lambda wc: manifest(wc.split),
         classes=R("data", "classes.json"),
         weights=R("train_deeplab", "model.safetensors"),
-        code=code("infer_deeplab"),
     output:
         nocrf=directory(R("infer_deeplab", "{split}", "nocrf", "{shard}")),
         crf=directory(R("infer_deeplab", "{split}", "crf", "{shard}")),
@@ -45,10 +44,11 @@ rule infer_deeplab:
     resources:
         gpu=1,
     params:
+        code=code("infer_deeplab"),
         cfg=result_cfg("infer_deeplab"),
         model=config["train_deeplab"]["model"],
         shard=lambda wc: int(wc.shard),
-        num_shards=SHARDS["infer_deeplab"],
+        num_shards=SHARDS,
     script:
         "../scripts/infer_deeplab.py"
 
@@ -59,9 +59,8 @@ rule eval_deeplab:
         classes=R("data", "classes.json"),
         preds=lambda wc: expand(
             R("infer_deeplab", wc.split, wc.variant, "{shard}"),
-            shard=shard_ids("infer_deeplab"),
+            shard=shard_ids(),
         ),
-        code=code("eval_labels"),
     output:
         summary=R("eval_deeplab", "{split}", "{variant}", "summary.json"),
         per_class=R("eval_deeplab", "{split}", "{variant}", "per_class.parquet"),
@@ -73,6 +72,7 @@ rule eval_deeplab:
         "../../envs/torch.yaml"
     threads: 1
     params:
+        code=code("eval_labels"),
         mode="error",
     script:
         "../scripts/eval_labels.py"

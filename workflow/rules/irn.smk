@@ -5,8 +5,7 @@
 rule cam_to_ir_label:
     input:
         manifest=lambda wc: manifest(wc.split),
-        cams=cam_dirs_of_split,
-        code=code("cam_to_ir_label"),
+        cams=cam_dir_of_shard,
     output:
         labels=directory(R("cam_to_ir_label", "{model}", "{split}", "{shard}")),
     log:
@@ -17,9 +16,10 @@ rule cam_to_ir_label:
         "../../envs/crf.yaml"
     threads: config["threads"]["cpu_shard"]
     params:
+        code=code("cam_to_ir_label"),
         cfg=result_cfg("cam_to_ir_label"),
         shard=lambda wc: int(wc.shard),
-        num_shards=SHARDS["cam_to_ir_label"],
+        num_shards=SHARDS,
     script:
         "../scripts/cam_to_ir_label.py"
 
@@ -29,7 +29,6 @@ rule eval_seeds:
         manifest=lambda wc: manifest(wc.split),
         classes=R("data", "classes.json"),
         preds=lambda wc: [d for s in SPLITS["cam"] for d in ir_label_dirs(wc.model, s)],
-        code=code("eval_labels"),
     output:
         summary=R("eval_seeds", "{model}", "{split}", "summary.json"),
         per_class=R("eval_seeds", "{model}", "{split}", "per_class.parquet"),
@@ -39,6 +38,7 @@ rule eval_seeds:
         "../../envs/torch.yaml"
     threads: 1
     params:
+        code=code("eval_labels"),
         mode="exclude",
     script:
         "../scripts/eval_labels.py"
@@ -48,7 +48,6 @@ rule train_irn:
     input:
         manifest=manifest(SPLITS["train"]),
         labels=lambda wc: ir_label_dirs(wc.model, SPLITS["train"]),
-        code=code("train_irn"),
     output:
         model=R("train_irn", "{model}", "model.safetensors"),
         history=R("train_irn", "{model}", "history.parquet"),
@@ -62,6 +61,7 @@ rule train_irn:
     resources:
         gpu=1,
     params:
+        code=code("train_irn"),
         cfg=result_cfg("train_irn"),
         resume=lambda wc: RESUME("train_irn", wc.model, "state.pt"),
     script:
@@ -71,9 +71,8 @@ rule train_irn:
 rule make_sem_seg:
     input:
         manifest=lambda wc: manifest(wc.split),
-        cams=cam_dirs_of_split,
+        cams=cam_dir_of_shard,
         irn=R("train_irn", "{model}", "model.safetensors"),
-        code=code("make_sem_seg"),
     output:
         masks=directory(R("make_sem_seg", "{model}", "{split}", "{shard}")),
     log:
@@ -86,10 +85,11 @@ rule make_sem_seg:
     resources:
         gpu=1,
     params:
+        code=code("make_sem_seg"),
         cfg=result_cfg("make_sem_seg"),
         irn=config["train_irn"]["model"],
         shard=lambda wc: int(wc.shard),
-        num_shards=SHARDS["make_sem_seg"],
+        num_shards=SHARDS,
     script:
         "../scripts/make_sem_seg.py"
 
@@ -101,9 +101,8 @@ rule eval_sem_seg:
         preds=lambda wc: expand(
             R("make_sem_seg", wc.model, "{split}", "{shard}"),
             split=SPLITS["cam"],
-            shard=shard_ids("make_sem_seg"),
+            shard=shard_ids(),
         ),
-        code=code("eval_labels"),
     output:
         summary=R("eval_sem_seg", "{model}", "{split}", "summary.json"),
         per_class=R("eval_sem_seg", "{model}", "{split}", "per_class.parquet"),
@@ -113,6 +112,7 @@ rule eval_sem_seg:
         "../../envs/torch.yaml"
     threads: 1
     params:
+        code=code("eval_labels"),
         mode="error",
     script:
         "../scripts/eval_labels.py"

@@ -5,7 +5,6 @@
 rule report:
     input:
         unpack(report_inputs),
-        code=code("report"),
     output:
         table=report(
             R("report", "index.html"),
@@ -49,6 +48,7 @@ rule report:
         "../../envs/report.yaml"
     threads: 1
     params:
+        code=code("report"),
         cfg=result_cfg("report"),
         threshold=config["eval_cam"]["threshold"],
     script:

@@ -5,7 +5,6 @@
 rule train_tiny_clip:
     input:
         root=R("synthetic"),
-        code=code("train_tiny_clip"),
     output:
         model=R("train_tiny_clip", "model.safetensors"),
     log:
@@ -18,6 +17,7 @@ rule train_tiny_clip:
     resources:
         gpu=1,
     params:
+        code=code("train_tiny_clip"),
         cfg=result_cfg("train_tiny_clip"),
         clip=result_cfg("clip"),
     script:
@@ -29,7 +29,6 @@ rule text_features:
         unpack(clip_weight_inputs),
         corpus=R("corpus", "corpus.parquet"),
         classes=R("data", "classes.json"),
-        code=code("text_features"),
     output:
         features=R("text_features", "features.safetensors"),
         index=R("text_features", "index.parquet"),
@@ -41,6 +40,7 @@ rule text_features:
     resources:
         gpu=1,
     params:
+        code=code("text_features"),
         cfg=result_cfg("text_features"),
         clip=result_cfg("clip"),
     script:
@@ -55,7 +55,6 @@ rule train_ritc:
         cam=R("train_cam", "model.safetensors"),
         features=R("text_features", "features.safetensors"),
         index=R("text_features", "index.parquet"),
-        code=code("train_ritc"),
     output:
         model=R("train_ritc", "model.safetensors"),
         history=R("train_ritc", "history.parquet"),
@@ -69,6 +68,7 @@ rule train_ritc:
     resources:
         gpu=gpus("train_ritc"),
     params:
+        code=code("train_ritc"),
         cfg=result_cfg("train_ritc"),
         model=config["train_cam"]["model"],
         clip=result_cfg("clip"),

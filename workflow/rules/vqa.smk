@@ -6,7 +6,6 @@ rule vqa:
         unpack(vqa_inputs),
         manifest=manifest(SPLITS["train"]),
         classes=R("data", "classes.json"),
-        code=code("vqa"),
     output:
         answers=R("vqa", "{kind}", "{shard}.parquet"),
     log:
@@ -21,9 +20,10 @@ rule vqa:
     resources:
         gpu=1 if config["vqa"]["backend"] == "blip" else 0,
     params:
+        code=code("vqa"),
         cfg=result_cfg("vqa"),
         shard=lambda wc: int(wc.shard),
-        num_shards=SHARDS["vqa"],
+        num_shards=SHARDS,
         cache=R(".cache", "vqa"),
     script:
         "../scripts/vqa.py"
@@ -34,10 +34,9 @@ rule corpus:
         answers=expand(
             R("vqa", "{kind}", "{shard}.parquet"),
             kind=["fg", "bg"],
-            shard=shard_ids("vqa"),
+            shard=shard_ids(),
         ),
         classes=R("data", "classes.json"),
-        code=code("corpus"),
     output:
         corpus=R("corpus", "corpus.parquet"),
         stats=R("corpus", "stats.parquet"),
@@ -47,6 +46,7 @@ rule corpus:
         "../../envs/vqa.yaml"
     threads: 1
     params:
+        code=code("corpus"),
         cfg=result_cfg("corpus"),
     script:
         "../scripts/corpus.py"

@@ -1,0 +1,67 @@
+"""Time the dry run of a paper config's whole DAG at several shard counts.
+
+Builds the manifests of a fake tree once (``tests/workflow_util.fake_coco`` / ``fake_voc``;
+the dry run's cost depends on the jobs and edges, not on the images), then times
+``snakemake -n`` over the complete DAG for each shard count, and prints jobs, dependency
+edges (from ``--dag``) and seconds (best of ``--repeat``). With one shard layout through
+the chain, edges grow linearly with the shard count.
+
+    python benchmarks/bench_dag.py                     # coco14 at 8, 32 and 128 shards
+    python benchmarks/bench_dag.py --config voc12 --shards 8 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.workflow_util import (  # noqa: E402
+    dry_run_jobs,
+    fake_coco,
+    fake_voc,
+    snakemake,
+    write_overlay,
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="coco14", choices=["coco14", "voc12"])
+    ap.add_argument("--shards", type=int, nargs="+", default=[8, 32, 128])
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    cfg = ROOT / "config" / f"{args.config}.yaml"
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        data = tmp / "data"
+        if args.config == "coco14":
+            fake_coco(data)
+        else:
+            fake_voc(data, {"train_aug": ["a", "b", "c"], "train": ["a", "b"], "val": ["d"]})
+        over = write_overlay(tmp / "root.yaml", {"dataset": {"root": str(data)}})
+        snakemake(tmp, "--cores", "1", "dataset", configfiles=(cfg, over))
+        print(f"config/{args.config}.yaml, dry run of the whole DAG, cpus={os.cpu_count()}")
+        print(f"{'shards':>7} {'jobs':>7} {'edges':>7} {'seconds':>8}")
+        for n in args.shards:
+            sh = write_overlay(tmp / f"s{n}.yaml", {"shards": n})
+            files = (cfg, over, sh)
+            best = float("inf")
+            jobs: dict[str, int] = {}
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                jobs = dry_run_jobs(tmp, configfiles=files)
+                best = min(best, time.perf_counter() - t0)
+            dot = snakemake(tmp, "--dag", "--cores", "1", configfiles=files).stdout
+            edges = sum(1 for line in dot.splitlines() if "->" in line)
+            print(f"{n:>7} {sum(jobs.values()):>7} {edges:>7} {best:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
