@@ -173,16 +173,47 @@ def test_run_writes_present_classes_batched_equals_single(setup: dict[str, Path]
             )
 
 
-def test_run_agrees_with_multiscale_cam(setup: dict[str, Path]) -> None:
-    from qaclims import augment
+@pytest.mark.parametrize("rescale", ["image", "tensor"])
+def test_run_agrees_with_multiscale_cam(setup: dict[str, Path], rescale: str) -> None:
+    from PIL import Image
+
     from qaclims.io import read_image
 
-    out = make(setup, "out", cfg())
-    x = augment.to_chw(augment.normalize(read_image(setup["root"] / "img" / "im5.png")))
-    st, hr = multiscale_cam(tiny_net(), x, [1.0, 0.5, 1.5], flip=True, classes=[0, 1, 2])
+    out = make(setup, f"out_{rescale}", cfg(rescale=rescale))
+    img = read_image(setup["root"] / "img" / "im5.png")
+    h, w = img.shape[:2]
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+    def norm(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((a / 255.0 - mean) / std).transpose(2, 0, 1).astype(np.float32))
+
+    scales = [1.0, 0.5, 1.5]
+    pyramid = None
+    if rescale == "image":  # IRN's pil_rescale: PIL bicubic on uint8 at np.round'ed sizes
+        pyramid = [
+            norm(np.asarray(Image.fromarray(img).resize(
+                (int(np.round(w * s)), int(np.round(h * s))), Image.BICUBIC)))
+            for s in scales
+        ]  # fmt: skip
+    st, hr = multiscale_cam(tiny_net(), norm(img), scales, True, [0, 1, 2], pyramid=pyramid)
     got = read_npz(out / "im5.npz")
     expect = (hr / (hr.amax(dim=(1, 2), keepdim=True) + 1e-5)).numpy()
     np.testing.assert_allclose(got["cam"].astype(np.float32), expect, atol=2e-3)
+    if rescale == "image":  # the two rescalings are different computations
+        other = read_npz(make(setup, "t", cfg(rescale="tensor")) / "im5.npz")["cam"]
+        assert np.abs(other.astype(np.float32) - expect).max() > 1e-3
+
+
+def test_image_pyramid_is_pil_on_uint8() -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (25, 31, 3)).astype(np.uint8)
+    got = cam_infer.image_pyramid(img, [0.5, 1.5], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    for s, x in zip([0.5, 1.5], got, strict=True):
+        size = (int(np.round(31 * s)), int(np.round(25 * s)))  # 16 (15.5 rounds to even) x 12
+        ref = np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC)).astype(np.float32)
+        np.testing.assert_array_equal(x.numpy(), (ref / 255.0).transpose(2, 0, 1))
 
 
 def test_shards_are_strided_rows(setup: dict[str, Path]) -> None:
@@ -211,9 +242,9 @@ def test_partial_folder_resume(setup: dict[str, Path], monkeypatch: pytest.Monke
     computed: list[str] = []
     real_batch = cam_infer.batch_cams
 
-    def counting(model: CamNet, x: torch.Tensor, labels: Any, c: MakeCamConfig) -> Any:
+    def counting(model: CamNet, x: torch.Tensor, labels: Any, c: MakeCamConfig, **k: Any) -> Any:
         computed.extend(str(len(lab)) for lab in labels)
-        return real_batch(model, x, labels, c)
+        return real_batch(model, x, labels, c, **k)
 
     monkeypatch.setattr(cam_infer, "write_npz", real_write)
     monkeypatch.setattr(cam_infer, "batch_cams", counting)

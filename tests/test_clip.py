@@ -193,17 +193,18 @@ def test_tiny_weights_round_trip(tmp_path: Path) -> None:
 
 CLASSES = ["ball", "box"]
 CORPUS = [
-    ("im1", "ball", "fg", "red ball"), ("im1", "ball", "fg", "football"),
-    ("im1", "ball", "bg", "grass"), ("im1", "ball", "bg", "sky"),
-    ("im1", "box", "fg", "crate"), ("im1", "box", "bg", "grass"),
-    ("im2", "ball", "fg", "ball"), ("im2", "ball", "bg", "water"),
-    ("im2", "ball", "bg", "water"),  # a duplicate row
-    ("im3", "box", "bg", "road"),  # no fg answer: the class feature alone
+    ("im1", "ball", "fg", "red ball", 4), ("im1", "ball", "fg", "football", 2),
+    ("im1", "ball", "bg", "grass", 1), ("im1", "ball", "bg", "sky", 1),
+    ("im1", "box", "fg", "crate", 1), ("im1", "box", "bg", "grass", 1),
+    ("im2", "ball", "fg", "ball", 1), ("im2", "ball", "bg", "water", 1),
+    ("im2", "ball", "bg", "water", 1),  # a duplicate row
+    ("im3", "box", "bg", "road", 1),  # no fg answer: the class feature alone
 ]  # fmt: skip
 
 
-def write_corpus(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
-    pd.DataFrame(rows, columns=["image_id", "class_name", "kind", "phrase"]).to_parquet(path)
+def write_corpus(path: Path, rows: list[tuple[Any, ...]]) -> Path:
+    cols = ["image_id", "class_name", "kind", "phrase", "count"]
+    pd.DataFrame(rows, columns=cols).to_parquet(path)
     return path
 
 
@@ -228,7 +229,7 @@ def test_distinct_phrases_are_encoded_once_like_one_by_one(
     cfg = clip_text.TextFeatureConfig(batch_size=3)
     out_f, out_i = tmp_path / "f.safetensors", tmp_path / "i.parquet"
     clip_text.run(corpus, CLASSES, CLIP, cfg, out_f, out_i, "cpu", tiny_weights)
-    assert len(seen) == len(set(seen)) == len({p for *_, p in CORPUS} | set(CLASSES))
+    assert len(seen) == len(set(seen)) == len({r[3] for r in CORPUS} | set(CLASSES))
     feats = load_file(str(out_f))["features"]
     index = pd.read_parquet(out_i)
     model, _, tok = load_clip(CLIP, "cpu", tiny_weights)
@@ -244,7 +245,10 @@ def test_distinct_phrases_are_encoded_once_like_one_by_one(
     assert len(index[(index.image_id == "im2") & (index.kind == "bg")]) == 1  # deduplicated
     mix = index[index.kind == "fg_text"].set_index(["image_id", "class_name"])["row"]
     assert sorted(mix.index) == [("im1", "ball"), ("im1", "box"), ("im2", "ball"), ("im3", "box")]
-    expected = 0.5 * alone("ball") + 0.5 * (alone("red ball") + alone("football")) / 2
+    # the reference's mean over all six answers, duplicates included: 4 x "red ball", 2 x
+    # "football" (the corpus keeps each distinct phrase once, with its count)
+    answers = ["red ball"] * 4 + ["football"] * 2
+    expected = 0.5 * alone("ball") + 0.5 * torch.stack([alone(a) for a in answers]).mean(dim=0)
     torch.testing.assert_close(feats[mix[("im1", "ball")]], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(feats[mix[("im3", "box")]], alone("box"), rtol=1e-5, atol=1e-5)
     classes = index[index.kind == "class"].sort_values("class_index")
@@ -260,9 +264,13 @@ def test_text_feature_errors_name_key_or_file(tmp_path: Path, tiny_weights: Path
     with pytest.raises(DataError, match="corpus.parquet"):
         clip_text.run(corpus, ["ball"], CLIP, clip_text.TextFeatureConfig(), *outs, "cpu",
                       tiny_weights)  # fmt: skip
-    odd = write_corpus(tmp_path / "odd.parquet", [("im1", "ball", "middle", "x")])
+    odd = write_corpus(tmp_path / "odd.parquet", [("im1", "ball", "middle", "x", 1)])
     with pytest.raises(DataError, match="odd.parquet"):
         clip_text.run(odd, CLASSES, CLIP, clip_text.TextFeatureConfig(), *outs, "cpu",
+                      tiny_weights)  # fmt: skip
+    zero = write_corpus(tmp_path / "zero.parquet", [("im1", "ball", "fg", "x", 0)])
+    with pytest.raises(DataError, match="zero.parquet.*count"):
+        clip_text.run(zero, CLASSES, CLIP, clip_text.TextFeatureConfig(), *outs, "cpu",
                       tiny_weights)  # fmt: skip
     assert not outs[0].exists() and not outs[1].exists()
 

@@ -69,8 +69,19 @@ def write_tables(root: Path) -> list[Path]:
     return paths
 
 
+#: the clean rules with QA-CLIMS supply_cat plus "tv" for tv monitor
+CLEAN: dict[str, object] = {
+    "rules": "clean",
+    "synonyms": {
+        "dining table": ["table"],
+        "tv monitor": ["monitor", "tv"],
+        "potted plant": ["plant"],
+    },
+}
+
+
 def run_default(tmp_path: Path, **cfg: object) -> tuple[pd.DataFrame, pd.DataFrame]:
-    c = from_mapping(corpus.CorpusConfig, cfg, "corpus")
+    c = from_mapping(corpus.CorpusConfig, CLEAN | cfg, "corpus")
     out_c, out_s = tmp_path / "corpus.parquet", tmp_path / "stats.parquet"
     corpus.run(write_tables(tmp_path), CLASSES, c, out_c, out_s)
     return pd.read_parquet(out_c), pd.read_parquet(out_s)
@@ -147,7 +158,7 @@ def test_normalise(text: str, want: str) -> None:
     ],
 )
 def test_lemmatise_modes(mode: str, text: str, want: str) -> None:
-    cfg = corpus.CorpusConfig(lemmatize=mode)
+    cfg = corpus.CorpusConfig(rules="clean", lemmatize=mode)
     assert corpus.lemmatise(text, cfg) == want
 
 
@@ -172,3 +183,144 @@ def test_bad_tables_name_the_file(tmp_path: Path) -> None:
             tmp_path / "s",
         )
     assert not (tmp_path / "c").exists()
+
+
+# ----------------------------------------------------------------------- the reference rules
+
+SUPPLY_CAT = {"dining table": ["table"], "tv monitor": ["monitor"], "potted plant": ["plant"]}
+REF_ANSWERS: list[tuple[str, str, str, list[str]]] = [
+    ("a", "dog", "fg", ["husky", "husky", "dogs", "german shepherd", "yes", "hot dog"]),
+    ("a", "dog", "bg", ["grass", "grasses", "dog", "dogs", "white clouds", "sky"]),
+    ("a", "dining table", "fg", ["wooden", "tables", "dining tables", "cat"]),
+    ("a", "dining table", "bg", ["table", "chairs", "dining table"]),
+    ("b", "tv monitor", "fg", ["tv", "monitors", "screen"]),
+    ("b", "tv monitor", "bg", ["tvs", "wall"]),
+    ("c", "potted plant", "fg", ["plants", "potted plant"]),
+    ("c", "potted plant", "bg", ["potted plant", "windows"]),
+]
+# by hand from QA-CLIMS: lemmatize(answer) as one noun (one word: its lemma; several: kept);
+# fg: "<answer> <label>" unless the label or a supply_cat name is a substring, duplicates
+# counted; bg: distinct answers less the one equal to the label
+REF_EXPECTED = [
+    ("a", "dog", "fg", "husky dog", 2),
+    ("a", "dog", "fg", "dog", 1),
+    ("a", "dog", "fg", "german shepherd dog", 1),
+    ("a", "dog", "fg", "yes dog", 1),
+    ("a", "dog", "fg", "hot dog", 1),
+    ("a", "dog", "bg", "grass", 2),
+    ("a", "dog", "bg", "white clouds", 1),
+    ("a", "dog", "bg", "sky", 1),
+    ("a", "dining table", "fg", "wooden dining table", 1),
+    ("a", "dining table", "fg", "table", 1),
+    ("a", "dining table", "fg", "dining tables", 1),
+    ("a", "dining table", "fg", "cat dining table", 1),
+    ("a", "dining table", "bg", "table", 1),
+    ("a", "dining table", "bg", "chair", 1),
+    ("b", "tv monitor", "fg", "tv tv monitor", 1),
+    ("b", "tv monitor", "fg", "monitor", 1),
+    ("b", "tv monitor", "fg", "screen tv monitor", 1),
+    ("b", "tv monitor", "bg", "tv", 1),
+    ("b", "tv monitor", "bg", "wall", 1),
+    ("c", "potted plant", "fg", "plant", 1),
+    ("c", "potted plant", "fg", "potted plant", 1),
+    ("c", "potted plant", "bg", "window", 1),
+]
+
+
+def _ref_run(tmp_path: Path, lemmatised: bool = False) -> pd.DataFrame:
+    rows = [(i, c, k, f"q{j}", a) for i, c, k, ans in REF_ANSWERS for j, a in enumerate(ans)]
+    path = tmp_path / "answers.parquet"
+    pd.DataFrame(rows, columns=list(corpus.ANSWER_COLUMNS)).to_parquet(path)
+    cfg = from_mapping(corpus.CorpusConfig, {"synonyms": SUPPLY_CAT}, "corpus")
+    assert cfg.rules == "reference"  # the default
+    out_c, out_s = tmp_path / "c.parquet", tmp_path / "s.parquet"
+    corpus.run([path], CLASSES, cfg, out_c, out_s, lemmatised=lemmatised)
+    return pd.read_parquet(out_c)
+
+
+def test_reference_rules_on_hand_written_answers(tmp_path: Path) -> None:
+    df = _ref_run(tmp_path)
+    assert list(df.itertuples(index=False, name=None)) == REF_EXPECTED
+    # every foreground answer counts: the counts of a pair add up to its answers
+    fg = df[df.kind == "fg"].groupby(["image_id", "class_name"])["count"].sum()
+    assert fg.to_dict() == {("a", "dog"): 6, ("a", "dining table"): 4, ("b", "tv monitor"): 3,
+                            ("c", "potted plant"): 2}  # fmt: skip
+
+
+def test_reference_rules_do_not_lemmatise_lemmatised_answers(tmp_path: Path) -> None:
+    df = _ref_run(tmp_path, lemmatised=True)
+    bg = df[(df.image_id == "a") & (df.class_name == "dog") & (df.kind == "bg")]
+    # "grasses" and "dogs" stay as the file has them; only "dog" equals the label
+    assert list(bg["phrase"]) == ["grass", "grasses", "dogs", "white clouds", "sky"]
+
+
+def test_unknown_synonym_class_is_an_error(tmp_path: Path) -> None:
+    from qaclims.errors import ConfigError
+
+    cfg = from_mapping(corpus.CorpusConfig, {"synonyms": {"diningtable": ["table"]}}, "corpus")
+    with pytest.raises(ConfigError, match=r"corpus\.synonyms names \['diningtable'\]"):
+        corpus.run(write_tables(tmp_path), CLASSES, cfg, tmp_path / "c", tmp_path / "s")
+
+
+#: plural forms typical of VQA answers -> WordNet 3.0's noun lemma, i.e. what
+#: ``nltk.stem.WordNetLemmatizer().lemmatize(word)`` returns (morphy's exception list and
+#: suffix rules over index.noun, the shortest candidate), written out by hand
+WORDNET_NOUN_LEMMAS = {
+    "crosses": "cross", "shelves": "shelf", "glasses": "glass", "leaves": "leaf",
+    "buses": "bus", "benches": "bench", "knives": "knife", "people": "people", "mice": "mouse",
+    "wolves": "wolf", "boxes": "box", "dishes": "dish", "churches": "church",
+    "buildings": "building", "trees": "tree", "clouds": "cloud", "skies": "sky",
+    "cities": "city", "flowers": "flower", "bushes": "bush", "houses": "house",
+    "tables": "table", "chairs": "chair", "sheep": "sheep", "geese": "goose",
+    "women": "woman", "men": "man", "children": "child", "teeth": "tooth", "feet": "foot",
+    "stars": "star", "kites": "kite", "toys": "toy", "windows": "window",
+    "curtains": "curtain", "pillows": "pillow", "sofas": "sofa", "beaches": "beach",
+    "grasses": "grass", "potatoes": "potato", "tomatoes": "tomato", "photos": "photo",
+    "wives": "wife", "halves": "half", "scarves": "scarf", "hooves": "hoof",
+    "loaves": "loaf", "thieves": "thief", "shoes": "shoe", "clothes": "clothes",
+    "jeans": "jean", "pants": "pant", "trousers": "trouser", "scissors": "scissors",
+    "dresses": "dress", "watches": "watch", "foxes": "fox", "babies": "baby",
+    "ladies": "lady", "puppies": "puppy", "ponies": "pony", "sidewalks": "sidewalk",
+    "fences": "fence", "waves": "wave", "candles": "candle", "spoons": "spoon",
+    "sandwiches": "sandwich", "umbrellas": "umbrella", "giraffes": "giraffe",
+    "cattle": "cattle", "cows": "cow", "news": "news", "grass": "grass", "bus": "bus",
+    "monitors": "monitor", "motorbikes": "motorbike", "bicycles": "bicycle",
+}  # fmt: skip
+
+
+def test_noun_lemmas_equal_wordnet_on_vqa_plurals() -> None:
+    assert len(WORDNET_NOUN_LEMMAS) >= 50
+    got = {w: corpus.reference_lemma(w) for w in WORDNET_NOUN_LEMMAS}
+    assert got == WORDNET_NOUN_LEMMAS
+    # the whole answer is one noun: a multi-word answer is kept as it is
+    assert corpus.reference_lemma("white clouds") == "white clouds"
+
+
+WORDNET_DIR = Path("/usr/share/wordnet")  # Debian/Ubuntu: apt install wordnet-base
+
+
+@pytest.mark.skipif(
+    not (WORDNET_DIR / "index.noun").exists(), reason="WordNet files (wordnet-base) absent"
+)
+def test_the_lemma_table_is_wordnets_own() -> None:
+    """The hand table above against WordNet's database itself: morphy (exception list,
+    then the noun suffix rules, kept when the form is in index.noun), shortest wins."""
+    index = {
+        line.split(" ", 1)[0]
+        for line in (WORDNET_DIR / "index.noun").read_text().splitlines()
+        if line and not line.startswith(" ")
+    }
+    exc: dict[str, list[str]] = {}
+    for line in (WORDNET_DIR / "noun.exc").read_text().splitlines():
+        parts = line.split()
+        exc.setdefault(parts[0], []).extend(parts[1:])
+    rules = [("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"),
+             ("shes", "sh"), ("men", "man"), ("ies", "y")]  # fmt: skip
+
+    def wordnet(word: str) -> str:
+        forms = [*exc.get(word, []), word]
+        forms += [word[: -len(a)] + b for a, b in rules if word.endswith(a)]
+        found = [f for f in dict.fromkeys(forms) if f in index]
+        return min(found, key=len) if found else word
+
+    assert {w: wordnet(w) for w in WORDNET_NOUN_LEMMAS} == WORDNET_NOUN_LEMMAS

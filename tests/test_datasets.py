@@ -324,3 +324,18 @@ def test_coco_existing_masks_are_kept_and_errors_named(coco: Path, tmp_path: Pat
     (coco / "val2014" / "COCO_val2014_000000000042.jpg").unlink()
     with pytest.raises(DataError, match=r"1 images missing .*COCO_val2014_000000000042\.jpg"):
         datasets.run(_coco_cfg(coco), tmp_path / "u")
+
+
+def test_voc_class_names_are_text_and_xml_spellings_map_to_them(voc: Path, tmp_path: Path) -> None:
+    """classes.json holds the reference's text names ("dining table", ...); VOC's XML
+    spellings without spaces still label the image."""
+    (voc / "Annotations" / "2007_000002.xml").write_text(
+        _xml(["diningtable", "pottedplant", "tvmonitor", "dog"])
+    )
+    out = tmp_path / "data"
+    datasets.run(_cfg(voc, ("train",)), out)
+    names = json.loads((out / "classes.json").read_text())["classes"]
+    assert [names[i] for i in (10, 15, 19)] == ["dining table", "potted plant", "tv monitor"]
+    assert all(" " not in n or n in {"dining table", "potted plant", "tv monitor"} for n in names)
+    df = read_manifest(out / "manifest" / "train.parquet").set_index("image_id")
+    assert df.loc["2007_000002", "labels"] == [10, 11, 15, 19]  # dog is 11

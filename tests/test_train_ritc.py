@@ -101,7 +101,7 @@ def _corpus(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 out += [(image, name, "bg", "grey noise"), (image, name, "bg", "floor")]
                 if c == 1:
                     out.append((image, name, "bg", "carpet"))
-    return pd.DataFrame(out, columns=["image_id", "class_name", "kind", "phrase"])
+    return pd.DataFrame(out, columns=["image_id", "class_name", "kind", "phrase"]).assign(count=1)
 
 
 @pytest.fixture(scope="module")

@@ -294,12 +294,13 @@ def test_config_errors(tiny: Path, tmp_path: Path) -> None:
 
 
 def authors_npy(path: Path, images: list[str], labels: dict[str, list[str]]) -> dict[str, Any]:
-    """A file in the authors' format: all 16 questions, answers '<image>-<class>-<q index>'."""
+    """A file in the authors' format: all 16 questions, lemmatised answers
+    '<image>-<class>-<q index>' beside raw ones with a trailing 's'."""
     qs = [*vqa.FG_QUESTIONS, *vqa.BG_QUESTIONS]
     data = {
         im: {
             c.replace(" ", ""): {
-                "vqa": [(q, f"{im}-{c}-{j}") for j, q in enumerate(qs)],
+                "vqa": [(q, f"{im}-{c}-{j}s") for j, q in enumerate(qs)],
                 "answers": [f"{im}-{c}-{j}" for j in range(len(qs))],
             }
             for c in labels[im]
@@ -310,7 +311,8 @@ def authors_npy(path: Path, images: list[str], labels: dict[str, list[str]]) -> 
     return data
 
 
-def test_precomputed_authors_npy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("field", ["answers", "vqa"])
+def test_precomputed_authors_npy(tmp_path: Path, field: str) -> None:
     manifest = make_manifest(tmp_path, 5)
     labels = {f"im{i}": [CLASSES[c] for c in sorted({i % 3, 2})] for i in range(5)}
     authors_npy(tmp_path / "bg.npy", [f"im{i}" for i in range(6)], labels | {"im5": ["dog"]})
@@ -320,15 +322,16 @@ def test_precomputed_authors_npy(tmp_path: Path) -> None:
         {
             "backend": "precomputed",
             "questions": {"bg": bg},
-            "precomputed": {"bg": str(tmp_path / "bg.npy")},
+            "precomputed": {"bg": str(tmp_path / "bg.npy"), "answer_field": field},
         },
         "vqa",
     )
     out = tmp_path / "out.parquet"
     vqa.run(manifest, CLASSES, cfg, "bg", out, 1, 2, "cpu", tmp_path / "cache")
     df = pd.read_parquet(out)
+    tail = "" if field == "answers" else "s"  # the reference reads the lemmatised field
     want = [
-        (f"im{i}", c, t.format(c), f"im{i}-{c}-{6 + vqa.BG_QUESTIONS.index(t)}")
+        (f"im{i}", c, t.format(c), f"im{i}-{c}-{6 + vqa.BG_QUESTIONS.index(t)}{tail}")
         for i in (1, 3)
         for c in labels[f"im{i}"]
         for t in bg

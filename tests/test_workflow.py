@@ -53,6 +53,9 @@ def test_wrong_type_is_rejected_naming_it(tmp_path: Path) -> None:
         ({"train_deeplab": {"lr": -0.1}}, "lr", "-0.1"),
         ({"eval_cam": {"threshold": 2.0}}, "threshold", "2.0"),
         ({"make_cam": {"scales": []}}, "scales", "[]"),
+        ({"make_cam": {"rescale": "pillow"}}, "rescale", "pillow"),
+        ({"corpus": {"rules": "strict"}}, "rules", "strict"),
+        ({"corpus": {"synonyms": {"dog": ["puppy"]}}}, "corpus.synonyms", "dog"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

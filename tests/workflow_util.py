@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -164,3 +165,41 @@ def fake_coco(root: Path) -> None:
         (root / "annotations" / f"instances_{split}2014.json").write_text(
             json.dumps({"images": images, "annotations": anns, "categories": cats})
         )
+
+
+# ---------------------------------------------------------------- the resolved config
+
+
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Config files merge key by key, nested mappings included (Snakemake's update_config)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def with_defaults(value: Any, node: dict[str, Any]) -> Any:
+    """Fill every key a file leaves out with its schema default, objects recursively; a value
+    a file gives (a free-form mapping such as corpus.synonyms included) is kept whole."""
+    props = node.get("properties")
+    if not props or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for k, sub in props.items():
+        if k in out:
+            out[k] = with_defaults(out[k], sub)
+        elif "default" in sub:
+            out[k] = with_defaults(copy.deepcopy(sub["default"]), sub)
+    return out
+
+
+def expected_config(files: list[Path]) -> dict[str, Any]:
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    merged: dict[str, Any] = {}
+    for f in files:
+        merged = merge(merged, yaml.safe_load(f.read_text()) or {})
+    cfg = with_defaults(merged, schema)
+    pre = cfg["vqa"]["precomputed"]  # documented: {run} names this run's folder
+    for kind in ("fg", "bg"):
+        pre[kind] = pre[kind].replace("{run}", cfg["run"])
+    return cfg

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 #: Stride of ``cam_strided`` -- fixed by the CAM file contract (docs/ARCHITECTURE.md).
 CAM_STRIDE = 4
 _FINGERPRINT = ".fingerprint.json"
+RESCALE_MODES: tuple[str, ...] = ("image", "tensor")
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,21 @@ class MakeCamConfig:
     flip: bool = setting(True, doc="add each scale's mirror-image CAM.")
     batch_size: int = runtime(8, ge=1)
     num_workers: int = runtime(4, ge=0)
-    amp: bool = setting(True, doc="bf16 autocast on GPU.")
+    amp: bool = setting(
+        False, doc="bf16 autocast on GPU (the reference trains and infers in float32)."
+    )
     norm_eps: float = setting(1e-5, gt=0.0, doc="added to each class's maximum before dividing.")
     mean: tuple[float, ...] = setting(augment.IMAGENET_MEAN, doc="normalisation mean (ImageNet).")
     std: tuple[float, ...] = setting(
         augment.IMAGENET_STD, gt=0.0, doc="normalisation std (ImageNet)."
+    )
+    rescale: str = setting(
+        "image",
+        choices=RESCALE_MODES,
+        doc="how each scale's input is made. image (IRN/QA-CLIMS): the uint8 image resized "
+        "with PIL (bicubic, rounded and clipped to 0-255), then normalised; tensor: the "
+        "normalised scale-1 tensor resized on the device (bicubic, antialiased; batched, "
+        "cheaper on GPU; 4-scale CAMs differ from the reference's by up to ~0.1).",
     )
 
 
@@ -119,6 +130,7 @@ def multiscale_cam(
     flip: bool = True,
     classes: Sequence[int] | None = None,
     amp: bool = False,
+    pyramid: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over ``scales`` (and mirror images) of relu CAMs, not normalised.
 
@@ -126,6 +138,9 @@ def multiscale_cam(
         model: a :class:`CamNet` in eval mode, on the device of ``image``.
         image: ``3xHxW`` or ``Bx3xHxW`` float, ImageNet-normalised, at scale 1.
         classes: channels to keep (default all ``C``); ``K = len(classes)``.
+        pyramid: the network's input at each scale (same batch shape as ``image``, e.g.
+            :func:`image_pyramid`); default: ``image`` resized on the device
+            (:func:`qaclims.augment.resize_tensor`). ``image`` then only gives the size.
     Returns:
         ``(strided, highres)``: ``[B]xKx ceil(H/4) x ceil(W/4)`` and ``[B]xKxHxW``, float32
         >= 0 (no batch dimension when ``image`` had none).
@@ -135,8 +150,14 @@ def multiscale_cam(
     st_size, up_size = cam_sizes(h, w, model.output_stride)
     keep = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
     strided = highres = None
-    for s in scales:
-        cams = flip_cam(model, augment.resize_tensor(x, augment.scaled_size(h, w, s)), flip, amp)
+    if pyramid is not None and len(pyramid) != len(scales):
+        raise ValueError(f"pyramid has {len(pyramid)} inputs for {len(scales)} scales")
+    for i, s in enumerate(scales):
+        if pyramid is None:
+            xs = augment.resize_tensor(x, augment.scaled_size(h, w, s))
+        else:
+            xs = pyramid[i] if pyramid[i].dim() == 4 else pyramid[i][None]
+        cams = flip_cam(model, xs, flip, amp)
         if keep is not None:
             cams = cams[:, keep.to(cams.device)]
         st = F.interpolate(cams, st_size, mode="bilinear", align_corners=False)
@@ -149,15 +170,37 @@ def multiscale_cam(
     return strided, highres
 
 
+def image_pyramid(
+    image: np.ndarray,
+    scales: Sequence[float],
+    mean: Sequence[float] = augment.IMAGENET_MEAN,
+    std: Sequence[float] = augment.IMAGENET_STD,
+) -> list[torch.Tensor]:
+    """The reference's multi-scale inputs of one ``HxWx3 uint8`` image: per scale, the
+    image resized with PIL (bicubic, size ``round(H*s) x round(W*s)``, half to even) in
+    uint8, then normalised; ``3xhxw float32`` tensors in ``scales`` order."""
+    out = []
+    for s in scales:
+        h, w = image.shape[:2]
+        resized = augment.resize(image, augment.scaled_size(h, w, s), "bicubic")
+        out.append(augment.to_chw(augment.normalize(resized, mean, std)))
+    return out
+
+
 def max_normalise(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """``...xHxW`` maps divided by their per-map maximum plus ``eps`` (values in [0, 1))."""
     return cam / (cam.amax(dim=(-2, -1), keepdim=True) + eps)
 
 
 def batch_cams(
-    model: CamNet, images: torch.Tensor, labels: Sequence[Sequence[int]], cfg: MakeCamConfig
+    model: CamNet,
+    images: torch.Tensor,
+    labels: Sequence[Sequence[int]],
+    cfg: MakeCamConfig,
+    pyramid: Sequence[torch.Tensor] | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """CAM file arrays of a batch of same-size images (``Bx3xHxW`` normalised, on device).
+    """CAM file arrays of a batch of same-size images (``Bx3xHxW`` normalised, on device;
+    ``pyramid``: the inputs per scale, see :func:`multiscale_cam`).
 
     Only the union of the batch's classes is upsampled. Per image: ``keys`` int16 (K,),
     ``cam`` float16 KxHxW and ``cam_strided`` float16 Kx ceil(H/4) x ceil(W/4), in [0, 1].
@@ -167,7 +210,9 @@ def batch_cams(
     if not union:
         st_size, _ = cam_sizes(h, w, model.output_stride)
         return [_empty_arrays((h, w), st_size) for _ in labels]
-    strided, highres = multiscale_cam(model, images, cfg.scales, cfg.flip, union, cfg.amp)
+    strided, highres = multiscale_cam(
+        model, images, cfg.scales, cfg.flip, union, cfg.amp, pyramid=pyramid
+    )
     out = []
     for b, labs in enumerate(labels):
         pos = torch.as_tensor([union.index(int(c)) for c in labs], dtype=torch.long)
@@ -187,19 +232,21 @@ def _empty_arrays(size: tuple[int, int], st_size: tuple[int, int]) -> dict[str, 
     }
 
 
-class _Images(Dataset[tuple[int, torch.Tensor]]):
-    """``(row, 3xHxW float32 normalised image)``; a size differing from the manifest's
-    ``height``/``width`` raises :class:`DataError` naming the image."""
+class _Images(Dataset[tuple[int, list[torch.Tensor]]]):
+    """``(row, inputs)``: ``[3xHxW float32 normalised image]``, followed by the per-scale
+    inputs of :func:`image_pyramid` when ``rescale: image``; a size differing from the
+    manifest's ``height``/``width`` raises :class:`DataError` naming the image."""
 
     def __init__(self, df: pd.DataFrame, cfg: MakeCamConfig):
         self.paths = list(df["image_path"])
         self.sizes = list(zip(df["height"], df["width"], strict=True))
         self.mean, self.std = cfg.mean, cfg.std
+        self.scales = cfg.scales if cfg.rescale == "image" else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, row: int) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, row: int) -> tuple[int, list[torch.Tensor]]:
         image = read_image(self.paths[row])
         if tuple(image.shape[:2]) != tuple(self.sizes[row]):
             h, w = self.sizes[row]
@@ -207,7 +254,10 @@ class _Images(Dataset[tuple[int, torch.Tensor]]):
                 f"image {self.paths[row]} is {image.shape[0]}x{image.shape[1]}, "
                 f"the manifest says {h}x{w}"
             )
-        return row, augment.to_chw(augment.normalize(image, self.mean, self.std))
+        x = augment.to_chw(augment.normalize(image, self.mean, self.std))
+        if self.scales is None:
+            return row, [x]
+        return row, [x, *image_pyramid(image, self.scales, self.mean, self.std)]
 
 
 def size_batches(
@@ -221,8 +271,11 @@ def size_batches(
     return [g[i : i + batch] for g in groups.values() for i in range(0, len(g), batch)]
 
 
-def _collate(items: list[tuple[int, torch.Tensor]]) -> tuple[list[int], torch.Tensor]:
-    return [r for r, _ in items], torch.stack([x for _, x in items])
+def _collate(
+    items: list[tuple[int, list[torch.Tensor]]],
+) -> tuple[list[int], list[torch.Tensor]]:
+    n = len(items[0][1])
+    return [r for r, _ in items], [torch.stack([x[i] for _, x in items]) for i in range(n)]
 
 
 def partial_dir(out_dir: Path) -> Path:
@@ -346,7 +399,7 @@ def run(
 
 def _batches(
     df: pd.DataFrame, todo: Sequence[int], cfg: MakeCamConfig, device: torch.device
-) -> Iterator[tuple[list[int], torch.Tensor]]:
+) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
     sizes = list(zip(df["height"], df["width"], strict=True))
     loader = DataLoader(
         _Images(df, cfg),
@@ -355,8 +408,8 @@ def _batches(
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    for rows, x in loader:
-        yield rows, x.to(device, non_blocking=True)
+    for rows, xs in loader:
+        yield rows, [x.to(device, non_blocking=True) for x in xs]
 
 
 def _infer(
@@ -371,9 +424,9 @@ def _infer(
     pending: list[Future[None]] = []
     bar = tqdm(total=len(todo), desc="make_cam", unit="img", dynamic_ncols=True)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for rows, x in _batches(df, todo, cfg, device):
+        for rows, xs in _batches(df, todo, cfg, device):
             labels = [df["labels"][r] for r in rows]
-            arrays = batch_cams(model, x, labels, cfg)
+            arrays = batch_cams(model, xs[0], labels, cfg, pyramid=xs[1:] or None)
             for f in pending:
                 f.result()
             pending = [

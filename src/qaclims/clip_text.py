@@ -6,7 +6,9 @@ foreground text feature of an (image, class) pair is then, as the reference's ``
 
     fg_text = w * class_feature + (1 - w) * mean(foreground answer features),  w = 0.5
 
-(not re-normalised; the class feature alone when the pair has no foreground answer).
+where the mean runs over the answers of every question, duplicates included (a distinct
+phrase weighs its corpus ``count``), not re-normalised; the class feature alone when the
+pair has no foreground answer.
 
 Outputs:
 
@@ -39,7 +41,7 @@ from qaclims.io import atomic_path, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
-CORPUS_COLUMNS = ["image_id", "class_name", "kind", "phrase"]
+CORPUS_COLUMNS = ["image_id", "class_name", "kind", "phrase", "count"]
 INDEX_COLUMNS = ["image_id", "class_index", "class_name", "kind", "row", "phrase"]
 KINDS = ("fg", "bg")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -86,7 +88,10 @@ def read_corpus(path: Path, classes: list[str]) -> pd.DataFrame:
     phrases = df["phrase"]
     if not all(isinstance(p, str) and p.strip() for p in phrases):
         raise DataError(f"corpus {path}: empty or non-string phrases")
-    return df.astype({"image_id": str}).reset_index(drop=True)
+    counts = df["count"]
+    if not pd.api.types.is_integer_dtype(counts) or (counts < 1).any():
+        raise DataError(f"corpus {path}: column count must hold integers >= 1")
+    return df.astype({"image_id": str, "count": "int64"}).reset_index(drop=True)
 
 
 def distinct_phrases(classes: list[str], phrases: pd.Series) -> list[str]:
@@ -96,7 +101,9 @@ def distinct_phrases(classes: list[str], phrases: pd.Series) -> list[str]:
 
 
 def build_index(corpus: pd.DataFrame, classes: list[str], rows: dict[str, int]) -> pd.DataFrame:
-    """The index rows of kinds ``class``, ``fg`` and ``bg`` (``fg_text`` rows come later)."""
+    """The index rows of kinds ``class``, ``fg`` and ``bg`` (``fg_text`` rows come later),
+    with :data:`INDEX_COLUMNS` plus ``count`` (a phrase's answers in the corpus; 1 for the
+    class rows)."""
     cidx = {c: i for i, c in enumerate(classes)}
     head = pd.DataFrame(
         {
@@ -106,21 +113,25 @@ def build_index(corpus: pd.DataFrame, classes: list[str], rows: dict[str, int]) 
             "kind": "class",
             "row": [rows[c] for c in classes],
             "phrase": classes,
+            "count": 1,
         }
     )
-    body = corpus.drop_duplicates(["image_id", "class_name", "kind", "phrase"]).copy()
+    key = ["image_id", "class_name", "kind", "phrase"]
+    body = corpus.groupby(key, sort=False, as_index=False)["count"].sum()
     body["class_index"] = [cidx[c] for c in body["class_name"]]
     body["row"] = [rows[p] for p in body["phrase"]]
-    out = pd.concat([head, body[INDEX_COLUMNS]], ignore_index=True)
-    return out.astype({"class_index": "int64", "row": "int64"})
+    out = pd.concat([head, body[[*INDEX_COLUMNS, "count"]]], ignore_index=True)
+    return out.astype({"class_index": "int64", "row": "int64", "count": "int64"})
 
 
 def foreground_mix(
     phrase_feats: torch.Tensor, index: pd.DataFrame, class_weight: float
 ) -> tuple[pd.DataFrame, torch.Tensor]:
     """One ``fg_text`` row per (image, class) pair of the corpus: ``w * class + (1-w) * mean
-    of its fg phrase features`` (class feature alone without fg phrases). Returns the
-    index rows (``row`` numbered after the phrases) and their ``M x E`` features."""
+    of its fg answer features``, each distinct phrase weighted by its ``count`` (the mean
+    over all answers, duplicates included, as the reference), the class feature alone
+    without fg phrases. ``index`` is :func:`build_index`'s frame (with ``count``). Returns
+    the index rows (``row`` numbered after the phrases) and their ``M x E`` features."""
     class_row = dict(
         zip(
             index.loc[index.kind == "class", "class_index"],
@@ -129,17 +140,20 @@ def foreground_mix(
         )
     )
     pairs = index[index.kind != "class"]
-    fg_rows = pairs[pairs.kind == "fg"].groupby(["image_id", "class_index"])["row"].apply(list)
+    fg = pairs[pairs.kind == "fg"]
+    fg_rows = fg.groupby(["image_id", "class_index"])["row"].apply(list)
+    fg_counts = fg.groupby(["image_id", "class_index"])["count"].apply(list)
     keys = sorted(set(zip(pairs["image_id"], pairs["class_index"], strict=True)))
     feats = torch.empty(len(keys), phrase_feats.shape[1])
     for i, key in enumerate(keys):
         cls = phrase_feats[class_row[key[1]]]
         ans = fg_rows.get(key)
-        feats[i] = (
-            cls
-            if not ans
-            else (class_weight * cls + (1.0 - class_weight) * phrase_feats[ans].mean(dim=0))
-        )
+        if not ans:
+            feats[i] = cls
+            continue
+        w = torch.tensor(fg_counts[key], dtype=phrase_feats.dtype)
+        mean = (w[:, None] * phrase_feats[ans]).sum(dim=0) / w.sum()
+        feats[i] = class_weight * cls + (1.0 - class_weight) * mean
     names = {int(k): v for k, v in zip(index["class_index"], index["class_name"], strict=True)}
     rows = pd.DataFrame(
         {

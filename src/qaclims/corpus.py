@@ -1,30 +1,40 @@
 """corpus (QAPE): turn VQA answers into per-(image, class) foreground/background phrases.
 
 Input: the vqa shard tables (columns ``image_id, class_name, kind, question, answer``).
-Each answer is
+Two rule sets (``corpus.rules``):
+
+``reference`` (default; QA-CLIMS ``net/vqa_fg.py``, ``net/vqa_bg.py`` and the answer
+generator ``get_blip_vqa_results.py``): each answer is taken as BLIP wrote it (stripped)
+and lemmatised as one noun (WordNet's ``lemmatize(answer)``: a one-word answer gets its
+noun lemma, a longer answer is kept; answers of the authors' released files are already
+lemmatised and are not touched again). Foreground: every answer counts, duplicates
+included; one that contains none of the class name and its ``synonyms`` as a substring
+becomes ``"<answer> <class name>"``. Background: the distinct answers, less the one equal
+to the class name.
+
+``clean`` (the project's own rules, a switch): each answer is
 
 1. normalised: lower case, accents stripped, ``t - shirt`` -> ``t-shirt``, characters other
    than letters, digits, ``'`` and ``-`` become spaces, whitespace collapsed;
-2. lemmatised with simplemma (its English data ships in the package; nltk's WordNet would
-   need a download). ``lemmatize: head`` (default) lemmatises the last word only, the head
-   of an English noun phrase, as the reference's WordNet noun lemmatiser did for one-word
-   answers (``dining tables`` -> ``dining table``, not ``dine table``); words ending in
-   ``keep_suffixes`` (``-ing``, ``-ed``: ``sitting``, ``potted``) and ``lemma_exceptions``
-   (``skies`` -> ``sky``) are not left to simplemma;
+2. lemmatised (``lemmatize: head``, default: the last word only, the head of an English
+   noun phrase, ``dining tables`` -> ``dining table``; ``all``; ``none``); words ending in
+   ``keep_suffixes`` (``-ing``, ``-ed``: ``sitting``, ``potted``) are kept;
 3. dropped when empty, shorter than ``min_phrase_len`` characters, without a letter
    (``2``, ``?``), or in ``drop_answers`` (``yes``, ``no``, ``nothing``, ...);
 4. background: dropped when it is the class name or one of its ``synonyms`` (compared
    after the same normalising and lemmatising, so ``dogs`` is ``dog``);
    foreground: completed to ``"<answer> <class name>"`` when it does not contain the class
    name or a synonym as whole words (``persian`` -> ``persian cat``, ``table`` kept for
-   dining table), as QA-CLIMS ``fg_qa_prompt`` does (there by substring);
-5. de-duplicated per (image, class, kind), keeping first-question order; ``count`` says
-   how many answers gave the phrase (the reference averages the six foreground answer
-   features with equal weights, duplicates included, so ``count`` restores that weight).
+   dining table);
+5. a pair whose foreground answers were all dropped gets the class name itself as its one
+   phrase when ``complete_fg_with_class`` is on.
 
-A pair whose foreground answers were all dropped gets the class name itself as its one
-phrase when ``complete_fg_with_class`` is on (the reference would have produced
-``"<answer> <class>"`` for every answer), so every labelled pair has a foreground phrase.
+Noun lemmas come from lemminflect (its data ships in the wheel; nothing downloads), the
+shortest of its noun readings (``leaves`` -> ``leaf``, as WordNet's lemmatiser picks),
+``lemma_exceptions`` first (``jeans`` -> ``jean``, WordNet's). Either way phrases are
+then de-duplicated per (image, class, kind), keeping first-question order, and ``count``
+says how many answers gave the phrase: text_features weights a foreground phrase by it,
+which is the reference's mean over all answers.
 
 Outputs: the corpus table (:data:`CORPUS_COLUMNS`, sorted by image, class index, kind
 ``fg`` before ``bg``, first occurrence) and a long statistics table
@@ -41,8 +51,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import lemminflect
 import pandas as pd
-import simplemma
 
 from qaclims.config import setting
 from qaclims.datasets.base import raise_if_any
@@ -56,25 +66,24 @@ CORPUS_COLUMNS: tuple[str, ...] = ("image_id", "class_name", "kind", "phrase", "
 STATS_COLUMNS: tuple[str, ...] = ("section", "kind", "class_name", "phrase", "rank", "value")
 KINDS: tuple[str, ...] = ("fg", "bg")
 LEMMATIZE_MODES: tuple[str, ...] = ("head", "all", "none")
+RULES: tuple[str, ...] = ("reference", "clean")
 
-#: QA-CLIMS ``supply_cat`` (VOC), plus ``tv`` for ``tv monitor``.
+#: QA-CLIMS ``supply_cat``: the other names of three VOC classes (config/voc12.yaml; COCO
+#: has the first two, config/coco14.yaml). The default is no synonyms.
 VOC_SYNONYMS: dict[str, tuple[str, ...]] = {
     "dining table": ("table",),
-    "tv monitor": ("monitor", "tv"),
+    "tv monitor": ("monitor",),
     "potted plant": ("plant",),
 }
 DROP_ANSWERS: tuple[str, ...] = ("yes", "no", "nothing", "unknown", "none")
-#: Words simplemma lemmatises wrongly for nouns (a verb reading wins), or must not touch.
+#: Words whose WordNet noun lemma lemminflect does not give, or that must not change.
 LEMMA_EXCEPTIONS: dict[str, str] = {
-    "skies": "sky",
-    "leaves": "leaf",
+    "jeans": "jean",
     "us": "us",
     "is": "is",
     "as": "as",
     "has": "has",
     "was": "was",
-    "glasses": "glasses",
-    "clothes": "clothes",
     "tvs": "tv",
 }
 KEEP_SUFFIXES: tuple[str, ...] = ("ing", "ed")
@@ -86,20 +95,26 @@ _LETTER = re.compile(r"[a-z]")
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    """corpus settings (defaults: QA-CLIMS ``supply_cat`` synonyms, fg completion on).
+    """corpus settings (defaults: the reference's rules; the paper configs set QA-CLIMS
+    ``supply_cat`` synonyms).
 
+    rules: reference (QA-CLIMS) or clean (normalised, filtered; the settings below marked
+        clean apply only there).
     synonyms: class name -> other names of it; removed from background phrases and
-        accepted instead of the class name in foreground phrases.
-    min_phrase_len: shortest phrase kept, in characters.
-    drop_answers: answers that say nothing about the scene (after normalising).
-    complete_fg_with_class: append the class name to a foreground phrase lacking it.
+        accepted instead of the class name in foreground phrases. Every key must be a class
+        of the data set (an unknown one is an error naming it).
+    min_phrase_len: (clean) shortest phrase kept, in characters.
+    drop_answers: (clean) answers that say nothing about the scene (after normalising).
+    complete_fg_with_class: (clean) append the class name to a foreground phrase lacking
+        it, and give a pair without foreground phrase the class name.
     top_k: most frequent phrases per class and kind listed in the statistics.
-    lemmatize: head (last word only), all (every word) or none.
-    lemma_exceptions: word -> lemma used instead of simplemma's.
-    keep_suffixes: words with these endings are not lemmatised (participles, gerunds).
+    lemmatize: (clean) head (last word only), all (every word) or none.
+    lemma_exceptions: word -> noun lemma used instead of lemminflect's.
+    keep_suffixes: (clean) words with these endings are not lemmatised.
     """
 
-    synonyms: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(VOC_SYNONYMS))
+    rules: str = setting("reference", choices=RULES)
+    synonyms: dict[str, tuple[str, ...]] = field(default_factory=dict)
     min_phrase_len: int = setting(1, ge=1)
     drop_answers: tuple[str, ...] = DROP_ANSWERS
     complete_fg_with_class: bool = True
@@ -109,6 +124,10 @@ class CorpusConfig:
     keep_suffixes: tuple[str, ...] = KEEP_SUFFIXES
 
     def __post_init__(self) -> None:
+        if self.rules not in RULES:
+            raise ConfigError(
+                f"config key corpus.rules is {self.rules!r}; expected one of {list(RULES)}"
+            )
         if self.lemmatize not in LEMMATIZE_MODES:
             raise ConfigError(
                 f"config key corpus.lemmatize is {self.lemmatize!r}; "
@@ -118,6 +137,16 @@ class CorpusConfig:
             raise ConfigError("config key corpus.min_phrase_len must be >= 1")
         if self.top_k < 1:
             raise ConfigError("config key corpus.top_k must be >= 1")
+
+
+def check_synonyms(cfg: CorpusConfig, classes: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` naming every ``corpus.synonyms`` key that is not a class."""
+    unknown = sorted(set(cfg.synonyms) - set(classes))
+    if unknown:
+        raise ConfigError(
+            f"config key corpus.synonyms names {unknown}, not classes of this data set "
+            f"(classes: {list(classes)})"
+        )
 
 
 # ----------------------------------------------------------------------------- text rules
@@ -135,7 +164,24 @@ def normalise(text: str) -> str:
 
 @lru_cache(maxsize=65536)
 def _lemma(word: str) -> str:
-    return str(simplemma.lemmatize(word, lang="en")).lower()
+    """lemminflect's shortest noun reading of ``word`` (itself when it has none)."""
+    cands = lemminflect.getLemma(word, upos="NOUN", lemmatize_oov=True)
+    return min(cands, key=len) if cands else word
+
+
+def noun_lemma(word: str, exceptions: dict[str, str] | None = None) -> str:
+    """WordNet-style noun lemma of one lower-case word (``crosses`` -> ``cross``,
+    ``shelves`` -> ``shelf``, ``people`` -> ``people``); ``exceptions`` first."""
+    table = LEMMA_EXCEPTIONS if exceptions is None else exceptions
+    return table[word] if word in table else _lemma(word)
+
+
+def reference_lemma(answer: str, exceptions: dict[str, str] | None = None) -> str:
+    """The reference's ``WordNetLemmatizer().lemmatize(answer)``: the whole answer as one
+    noun, so one word gets its lemma and a multi-word answer is kept (WordNet's own
+    multi-word entries aside, which only its database knows)."""
+    a = answer.strip()
+    return noun_lemma(a, exceptions) if a and " " not in a else a
 
 
 def lemmatise(phrase: str, cfg: CorpusConfig) -> str:
@@ -149,7 +195,7 @@ def lemmatise(phrase: str, cfg: CorpusConfig) -> str:
         if w in cfg.lemma_exceptions:
             words[i] = cfg.lemma_exceptions[w]
         elif not w.endswith(cfg.keep_suffixes):
-            words[i] = _lemma(w)
+            words[i] = noun_lemma(w, cfg.lemma_exceptions)
     return " ".join(words)
 
 
@@ -209,9 +255,32 @@ def read_answers(paths: Sequence[Path], classes: Sequence[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def phrase_rows(answers: pd.DataFrame, cfg: CorpusConfig) -> pd.DataFrame:
+def reference_phrase(
+    answer: str, kind: str, class_name: str, cfg: CorpusConfig, lemmatised: bool
+) -> tuple[str | None, str]:
+    """``(phrase or None, status)`` of one answer under the reference's rules."""
+    a = answer.strip() if lemmatised else reference_lemma(answer, cfg.lemma_exceptions)
+    if kind == "bg":
+        return (None, "class_removed") if a == class_name else (a, "kept")
+    names = [class_name, *cfg.synonyms.get(class_name, ())]
+    if any(n in a for n in names):
+        return a, "kept"
+    return f"{a} {class_name}", "completed"
+
+
+def phrase_rows(answers: pd.DataFrame, cfg: CorpusConfig, lemmatised: bool = False) -> pd.DataFrame:
     """Per answer row: ``phrase`` (None when dropped) and ``status`` (kept, dropped,
-    class_removed, completed)."""
+    class_removed, completed). ``lemmatised``: the answers are the reference's lemmatised
+    ones already (its released files); only the reference rules use it."""
+    if cfg.rules == "reference":
+        keys = zip(answers["answer"], answers["kind"], answers["class_name"], strict=True)
+        memo: dict[tuple[str, str, str], tuple[str | None, str]] = {}
+        res = []
+        for key in keys:
+            if key not in memo:
+                memo[key] = reference_phrase(*key, cfg, lemmatised)
+            res.append(memo[key])
+        return answers.assign(phrase=[r[0] for r in res], status=[r[1] for r in res])
     cleaned = {a: clean_answer(a, cfg) for a in answers["answer"].unique()}
     forms = {c: class_forms(c, cfg) for c in answers["class_name"].unique()}
     out = answers.assign(phrase=answers["answer"].map(cleaned))
@@ -234,7 +303,7 @@ def build_corpus(rows: pd.DataFrame, classes: Sequence[str], cfg: CorpusConfig) 
     group = ["image_id", "class_name", "kind", "phrase"]
     kept = rows[rows["phrase"].notna()]
     corpus = kept.groupby(group, sort=False).size().rename("count").reset_index()
-    if cfg.complete_fg_with_class:
+    if cfg.complete_fg_with_class and cfg.rules == "clean":
         fg_pairs = rows.loc[rows["kind"] == "fg", ["image_id", "class_name"]].drop_duplicates()
         have = corpus.loc[corpus["kind"] == "fg", ["image_id", "class_name"]].drop_duplicates()
         lacking = fg_pairs.merge(have, how="left", indicator=True).query("_merge == 'left_only'")
@@ -313,19 +382,22 @@ def run(
     cfg: CorpusConfig,
     out_corpus: Path,
     out_stats: Path,
+    lemmatised: bool = False,
 ) -> None:
     """Build the phrase corpus from vqa answer tables (both kinds, all shards).
 
+    ``lemmatised``: the answers are already the reference's lemmatised ones (imported from
+    the authors' files), so the reference rules do not lemmatise them again.
+
     Writes ``out_corpus`` (Parquet, :data:`CORPUS_COLUMNS`) and ``out_stats`` (Parquet,
     :data:`STATS_COLUMNS`). Missing files, unknown kinds or class names raise
-    :class:`DataError` naming the file; synonyms of classes not in ``classes`` are unused.
+    :class:`DataError` naming the file; synonyms of a class not in ``classes`` raise
+    :class:`ConfigError` naming it.
     """
-    unknown = sorted(set(cfg.synonyms) - set(classes))
-    if unknown:
-        log.info("corpus.synonyms names classes not in this data set (unused): %s", unknown)
+    check_synonyms(cfg, classes)
     if not answer_tables:
         raise DataError("corpus: no answer tables given")
-    rows = phrase_rows(read_answers(answer_tables, classes), cfg)
+    rows = phrase_rows(read_answers(answer_tables, classes), cfg, lemmatised)
     corpus = build_corpus(rows, classes, cfg)
     write_parquet(out_corpus, corpus)
     write_parquet(out_stats, statistics(rows, corpus, cfg))

@@ -39,14 +39,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SemSegConfig:
-    """``make_sem_seg`` stage (defaults: IRN).
+    """``make_sem_seg`` stage (defaults: QA-CLIMS's ``step/make_sem_seg_labels.py``).
 
     beta: power of the affinities in the transition matrix.
     exp_times: the walk takes ``2**exp_times`` steps.
     radius: pairs closer than this (stride-4 pixels) are connected.
-    sem_seg_bg_thres: background score after max-normalisation (IRN 0.25; QA-CLIMS' and
-        CLIMS' scripts use 0.2).
-    pad_to: images are padded bottom/right to at least this size for IRN (its crop).
+    sem_seg_bg_thres: background score after max-normalisation (QA-CLIMS and CLIMS 0.2;
+        IRN 0.25).
+    pad_to: images are padded bottom/right to at least this size for IRN; 0 (QA-CLIMS,
+        whose padding line is commented out) feeds the image as it is; IRN pads to 512.
     method: ``sparse`` (2^t sparse products) or ``dense`` (t squarings of the dense matrix,
         the reference's way); same result.
     num_workers: data-loading processes.
@@ -55,8 +56,8 @@ class SemSegConfig:
     beta: float = setting(10.0, gt=0.0)
     exp_times: int = setting(8, ge=0)
     radius: int = setting(5, ge=1)
-    sem_seg_bg_thres: float = setting(0.25, ge=0.0, le=1.0)
-    pad_to: int = setting(512, ge=0)
+    sem_seg_bg_thres: float = setting(0.2, ge=0.0, le=1.0)
+    pad_to: int = setting(0, ge=0)
     method: str = setting("sparse", choices=("sparse", "dense"))
     num_workers: int = runtime(2, ge=0)
 

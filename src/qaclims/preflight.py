@@ -139,6 +139,15 @@ def check_stage_configs(
     marker = Path(cache_dir) / f"config-ok-{digest[:32]}" if cache_dir else None
     if marker is not None and marker.exists():
         return False
+    from qaclims.class_names import known_classes
+
+    classes = set(known_classes(config))
+    unknown = sorted(set(config["corpus"]["synonyms"]) - classes)
+    if unknown:
+        raise ConfigError(
+            f"config key corpus.synonyms names {unknown}, not classes of "
+            f"dataset.name {config['dataset']['name']!r} (classes: {sorted(classes)})"
+        )
     skipped = []
     for key, (module, name, _) in schema.STAGES.items():
         try:

@@ -55,11 +55,12 @@ class TrainCamConfig:
 
     batch_size, epochs, lr (backbone; classifier gets ``lr * classifier_lr_mult``),
     weight_decay, momentum (IRN's PolyOptimizer is plain SGD; its positional arguments
-    pass 1e-4 as momentum by accident, negligible), poly_power (lr x (1 - t/T)^power per
-    step), resize_long (random long side, inclusive range), crop (square, padded with the
-    mean colour), hflip, mean/std (ImageNet normalisation), num_workers (loader processes),
-    seed, amp (bf16 autocast on GPU), log_every (steps per log line), resume_every (steps
-    between resume-state saves; one is also saved at each epoch end).
+    pass the weight decay, 1e-4, as momentum, and so does the default here), poly_power
+    (lr x (1 - t/T)^power per step), resize_long (random long side, inclusive range),
+    crop (square, padded with the mean colour), hflip, mean/std (ImageNet normalisation),
+    num_workers (loader processes), seed, amp (bf16 autocast on GPU), log_every (steps per
+    log line), resume_every (steps between resume-state saves; one is also saved at each
+    epoch end).
     """
 
     model: CamModelConfig = field(default_factory=CamModelConfig)
@@ -69,7 +70,7 @@ class TrainCamConfig:
     epochs: int = setting(5, ge=1, doc="passes over the training split.")
     lr: float = setting(0.1, gt=0.0, doc="SGD learning rate of the backbone (poly decay).")
     weight_decay: float = setting(1e-4, ge=0.0, doc="SGD weight decay.")
-    momentum: float = setting(0.0, ge=0.0, lt=1.0, doc="SGD momentum.")
+    momentum: float = setting(1e-4, ge=0.0, lt=1.0, doc="SGD momentum.")
     poly_power: float = setting(0.9, ge=0.0, doc="lr x (1 - step/steps)^poly_power per step.")
     classifier_lr_mult: float = setting(10.0, ge=0.0, doc="learning-rate factor of the classifier.")
     resize_long: tuple[int, ...] = setting(
@@ -90,7 +91,9 @@ class TrainCamConfig:
     )
     num_workers: int = runtime(4, ge=0, doc="data-loader processes.")
     seed: int = setting(0, doc="seed of data order, augmentation and initialisation.")
-    amp: bool = setting(True, doc="bf16 autocast on GPU.")
+    amp: bool = setting(
+        False, doc="bf16 autocast on GPU (the reference trains and infers in float32)."
+    )
     log_every: int = runtime(100, ge=1, doc="steps per log line (and per row of the loss table).")
     resume_every: int = runtime(
         500, ge=1, doc="steps between resume-state saves (one is also saved at each epoch end)."

@@ -82,7 +82,8 @@ class TrainRitcConfig:
     lr: learning rate of the backbone; the classifier gets ``lr * classifier_lr_mult``.
     classifier_lr_mult: reference 10.
     weight_decay: SGD weight decay (reference 1e-4).
-    momentum: SGD momentum (IRN's PolyOptimizer passes 1e-4 by accident; negligible, 0 here).
+    momentum: SGD momentum (IRN's PolyOptimizer passes its weight decay, 1e-4, as momentum;
+        so does the default here).
     poly_power: lr x (1 - step/steps)^power per step.
     temperature: InfoNCE temperature of both losses.
     w_fg: weight of L_FRC.
@@ -107,7 +108,7 @@ class TrainRitcConfig:
     std: normalisation std of the CAM network's input (ImageNet).
     num_workers: data loader processes.
     seed: seed of the data order, augmentation and torch.
-    amp: bf16 autocast on GPU.
+    amp: bf16 autocast on GPU (off: the reference trains in float32).
     log_every: steps per log line and per row of the loss table.
     resume_every: steps between resume-state saves (one is also saved at each epoch end).
     """
@@ -117,7 +118,7 @@ class TrainRitcConfig:
     lr: float = setting(0.00035, gt=0.0)
     classifier_lr_mult: float = setting(10.0, ge=0.0)
     weight_decay: float = setting(1e-4, ge=0.0)
-    momentum: float = setting(0.0, ge=0.0, lt=1.0)
+    momentum: float = setting(1e-4, ge=0.0, lt=1.0)
     poly_power: float = setting(0.9, ge=0.0)
     temperature: float = setting(0.7, gt=0.0)
     w_fg: float = setting(10.0, ge=0.0)
@@ -136,7 +137,7 @@ class TrainRitcConfig:
     std: tuple[float, ...] = setting(augment.IMAGENET_STD, gt=0.0)
     num_workers: int = runtime(4, ge=0)
     seed: int = 0
-    amp: bool = True
+    amp: bool = False
     log_every: int = runtime(200, ge=1)
     resume_every: int = runtime(500, ge=1)
 

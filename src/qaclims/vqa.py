@@ -98,11 +98,15 @@ class PrecomputedConfig:
     format: qaclims_npy (the authors' pickled dict, restricted loader) or table (Parquet
         with columns image_id, class_name, kind, question, answer; question filled in or
         a template).
+    answer_field: of a qaclims_npy file, ``answers`` (the lemmatised answers the reference
+        trains on; the corpus then does not lemmatise them again) or ``vqa`` (BLIP's raw
+        answers, lemmatised by the corpus).
     """
 
     fg: str = ""
     bg: str = ""
     format: str = setting("qaclims_npy", choices=PRECOMPUTED_FORMATS)
+    answer_field: str = setting("answers", choices=("answers", "vqa"))
 
 
 @dataclass(frozen=True)
@@ -212,10 +216,12 @@ def _pair_key(name: str) -> str:
 
 
 def _npy_answers(
-    path: Path, templates: Sequence[str]
+    path: Path, templates: Sequence[str], field: str = "answers"
 ) -> tuple[dict[tuple[str, str, str], str], set[str]]:
-    """The authors' ``{image: {class: {"vqa": [(template, answer)], ...}}}`` as a map
-    ``(image_id, class key, template) -> raw answer`` (only the configured templates),
+    """The authors' ``{image: {class: {"vqa": [(template, raw answer)], "answers":
+    [lemmatised answer]}}}`` as a map ``(image_id, class key, template) -> answer`` (only
+    the configured templates; ``field``: ``answers``, the lemmatised answer at the
+    template's position in ``vqa``, as the reference reads it, or ``vqa``, the raw one),
     and the file's image names."""
     data = load_npy_dict(path)
     wanted = set(templates)
@@ -227,11 +233,20 @@ def _npy_answers(
             pairs = entry.get("vqa") if isinstance(entry, dict) else None
             if not isinstance(pairs, list | tuple):
                 raise DataError(f"{path}: entry {image_id!r}/{cls!r} has no 'vqa' list")
-            for qa in pairs:
+            lemmas = entry.get("answers")
+            if field == "answers" and not (
+                isinstance(lemmas, list | tuple) and len(lemmas) == len(pairs)
+            ):
+                raise DataError(
+                    f"{path}: entry {image_id!r}/{cls!r} has no 'answers' list as long as its "
+                    "'vqa' list (set vqa.precomputed.answer_field: vqa to read raw answers)"
+                )
+            for i, qa in enumerate(pairs):
                 if not (isinstance(qa, list | tuple) and len(qa) == 2):
                     raise DataError(f"{path}: {image_id!r}/{cls!r}: bad (question, answer)")
                 if qa[0] in wanted:
-                    out[(str(image_id), _pair_key(cls), qa[0])] = qa[1]
+                    answer = lemmas[i] if field == "answers" else qa[1]
+                    out[(str(image_id), _pair_key(cls), qa[0])] = answer
     return out, set(data)
 
 
@@ -285,7 +300,7 @@ def precomputed_answers(
     """
     path = precomputed_path(cfg, kind)
     if cfg.precomputed.format == "qaclims_npy":
-        table, images = _npy_answers(path, templates)
+        table, images = _npy_answers(path, templates, cfg.precomputed.answer_field)
     else:
         table, images = _table_answers(path, kind)
     answers = _lookup(table, all_items, templates)

@@ -89,7 +89,8 @@ def RESUME(*parts):
 
 def code(script):
     """Content digests of the library files a rule's script imports (transitively), a
-    param: editing one reruns that rule and what follows; touching one reruns nothing."""
+    param: editing one reruns that rule and what follows; touching one reruns nothing.
+    """
     return codegraph.code_digests(os.path.join(SCRIPTS, script + ".py"), SRC_ROOT)
 
 
@@ -121,6 +122,17 @@ def shard_ids():
     return [f"{k:03d}" for k in range(SHARDS)]
 
 
+def answers_lemmatised():
+    """Whether the corpus reads the reference's lemmatised answers (its released files)."""
+    v = config["vqa"]
+    p = v["precomputed"]
+    return (
+        v["backend"] == "precomputed"
+        and p["format"] == "qaclims_npy"
+        and p["answer_field"] == "answers"
+    )
+
+
 def manifest(split):
     return R("data", "manifest", f"{split}.parquet")
 
@@ -135,7 +147,7 @@ def cam_dirs(model, splits=None):
 
 def cam_dir_of_shard(wildcards):
     """The one make_cam shard a downstream shard reads (same layout, same images)."""
-    return R("make_cam", wildcards.model, wildcards.split, wildcards.shard)
+    return [R("make_cam", wildcards.model, wildcards.split, wildcards.shard)]
 
 
 def cam_weights(wildcards):

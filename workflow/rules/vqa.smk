@@ -48,5 +48,6 @@ rule corpus:
     params:
         code=code("corpus"),
         cfg=result_cfg("corpus"),
+        lemmatised=answers_lemmatised(),
     script:
         "../scripts/corpus.py"

@@ -12,4 +12,5 @@ with job(snakemake):
         cfg=from_mapping(corpus.CorpusConfig, snakemake.config["corpus"], "corpus"),
         out_corpus=Path(snakemake.output.corpus),
         out_stats=Path(snakemake.output.stats),
+        lemmatised=snakemake.params.lemmatised,
     )

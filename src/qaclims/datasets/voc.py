@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qaclims.class_names import VOC_ANNOTATION_NAMES, VOC_CLASSES
 from qaclims.config import setting
 from qaclims.datasets import base
 from qaclims.errors import ConfigError, DataError
@@ -32,28 +33,6 @@ from qaclims.io import read_label_png
 
 log = logging.getLogger(__name__)
 
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 IMAGE_SUFFIX = ".jpg"
 LABEL_SOURCES = ("xml", "mask")
 IGNORE = 255
@@ -136,6 +115,8 @@ def _labels(
     xmls = [root / cfg.annotation_dir / f"{i}.xml" for i in ids]
     base.check_exist(xmls, "annotation files", where)
     index = {c: k for k, c in enumerate(classes)}
+    if tuple(classes) == VOC_CLASSES:  # VOC's XML spells "diningtable", "tvmonitor", ...
+        index |= {c: k for k, c in enumerate(VOC_ANNOTATION_NAMES)}
     return [xml_labels(p, index) for p in xmls]
 
 
