@@ -20,7 +20,7 @@ demo: $(STAMP)
 	@$(PY) -m qaclims.summary results/demo
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks workflow/scripts envs

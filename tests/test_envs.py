@@ -12,7 +12,10 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -151,22 +154,63 @@ def test_each_env_pins_every_package_its_rules_import(family: str) -> None:
     assert needed <= pinned, f"{family}.yaml lacks {sorted(needed - pinned)}"
 
 
+def _pip(py: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(py), "-m", "pip", *args, "-q", "--disable-pip-version-check"],
+        capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+
+
+def _venv(path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    return path / "bin" / "python"
+
+
+def _requirements(path: Path, pins: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(pins) + "\n")  # what Snakemake hands pip for an env's pip part
+    return path
+
+
+def _driver_pins() -> list[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return env_pip("report") + project["optional-dependencies"]["workflow"]
+
+
+@pytest.fixture(scope="module")
+def pip_work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Any]]]:
+    """Every pip run of this module, started at once (they wait on the network, not the
+    CPU): ``resolve-<family>`` -> (result, report path) for the heavy envs,
+    ``install-<family>`` -> (result, venv python) for the light ones and ``driver``."""
+    root = tmp_path_factory.mktemp("pip")
+
+    def resolve(family: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+        req = _requirements(root / family / "requirements.txt", env_pip(family))
+        report = root / family / "r.json"
+        return _pip(sys.executable, "install", "--dry-run", "--ignore-installed",
+                    "--report", str(report), "-r", str(req)), report  # fmt: skip
+
+    def install(name: str, pins: list[str]) -> tuple[subprocess.CompletedProcess[str], Path]:
+        py = _venv(root / name / "env")
+        return _pip(py, "install", "-r", str(_requirements(root / name / "req.txt", pins))), py
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        work = {f"resolve-{f}": pool.submit(resolve, f) for f in ("torch", "vqa")}
+        work |= {f"install-{f}": pool.submit(install, f, env_pip(f)) for f in ("crf", "report")}
+        work["driver"] = pool.submit(install, "driver", _driver_pins())
+        yield work
+
+
 @pytest.mark.parametrize("family", ["torch", "vqa"])
-def test_heavy_envs_resolve(family: str, tmp_path: Path) -> None:
+def test_heavy_envs_resolve(family: str, pip_work: dict[str, Future[Any]]) -> None:
     """The torch and vqa envs resolve as one set (pip's resolver, nothing installed: each
     would be a 5.5 GB torch install; the light envs below are installed for real)."""
-    req = tmp_path / "requirements.txt"
-    req.write_text("\n".join(env_pip(family)) + "\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
-         "--disable-pip-version-check", "--report", str(tmp_path / "r.json"), "-r", str(req)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    r, report = pip_work[f"resolve-{family}"].result()
     assert r.returncode == 0, r.stderr[-4000:]
     import json
 
     got = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
-           for i in json.loads((tmp_path / "r.json").read_text())["install"]}  # fmt: skip
+           for i in json.loads(report.read_text())["install"]}  # fmt: skip
     for pin in env_pip(family):
         name, version = pin.split("==")
         assert got.get(name.lower().replace("_", "-")) == version, pin
@@ -182,18 +226,10 @@ def _module_name(path: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["crf", "report"])
-def test_env_installs_in_a_fresh_venv_and_its_rules_import(family: str, tmp_path: Path) -> None:
-    venv = tmp_path / "env"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    req = tmp_path / "requirements.txt"  # what Snakemake hands pip for an env's pip section
-    req.write_text("\n".join(env_pip(family)) + "\n")
-    r = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(req)],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+def test_env_installs_in_a_fresh_venv_and_its_rules_import(
+    family: str, pip_work: dict[str, Future[Any]]
+) -> None:
+    r, py = pip_work[f"install-{family}"].result()
     assert r.returncode == 0, r.stderr[-4000:]
     scripts = {s for env, s in rules().values() if env == f"{family}.yaml" and s}
     files = sorted(
@@ -221,24 +257,18 @@ def test_env_installs_in_a_fresh_venv_and_its_rules_import(family: str, tmp_path
 
 
 @pytest.mark.slow
-def test_jobs_reach_the_library_without_it_being_installed(tmp_path: Path) -> None:
+def test_jobs_reach_the_library_without_it_being_installed(
+    tmp_path: Path, pip_work: dict[str, Future[Any]]
+) -> None:
     """A driver env with only Snakemake and the report family's packages (no qaclims, no
     torch), as a conda user has: the run_config job imports the library from the checkout
     (the Snakefile's PYTHONPATH) and records the resolved config; parse-time checks that need
     torch are left to the jobs."""
     import shutil
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    venv = tmp_path / "driver"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    req = tmp_path / "requirements.txt"
-    req.write_text("\n".join(env_pip("report") + project["optional-dependencies"]["workflow"]))
-    r = subprocess.run(
-        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "-r", str(req)],
-        capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
+    r, py = pip_work["driver"].result()
     assert r.returncode == 0, r.stderr[-4000:]
+    venv = py.parent.parent
     probe = subprocess.run(
         [str(venv / "bin/python"), "-c", "import importlib.util as u; "
          "print(u.find_spec('qaclims'), u.find_spec('torch'))"],

@@ -289,3 +289,37 @@ def test_coco_masks_are_outputs_and_follow_the_annotations(clone: Path, tmp_path
     labels_after = [list(x) for x in pd.read_parquet(manifest)["labels"]]
     assert labels_before != labels_after and all(x == [0] for x in labels_after)  # person: 0
     assert set(np.unique(after)) - {0, 255} == {1}  # label value = class index + 1
+
+
+def test_released_models_replace_training_and_feed_make_cam(clone: Path, tmp_path: Path) -> None:
+    """docs/REPRODUCING.md's first step: the authors' res50_cam.pth and res50_qa_clims.pth
+    (state dicts in IRN's naming, built here from torchvision's ResNet-50) evaluated on the
+    VOC config: no training, VQA, corpus or text job is planned; both CAMs are scored."""
+    import torch
+
+    from tests.test_released import ReferenceNet
+
+    work = copy_repo(tmp_path / "qaclims", src=clone)
+    for i, name in enumerate(("res50_cam.pth", "res50_qa_clims.pth")):
+        torch.manual_seed(i)
+        torch.save(ReferenceNet().state_dict(), work / name)
+    (work / "released.yaml").write_text(
+        "released: {cam: res50_cam.pth, ritc: res50_qa_clims.pth}\nshards: 2\n"
+    )
+    env = user_env(tmp_path)
+    cmd = "snakemake --cores 2 --configfile config/voc12.yaml released.yaml --"
+    targets = "".join(f" results/voc12/eval_cam/{m}/train/summary.json" for m in ("cam", "ritc"))
+    r = run(cmd.replace("--cores 2", "-n --cores 2") + targets, work, env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    planned = r.stdout + r.stderr
+    assert "released_cam" in planned and "released_ritc" in planned
+    for rule in ("train_cam", "train_ritc", "vqa", "corpus", "text_features"):
+        assert not re.search(rf"^rule {rule}:", planned, re.M), rule
+    r = run(cmd + targets, work, env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+    scores = {}
+    for model in ("cam", "ritc"):
+        s = json.loads((work / f"results/voc12/eval_cam/{model}/train/summary.json").read_text())
+        scores[model] = s["miou"]
+        assert 0.0 <= s["miou"] <= 1.0
+    assert scores["cam"] != scores["ritc"]  # two different networks were read

@@ -410,3 +410,54 @@ def test_resolve_dtype() -> None:
     assert vqa.resolve_dtype("auto", "cpu") is torch.float32
     assert vqa.resolve_dtype("auto", "cuda:0") is torch.float16
     assert vqa.resolve_dtype("bf16", "cpu") is torch.bfloat16
+
+
+def test_released_answer_files_give_the_references_phrase_sets(tmp_path: Path) -> None:
+    """An authors' file through vqa (precomputed) and corpus (reference rules) holds, per
+    (image, class), the reference's phrases: FG_VQA's completed lemmatised answers with
+    their multiplicity, BG_VQA's set of answers less the label (computed here from the
+    reference's rules, not with the project's code)."""
+    from collections import Counter
+
+    from qaclims import corpus
+
+    manifest = make_manifest(tmp_path, 4)
+    labels = {f"im{i}": [CLASSES[c] for c in sorted({i % 3, 2})] for i in range(4)}
+    rng = np.random.default_rng(5)
+    words = ["husky", "dogs", "dog", "table", "wooden", "grass", "sky", "dining table",
+             "kitchen", "cat", "tabby", "hot dog", "floor", "catamaran"]  # fmt: skip
+    qs = [*vqa.FG_QUESTIONS, *vqa.BG_QUESTIONS]
+    data: dict[str, Any] = {}
+    for im, cls in labels.items():
+        data[im] = {}
+        for c in cls:
+            lem = [str(w) for w in rng.choice(words, len(qs))]
+            raw = [w + "s" if w in ("dog", "table") else w for w in lem]  # raw != lemmatised
+            data[im][c] = {"vqa": list(zip(qs, raw, strict=True)), "answers": lem}
+    np.save(tmp_path / "a.npy", np.array(data, dtype=object))
+    supply = {"dining table": ["table"]}
+    tables = []
+    for kind in ("fg", "bg"):
+        cfg = from_mapping(
+            vqa.VqaConfig,
+            {"backend": "precomputed", "precomputed": {kind: str(tmp_path / "a.npy")}},
+            "vqa",
+        )
+        out = tmp_path / f"{kind}.parquet"
+        vqa.run(manifest, CLASSES, cfg, kind, out, 0, 1, "cpu", tmp_path / "cache")
+        tables.append(out)
+    ccfg = from_mapping(corpus.CorpusConfig, {"synonyms": supply}, "corpus")
+    corpus.run(tables, CLASSES, ccfg, tmp_path / "c.parquet", tmp_path / "s.parquet",
+               lemmatised=True)  # fmt: skip
+    got = pd.read_parquet(tmp_path / "c.parquet")
+    for im, cls in labels.items():
+        for c in cls:
+            answers = data[im][c]["answers"]
+            fg = answers[: len(vqa.FG_QUESTIONS)]
+            exp_label = {"dining table": ["table", "dining table"]}.get(c, [c])  # supply_cat
+            want_fg = Counter(a if any(e in a for e in exp_label) else f"{a} {c}" for a in fg)
+            want_bg = set(answers[len(vqa.FG_QUESTIONS) :]) - {c}
+            sel = got[(got.image_id == im) & (got.class_name == c)]
+            fg_rows = sel[sel.kind == "fg"]
+            assert dict(zip(fg_rows.phrase, fg_rows["count"], strict=True)) == want_fg, (im, c)
+            assert set(sel[sel.kind == "bg"].phrase) == want_bg, (im, c)

@@ -92,10 +92,11 @@ def user_env(tmp: Path, gpus: int = 0) -> dict[str, str]:
     return env
 
 
-def copy_repo(dest: Path) -> Path:
-    """A copy of the workflow (Snakefile, rules, scripts, library) to edit in a test."""
+def copy_repo(dest: Path, src: Path = ROOT) -> Path:
+    """A copy of the workflow (Snakefile, rules, scripts, library) to edit in a test
+    (``src``: the repository, or a copy of it holding fake data)."""
     shutil.copytree(
-        ROOT,
+        src,
         dest,
         ignore=shutil.ignore_patterns(
             ".venv",

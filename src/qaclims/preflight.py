@@ -78,7 +78,11 @@ def check_paths(config: Mapping[str, Any]) -> None:
             ok = path.is_file() if kind == "file" else path.is_dir()
             if not ok:
                 raise _missing(key, path, kind)
-    backbones = ["train_cam"]
+    rel = config["released"]
+    for key in ("cam", "ritc"):
+        if rel[key]:
+            _require(f"released.{key}", rel[key])
+    backbones = [] if rel["cam"] else ["train_cam"]
     if config["refine"]["enabled"]:
         backbones.append("train_irn")
     if config["deeplab"]["enabled"]:
@@ -87,13 +91,14 @@ def check_paths(config: Mapping[str, Any]) -> None:
         w = config[stage]["model"]["backbone"]["weights"]
         if w not in PRETRAINED_WORDS:
             _require(f"{stage}.model.backbone.weights", w)
-    if "ritc" in config["methods"] and config["clip"]["name"] != "tiny":
+    trains_ritc = "ritc" in config["methods"] and not rel["ritc"]
+    if trains_ritc and config["clip"]["name"] != "tiny":
         if _looks_like_file(config["clip"]["pretrained"]):
             _require("clip.pretrained", config["clip"]["pretrained"])
         if config["clip"]["ovseg_checkpoint"]:
             _require("clip.ovseg_checkpoint", config["clip"]["ovseg_checkpoint"])
     v = config["vqa"]
-    if "ritc" in config["methods"]:
+    if trains_ritc:
         if v["backend"] == "blip" and v["model"].startswith(("/", "./", "../", "~")):
             _require("vqa.model", v["model"], "dir")
         run_dir = str(Path("results") / config["run"])

@@ -136,6 +136,27 @@ WORKFLOW: dict[str, Any] = {
             },
         },
     },
+    "released": {
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "description": "The authors' released CAM networks, used in place of training them.",
+        "properties": {
+            "cam": {
+                "type": "string",
+                "default": "",
+                "description": "res50_cam.pth (IRN resnet50_cam state dict): replaces "
+                "train_cam (rule released_cam). Empty: train it.",
+            },
+            "ritc": {
+                "type": "string",
+                "default": "",
+                "description": "res50_qa_clims.pth (QA-CLIMS network state dict): replaces "
+                "train_ritc and the VQA, corpus and text stages before it (rule "
+                "released_ritc). Empty: train it.",
+            },
+        },
+    },
     "refine": {
         "type": "object",
         "additionalProperties": False,

@@ -77,3 +77,26 @@ rule eval_cam:
         cfg=result_cfg("eval_cam"),
     script:
         "../scripts/eval_cam.py"
+
+
+if config["released"]["cam"]:
+
+    ruleorder: released_cam > train_cam
+
+    rule released_cam:
+        input:
+            pth=config["released"]["cam"],
+            classes=R("data", "classes.json"),
+        output:
+            model=R("train_cam", "model.safetensors"),
+            history=R("train_cam", "history.parquet"),
+        log:
+            LOG("released_cam.log"),
+        conda:
+            "../../envs/torch.yaml"
+        threads: 1
+        params:
+            code=code("released"),
+            model=config["train_cam"]["model"],
+        script:
+            "../scripts/released.py"

@@ -244,8 +244,9 @@ def report_inputs(wildcards):
         items[f"per_class_{key}"] = os.path.join(base, "per_class.parquet")
         items[f"sweep_{key}"] = os.path.join(base, "sweep.parquet")
         items[f"cams_{key}"] = cam_dirs(m)
-    items["history_train_cam"] = R("train_cam", "history.parquet")
-    if "ritc" in METHODS:
+    if not config["released"]["cam"]:
+        items["history_train_cam"] = R("train_cam", "history.parquet")
+    if "ritc" in METHODS and not config["released"]["ritc"]:
         items["history_train_ritc"] = R("train_ritc", "history.parquet")
         items["corpus"] = R("corpus", "stats.parquet")
     src = refine_source()

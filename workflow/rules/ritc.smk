@@ -75,3 +75,26 @@ rule train_ritc:
         resume=RESUME("train_ritc", "state.pt"),
     script:
         "../scripts/train_ritc.py"
+
+
+if config["released"]["ritc"]:
+
+    ruleorder: released_ritc > train_ritc
+
+    rule released_ritc:
+        input:
+            pth=config["released"]["ritc"],
+            classes=R("data", "classes.json"),
+        output:
+            model=R("train_ritc", "model.safetensors"),
+            history=R("train_ritc", "history.parquet"),
+        log:
+            LOG("released_ritc.log"),
+        conda:
+            "../../envs/torch.yaml"
+        threads: 1
+        params:
+            code=code("released"),
+            model=config["train_cam"]["model"],
+        script:
+            "../scripts/released.py"
