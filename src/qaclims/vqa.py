@@ -118,7 +118,8 @@ class VqaConfig:
     image_size: square input side in pixels (480 in the paper).
     batch_size: questions per forward, over several (image, class) pairs (the reference
         asks one question per forward).
-    dtype: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.
+    dtype: fp32 (the reference's BLIP), auto (fp16 on CUDA, fp32 on CPU; faster, answers
+        may differ), fp16 or bf16.
     max_new_tokens: answer length limit in tokens, end token included (BLIP: max_length 10
         counting the start token).
     num_beams: beam-search width (BLIP generate: 3); 1 is greedy decoding.
@@ -131,7 +132,7 @@ class VqaConfig:
     model: str = "Salesforce/blip-vqa-capfilt-large"
     image_size: int = setting(480, ge=1)
     batch_size: int = runtime(128, ge=1)
-    dtype: str = setting("auto", choices=tuple(DTYPES))
+    dtype: str = setting("fp32", choices=tuple(DTYPES))
     max_new_tokens: int = setting(9, ge=1)
     num_beams: int = setting(3, ge=1)
     questions: QuestionsConfig = field(default_factory=QuestionsConfig)
