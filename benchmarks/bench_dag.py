@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.workflow_util import (  # noqa: E402
     dry_run_jobs,
+    fake_checkpoints,
     fake_coco,
     fake_voc,
     snakemake,
@@ -45,6 +46,7 @@ def main() -> None:
             fake_coco(data)
         else:
             fake_voc(data, {"train_aug": ["a", "b", "c"], "train": ["a", "b"], "val": ["d"]})
+        fake_checkpoints(tmp, cfg)
         over = write_overlay(tmp / "root.yaml", {"dataset": {"root": str(data)}})
         snakemake(tmp, "--cores", "1", "dataset", configfiles=(cfg, over))
         print(f"config/{args.config}.yaml, dry run of the whole DAG, cpus={os.cpu_count()}")

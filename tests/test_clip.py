@@ -255,6 +255,42 @@ def test_distinct_phrases_are_encoded_once_like_one_by_one(
     assert list(classes["class_name"]) == CLASSES and list(classes["image_id"]) == ["", ""]
 
 
+def test_class_names_go_through_the_ovseg_text_tower(tmp_path: Path, tiny_weights: Path) -> None:
+    """The reference's text: class names through the mask-adapted model's own text tower,
+    answers through the base CLIP; an answer equal to a class name ("ball" of im2) is an
+    answer, so it gets the base encoding in a row of its own."""
+    ovseg_model = tiny_model(seed=3)
+    ovseg_checkpoint(tmp_path / "ovseg.pth", ovseg_model)
+    corpus = write_corpus(tmp_path / "corpus.parquet", CORPUS)
+    clip_cfg = dataclasses.replace(CLIP, ovseg_checkpoint=str(tmp_path / "ovseg.pth"))
+    out_f, out_i = tmp_path / "f.safetensors", tmp_path / "i.parquet"
+    clip_text.run(corpus, CLASSES, clip_cfg, clip_text.TextFeatureConfig(), out_f, out_i, "cpu",
+                  tiny_weights)  # fmt: skip
+    feats = load_file(str(out_f))["features"]
+    index = pd.read_parquet(out_i)
+    base, _, tok = load_clip(CLIP, "cpu", tiny_weights)
+
+    def enc(model: torch.nn.Module, phrase: str) -> torch.Tensor:
+        with torch.no_grad():
+            f = model.encode_text(tok([f"a photo of {phrase}."]))[0]
+        return f / f.norm()
+
+    cls = index[index.kind == "class"].set_index("class_name")["row"]
+    for c in CLASSES:
+        torch.testing.assert_close(feats[cls[c]], enc(ovseg_model, c), rtol=1e-5, atol=1e-5)
+    answer_ball = index[(index.image_id == "im2") & (index.kind == "fg")]["row"].item()
+    assert answer_ball != cls["ball"]
+    torch.testing.assert_close(feats[answer_ball], enc(base, "ball"), rtol=1e-5, atol=1e-5)
+    mix = index[index.kind == "fg_text"].set_index(["image_id", "class_name"])["row"]
+    want = 0.5 * enc(ovseg_model, "ball") + 0.5 * enc(base, "ball")
+    torch.testing.assert_close(feats[mix[("im2", "ball")]], want, rtol=1e-5, atol=1e-5)
+    # class_text: base -> one tower for all text, as without a checkpoint
+    cfg = clip_text.TextFeatureConfig(class_text="base")
+    clip_text.run(corpus, CLASSES, clip_cfg, cfg, out_f, out_i, "cpu", tiny_weights)
+    feats = load_file(str(out_f))["features"]
+    torch.testing.assert_close(feats[0], enc(base, "ball"), rtol=1e-5, atol=1e-5)
+
+
 def test_text_feature_errors_name_key_or_file(tmp_path: Path, tiny_weights: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus.parquet", CORPUS)
     outs = (tmp_path / "f.safetensors", tmp_path / "i.parquet")

@@ -41,7 +41,7 @@ import pytest
 import yaml
 
 from qaclims import io
-from tests.workflow_util import copy_repo, fake_voc, user_env
+from tests.workflow_util import copy_repo, fake_checkpoints, fake_voc, user_env
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT = os.environ.get("QACLIMS_SLURM_ACCOUNT", "qaclims")  # as in .ci/slurm/common.sh
@@ -158,6 +158,7 @@ def clone_with_data(dst: Path) -> tuple[Path, dict]:
     repo = copy_repo(dst)
     cfg = yaml.safe_load((repo / "config/voc12.yaml").read_text())
     fake_voc(repo / cfg["dataset"]["root"], VOC_IDS, size=(24, 32))
+    fake_checkpoints(repo, repo / "config/voc12.yaml")
     return repo, cfg
 
 

@@ -28,7 +28,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.workflow_util import ROOT, copy_repo, expected_config, fake_coco, fake_voc, user_env
+from tests.workflow_util import (
+    ROOT,
+    copy_repo,
+    expected_config,
+    fake_checkpoints,
+    fake_coco,
+    fake_voc,
+    user_env,
+)
 
 pytestmark = pytest.mark.workflow
 
@@ -67,6 +75,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     coco = yaml.safe_load((repo / "config/coco14.yaml").read_text())["dataset"]["root"]
     fake_voc(repo / voc, VOC_IDS, size=(24, 32))
     fake_coco(repo / coco)
+    for name in ("voc12", "coco14"):
+        fake_checkpoints(repo, repo / "config" / f"{name}.yaml")
     yield repo
 
 

@@ -17,6 +17,7 @@ from tests.workflow_util import (
     SMOKE,
     copy_repo,
     dry_run_jobs,
+    fake_checkpoints,
     fake_coco,
     fake_voc,
     snakemake,
@@ -167,6 +168,7 @@ def test_paper_configs_dry_run_on_fake_trees(tmp_path: Path, name: str) -> None:
     else:
         fake_coco(data)
     cfg_file = ROOT / "config" / f"{name}.yaml"
+    fake_checkpoints(tmp_path, cfg_file)
     over = write_overlay(tmp_path / "o.yaml", {"dataset": {"root": str(data)}})
     # build the manifests for real, then dry-run the whole DAG on top of them
     snakemake(tmp_path, "--cores", "1", "dataset", configfiles=(cfg_file, over))

@@ -251,15 +251,7 @@ def load_ovseg_weights(model: ClipModel, path: str | Path) -> None:
     :class:`DataError` naming the file.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"missing OV-Seg checkpoint: {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise DataError(f"cannot read OV-Seg checkpoint {p} safely: {e}") from e
-    state = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict):
-        raise DataError(f"OV-Seg checkpoint {p} holds no state dict")
+    state = _ovseg_state(p)
     prefix = OVSEG_PREFIX + "visual."
     visual = {k[len(prefix) :]: torch.as_tensor(v) for k, v in state.items()
               if k.startswith(prefix)}  # fmt: skip
@@ -272,6 +264,47 @@ def load_ovseg_weights(model: ClipModel, path: str | Path) -> None:
     except ValueError as e:
         raise DataError(f"OV-Seg checkpoint {p}: {e}") from e
     log.info("loaded OV-Seg image encoder and a %s mask prompt from %s", tuple(prompt.shape), p)
+
+
+def _ovseg_state(p: Path) -> dict[str, Any]:
+    """The state dict of an OV-Seg checkpoint (``weights_only=True``); errors name it."""
+    if not p.is_file():
+        raise DataError(f"missing OV-Seg checkpoint: {p}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise DataError(f"cannot read OV-Seg checkpoint {p} safely: {e}") from e
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise DataError(f"OV-Seg checkpoint {p} holds no state dict")
+    return state
+
+
+def load_ovseg_text(model: ClipModel, path: str | Path) -> None:
+    """Load the text tower of an OV-Seg checkpoint into ``model`` (every CLIP tensor under
+    ``clip_adapter.clip_model.`` that is not ``visual.*``: token and positional embeddings,
+    the text transformer, ``ln_final``, ``text_projection``, ``logit_scale``).
+
+    The reference encodes its class names with the mask-adapted model it trains with, so
+    with its text tower (its answer features come from plain OpenAI CLIP). Read with
+    ``weights_only=True``; a missing or misshapen tensor raises :class:`DataError` naming
+    the file.
+    """
+    state = _ovseg_state(Path(path))
+    visual = OVSEG_PREFIX + "visual."
+    text = {
+        k[len(OVSEG_PREFIX) :]: torch.as_tensor(v)
+        for k, v in state.items()
+        if k.startswith(OVSEG_PREFIX) and not k.startswith(visual)
+    }
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("visual.")}
+    missing = sorted(set(own) - set(text))
+    bad = [k for k in own if k in text and own[k].shape != text[k].shape]
+    if missing or bad:
+        raise DataError(f"{path}: the text tower's weights do not fit the model "
+                        f"(missing {missing[:5]}, misshapen {bad[:5]})")  # fmt: skip
+    model.load_state_dict({k: text[k] for k in own}, strict=False)
+    log.info("loaded the OV-Seg text tower (%d tensors) from %s", len(own), path)
 
 
 def _load_visual(model: ClipModel, sd: dict[str, torch.Tensor], path: Path) -> None:

@@ -13,7 +13,8 @@ pair has no foreground answer.
 Outputs:
 
 * ``features.safetensors``: tensor ``features`` (``R x E``, float32 or float16): rows
-  ``0..P-1`` the distinct phrases (class names first, in class order), then one
+  ``0..P-1`` the distinct phrases (class names first, in class order; with the OV-Seg
+  class tower the class names have rows of their own before every answer phrase), then one
   ``fg_text`` row per (image, class) pair of the corpus. Metadata: prompt, CLIP, classes.
 * ``index.parquet``: ``image_id, class_index, class_name, kind, row, phrase`` with kind
   ``class`` (image_id ``""``; the class-name row), ``fg`` / ``bg`` (a corpus phrase's row)
@@ -33,7 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from qaclims.clip_models import ClipConfig, clip_metadata, encode_texts, load_clip
+from qaclims.clip_models import (
+    ClipConfig,
+    clip_metadata,
+    encode_texts,
+    load_clip,
+    load_ovseg_text,
+)
 from qaclims.config import runtime, setting
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
@@ -54,12 +61,17 @@ class TextFeatureConfig:
     prompt: template each phrase is put in (reference ``TEXT_PROMPT``).
     class_weight: weight of the class-name feature in the foreground text feature; the mean
         of the foreground answer features gets ``1 - class_weight`` (reference: 0.5).
+    class_text: with ``clip.ovseg_checkpoint``: ``ovseg`` encodes the class names with the
+        OV-Seg model's own text tower, as the reference (its ``FG_VQA`` labels go through
+        the mask-adapted model it trains with, its answers through plain OpenAI CLIP);
+        ``base`` uses the base tower for both. Without an OV-Seg checkpoint: no effect.
     batch_size: phrases per text-encoder batch.
     dtype: storage type of the features, ``float32`` or ``float16`` (half the size; COCO).
     """
 
     prompt: str = "a photo of {}."
     class_weight: float = setting(0.5, ge=0.0, le=1.0)
+    class_text: str = setting("ovseg", choices=("ovseg", "base"))
     batch_size: int = runtime(256, ge=1)
     dtype: str = setting("float32", choices=tuple(DTYPES))
 
@@ -100,10 +112,17 @@ def distinct_phrases(classes: list[str], phrases: pd.Series) -> list[str]:
     return list(classes) + rest
 
 
-def build_index(corpus: pd.DataFrame, classes: list[str], rows: dict[str, int]) -> pd.DataFrame:
+def build_index(
+    corpus: pd.DataFrame,
+    classes: list[str],
+    rows: dict[str, int],
+    class_rows: dict[str, int] | None = None,
+) -> pd.DataFrame:
     """The index rows of kinds ``class``, ``fg`` and ``bg`` (``fg_text`` rows come later),
     with :data:`INDEX_COLUMNS` plus ``count`` (a phrase's answers in the corpus; 1 for the
-    class rows)."""
+    class rows). ``rows``: feature row of each phrase; ``class_rows``: of each class name
+    (default: ``rows``, one encoding of a text whether class or answer)."""
+    class_rows = rows if class_rows is None else class_rows
     cidx = {c: i for i, c in enumerate(classes)}
     head = pd.DataFrame(
         {
@@ -111,7 +130,7 @@ def build_index(corpus: pd.DataFrame, classes: list[str], rows: dict[str, int]) 
             "class_index": range(len(classes)),
             "class_name": classes,
             "kind": "class",
-            "row": [rows[c] for c in classes],
+            "row": [class_rows[c] for c in classes],
             "phrase": classes,
             "count": 1,
         }
@@ -210,13 +229,27 @@ def run(
     if len(set(classes)) != len(classes) or not classes:
         raise DataError(f"classes must be distinct and non-empty, got {classes}")
     table = read_corpus(Path(corpus), list(classes))
-    phrases = distinct_phrases(list(classes), table["phrase"])
-    rows = {p: i for i, p in enumerate(phrases)}
-    index = build_index(table, list(classes), rows)
+    own_tower = bool(clip_cfg.ovseg_checkpoint) and cfg.class_text == "ovseg"
+    if own_tower:  # class names get their own rows: another text tower encodes them
+        answers = sorted(set(table["phrase"]))
+        phrases = list(classes) + answers
+        rows = {p: len(classes) + i for i, p in enumerate(answers)}
+        class_rows: dict[str, int] | None = {c: i for i, c in enumerate(classes)}
+    else:
+        phrases = distinct_phrases(list(classes), table["phrase"])
+        rows, class_rows = {p: i for i, p in enumerate(phrases)}, None
+    index = build_index(table, list(classes), rows, class_rows)
     model, _, tokenizer = load_clip(clip_cfg, torch_device(device), clip_weights)
     log.info("text_features: %d corpus rows, %d distinct phrases", len(table), len(phrases))
     texts = [cfg.prompt.format(p) for p in phrases]
-    feats = encode_texts(model, tokenizer, texts, cfg.batch_size, progress=True)
+    if own_tower:
+        n = len(classes)
+        answer_feats = encode_texts(model, tokenizer, texts[n:], cfg.batch_size, progress=True)
+        load_ovseg_text(model, clip_cfg.ovseg_checkpoint)
+        class_feats = encode_texts(model, tokenizer, texts[:n], cfg.batch_size)
+        feats = torch.cat([class_feats, answer_feats])
+    else:
+        feats = encode_texts(model, tokenizer, texts, cfg.batch_size, progress=True)
     mix_rows, mix = foreground_mix(feats, index, cfg.class_weight)
     _write_features(
         Path(out_features), torch.cat([feats, mix]), cfg, clip_cfg, list(classes), len(phrases)
