@@ -113,6 +113,7 @@ def test_a_job_sees_schema_defaults_plus_the_given_files(
     if elsewhere:  # the shipped configs' relative data roots, seen from there
         cwd.mkdir()
         (cwd / "data").symlink_to(clone / "data")
+        (cwd / "checkpoints").symlink_to(clone / "checkpoints")
     snakefile = f"-s {clone / 'Snakefile'} " if elsewhere else ""
     given = " ".join(str(f) if elsewhere else str(f.relative_to(clone)) for f in files)
     cmd = f"snakemake {snakefile}--cores 1 {'--configfile ' + given if files else ''} "
