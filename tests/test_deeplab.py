@@ -330,6 +330,30 @@ def test_multiscale_flip_is_mean_of_direct_passes() -> None:
     np.testing.assert_allclose(got_max[0].numpy(), np.max(passes, axis=0), atol=1e-5)
 
 
+def test_msc_fusion_is_deeplab_pytorchs() -> None:
+    """deeplab-pytorch's MSC at test time, one image at a time: logits at scale 1, at each
+    other scale (input by ``scale_factor``) resized to the scale-1 logit grid, their max,
+    upsampled to the image; here written with numpy's max over explicit passes."""
+    torch.manual_seed(0)
+    net = dlm.build_model(tiny_model_cfg(), K).eval()
+    img = np.random.default_rng(4).integers(0, 255, (41, 53, 3)).astype(np.uint8)
+    x = torch.from_numpy(dlm.normalise(img, "torchvision"))[None]
+    with torch.no_grad():
+        base = net(x)
+        grid = base.shape[-2:]
+        passes = [base[0].numpy()]
+        for s in (0.75, 0.5):
+            h = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+            passes.append(_interp(net(h), tuple(grid))[0].numpy())
+        fused = torch.from_numpy(np.max(passes, axis=0))[None]
+        want = _interp(fused, (41, 53))[0].numpy()
+    got = deeplab.predict_logits(net, x, (1.0, 0.75, 0.5), flip=False, fusion="msc")
+    np.testing.assert_allclose(got[0].numpy(), want, atol=1e-5)
+    at_full = deeplab.predict_logits(net, x, (1.0, 0.75, 0.5), flip=False, fusion="max")
+    assert np.abs(at_full[0].numpy() - want).max() > 1e-4  # fusing at full size differs
+    assert deeplab.InferDeeplabConfig().fusion == "msc"
+
+
 # ---------------------------------------------------------------- train + infer runs
 
 

@@ -71,7 +71,7 @@ from qaclims.training import (
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
-FUSIONS = ("mean", "max")
+FUSIONS = ("msc", "max", "mean")
 SERVER_SUBDIR = Path("results", "VOC2012", "Segmentation", "comp6_test_cls")
 NAMES_IN_ERROR = 5
 
@@ -159,7 +159,9 @@ class InferDeeplabConfig:
     """Config slice ``infer_deeplab``.
 
     scales: input scales (the reference's MSC test: 1.0, 0.75, 0.5). flip: add mirrored
-    passes. fusion: ``max`` (reference) or ``mean`` of the per-pass logits at image size.
+    passes. fusion: ``msc`` (deeplab-pytorch's MSC, the reference: max over the passes'
+    logits on the scale-1 logit grid, inputs resized by scale factor, then upsampled),
+    ``max`` or ``mean`` of the per-pass logits each upsampled to image size first.
     crf: :class:`DeeplabCrfConfig`. (Shard counts are the workflow's ``shards`` key.)
     batch_size: images of equal size per forward pass. amp: bf16 autocast on GPU.
     """
@@ -167,7 +169,10 @@ class InferDeeplabConfig:
     scales: tuple[float, ...] = setting((1.0, 0.75, 0.5), gt=0.0, min_items=1)
     flip: bool = setting(False, doc="add mirrored passes.")
     fusion: str = setting(
-        "max", choices=FUSIONS, doc="max (reference) or mean of the per-pass logits."
+        "msc",
+        choices=FUSIONS,
+        doc="msc (deeplab-pytorch: max on the scale-1 logit grid, then upsampled), or max / "
+        "mean of the per-pass logits at image size.",
     )
     crf: DeeplabCrfConfig = field(default_factory=DeeplabCrfConfig)
     batch_size: int = runtime(1, ge=1)
@@ -641,6 +646,42 @@ def scaled_hw(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 @torch.no_grad()
+def msc_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    scales: Sequence[float],
+    flip: bool,
+    amp: bool = False,
+) -> torch.Tensor:
+    """deeplab-pytorch's MSC inference: logits of the batch at scale 1 (output stride 8)
+    and at every other scale (input resized bilinearly by ``scale_factor``, logits resized
+    bilinearly to the scale-1 logit grid), their element-wise max, then upsampled
+    bilinearly to ``HxW``. ``flip`` adds the mirrored passes to the max. Returns
+    ``BxKxHxW float32``."""
+    b, _, h, w = images.shape
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+        with autocast(images.device, amp):
+            y = model(x).float()
+        return [y[:b], y[b:].flip(-1)] if flip else [y]
+
+    base = run(images)
+    grid = base[0].shape[-2:]
+    passes = list(base)
+    for s in scales:
+        if s == 1:
+            continue
+        x = F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
+        passes += [
+            F.interpolate(y, size=grid, mode="bilinear", align_corners=False) for y in run(x)
+        ]
+    fused = torch.stack(passes).amax(0)
+    return F.interpolate(fused, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
 def predict_logits(
     model: nn.Module,
     images: torch.Tensor,
@@ -654,8 +695,10 @@ def predict_logits(
     ``images``: ``Bx3xHxW float32`` normalised (:func:`normalise`). For each scale the batch
     is resized bilinearly, passed (with its mirror image when ``flip``), the logits resized
     bilinearly to ``HxW`` (mirrored ones flipped back) and the passes fused by ``fusion``
-    (``mean`` or ``max``). Returns ``BxKxHxW float32``.
+    (``mean`` or ``max``; ``msc``: :func:`msc_logits`). Returns ``BxKxHxW float32``.
     """
+    if fusion == "msc":
+        return msc_logits(model, images, scales, flip, amp)
     b, _, h, w = images.shape
     passes = []
     for s in scales:
