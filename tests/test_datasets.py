@@ -339,3 +339,16 @@ def test_voc_class_names_are_text_and_xml_spellings_map_to_them(voc: Path, tmp_p
     assert all(" " not in n or n in {"dining table", "potted plant", "tv monitor"} for n in names)
     df = read_manifest(out / "manifest" / "train.parquet").set_index("image_id")
     assert df.loc["2007_000002", "labels"] == [10, 11, 15, 19]  # dog is 11
+
+
+def test_coco_masks_from_worker_processes_equal_one_process(coco: Path, tmp_path: Path) -> None:
+    datasets.run(_coco_cfg(coco, ("train", "val")), tmp_path / "one", workers=1)
+    datasets.run(_coco_cfg(coco, ("train", "val")), tmp_path / "two", workers=2)
+    one = sorted((tmp_path / "one" / "coco_masks").rglob("*.png"))
+    two = sorted((tmp_path / "two" / "coco_masks").rglob("*.png"))
+    assert len(one) == 4 and [p.name for p in one] == [p.name for p in two]
+    for a, b in zip(one, two, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    for num in (7, 42):
+        png = tmp_path / "two" / "coco_masks" / "val" / f"COCO_val2014_{num:012d}.png"
+        np.testing.assert_array_equal(read_label_png(png), _coco_expected(num))

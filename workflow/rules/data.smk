@@ -46,7 +46,7 @@ rule dataset:
         LOG("dataset.log"),
     conda:
         "../../envs/torch.yaml"
-    threads: 1
+    threads: config["threads"]["cpu_shard"]
     params:
         code=code("dataset"),
         cfg=result_cfg("dataset"),

@@ -4,7 +4,7 @@ from qaclims import datasets
 from qaclims.config import from_mapping
 from qaclims.smk import job
 
-with job(snakemake):
+with job(snakemake) as j:
     cfg = dict(snakemake.config["dataset"], root=snakemake.params.root)
     cfg = from_mapping(datasets.DatasetConfig, cfg, "dataset")
-    datasets.run(cfg, Path(snakemake.output.classes).parent)
+    datasets.run(cfg, Path(snakemake.output.classes).parent, workers=j.threads)

@@ -89,7 +89,7 @@ def _run_voc_layout(cfg: DatasetConfig, out: Path) -> list[str]:
     return list(classes)
 
 
-def _run_coco(cfg: DatasetConfig, out: Path) -> list[str]:
+def _run_coco(cfg: DatasetConfig, out: Path, workers: int = 1) -> list[str]:
     root = Path(cfg.root)
     coco_ds.check_layout(root, cfg.coco14, cfg.splits)
     mask_root = Path(cfg.coco14.mask_dir) if cfg.coco14.mask_dir else out / "coco_masks"
@@ -102,7 +102,7 @@ def _run_coco(cfg: DatasetConfig, out: Path) -> list[str]:
             raise DataError(f"{path}: categories differ from split {cfg.splits[0]!r}'s")
         classes = names
         df = coco_ds.build_manifest(
-            root, split, coco, cfg.coco14, mask_root, cfg.check_images, cfg.io_workers
+            root, split, coco, cfg.coco14, mask_root, cfg.check_images, cfg.io_workers, workers
         )
         base.write_manifest(out / "manifest" / f"{split}.parquet", df)
         del coco
@@ -110,8 +110,10 @@ def _run_coco(cfg: DatasetConfig, out: Path) -> list[str]:
     return classes
 
 
-def run(cfg: DatasetConfig, out_dir: PathLike) -> None:
+def run(cfg: DatasetConfig, out_dir: PathLike, workers: int = 1) -> None:
     """Write ``out_dir/classes.json`` and ``out_dir/manifest/<split>.parquet`` per split.
+
+    ``workers``: processes writing COCO's evaluation masks (the job's threads).
 
     Raises :class:`~qaclims.errors.ConfigError` for an empty ``dataset.root`` and
     :class:`~qaclims.errors.DataError` naming a missing folder, split list, annotation
@@ -121,5 +123,5 @@ def run(cfg: DatasetConfig, out_dir: PathLike) -> None:
         raise ConfigError("dataset.root is empty: set it to the data set's folder")
     out = Path(out_dir)
     log.info("dataset %s at %s, splits %s", cfg.name, cfg.root, list(cfg.splits))
-    classes = _run_coco(cfg, out) if cfg.name == "coco14" else _run_voc_layout(cfg, out)
+    classes = _run_coco(cfg, out, workers) if cfg.name == "coco14" else _run_voc_layout(cfg, out)
     base.write_classes(out / "classes.json", cfg.name, classes)

@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import logging
+import multiprocessing as mp
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,14 +134,38 @@ def _kept_images(coco: COCO, cat_index: Mapping[int, int], split: str) -> list[d
     return sorted(kept, key=lambda r: r["image_id"])
 
 
+_FORKED: dict[str, Any] = {}
+
+
+def _write_mask(item: tuple[int, str]) -> None:
+    """One mask in a forked worker (the annotations are inherited, not pickled)."""
+    write_label_png(Path(item[1]), label_map(_FORKED["coco"], item[0], _FORKED["cat_index"]))
+
+
 def write_masks(
     coco: COCO, records: Sequence[Mapping[str, Any]], paths: Sequence[Path],
-    cat_index: Mapping[int, int],
+    cat_index: Mapping[int, int], workers: int = 1,
 ) -> int:  # fmt: skip
-    """Write the label PNG of every record whose path does not exist yet; return how many."""
-    todo = [(r, p) for r, p in zip(records, paths, strict=True) if not p.is_file()]
-    for rec, path in tqdm(todo, desc="COCO masks", leave=False):
-        write_label_png(path, label_map(coco, int(rec["id"]), cat_index))
+    """Write the label PNG of every record whose path does not exist yet; return how many.
+
+    ``workers > 1``: that many forked processes share the work (rasterising polygons and
+    encoding PNGs hold the GIL); the files are the same as with one.
+    """
+    todo = [(int(r["id"]), str(p)) for r, p in zip(records, paths, strict=True) if not p.is_file()]
+    bar = tqdm(total=len(todo), desc="COCO masks", leave=False)
+    if workers > 1 and len(todo) > 1 and "fork" in mp.get_all_start_methods():
+        _FORKED.update(coco=coco, cat_index=cat_index)
+        try:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for _ in pool.imap_unordered(_write_mask, todo, chunksize=32):
+                    bar.update()
+        finally:
+            _FORKED.clear()
+    else:
+        for ann_id, path in todo:
+            write_label_png(Path(path), label_map(coco, ann_id, cat_index))
+            bar.update()
+    bar.close()
     return len(todo)
 
 
@@ -165,10 +190,12 @@ def build_manifest(
     mask_root: Path,
     check_images: bool,
     workers: int,
+    mask_workers: int = 1,
 ) -> pd.DataFrame:
     """The manifest of one split; writes the split's missing evaluation masks.
 
-    ``check_images`` opens every image header and compares its size with the JSON's.
+    ``check_images`` opens every image header and compares its size with the JSON's
+    (``workers`` threads); ``mask_workers`` processes write the masks.
     """
     ids, _ = categories(coco)
     cat_index = {cid: k for k, cid in enumerate(ids)}
@@ -182,7 +209,7 @@ def build_manifest(
     if check_images:
         _check_image_files(images, sizes, where, workers)
     masks = [mask_root / split / f"{r['image_id']}.png" for r in records]
-    n = write_masks(coco, records, masks, cat_index)
+    n = write_masks(coco, records, masks, cat_index, mask_workers)
     log.info("%s: wrote %d masks under %s (%d existed)", split, n, mask_root, len(masks) - n)
     rows = [
         {"image_id": r["image_id"], "image_path": str(p), "height": s[0], "width": s[1],
