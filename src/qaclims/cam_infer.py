@@ -254,10 +254,14 @@ class _Images(Dataset[tuple[int, list[torch.Tensor]]]):
                 f"image {self.paths[row]} is {image.shape[0]}x{image.shape[1]}, "
                 f"the manifest says {h}x{w}"
             )
-        x = augment.to_chw(augment.normalize(image, self.mean, self.std))
         if self.scales is None:
-            return row, [x]
-        return row, [x, *image_pyramid(image, self.scales, self.mean, self.std)]
+            return row, [augment.to_chw(augment.normalize(image, self.mean, self.std))]
+        pyramid = image_pyramid(image, self.scales, self.mean, self.std)
+        if 1.0 in self.scales:  # the scale-1 input is the image itself: normalised once
+            x = pyramid[list(self.scales).index(1.0)]
+        else:
+            x = augment.to_chw(augment.normalize(image, self.mean, self.std))
+        return row, [x, *pyramid]
 
 
 def size_batches(
