@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from qaclims import deeplab, io
+from qaclims import deeplab, io, seg_loss
 from qaclims.config import from_mapping
 from qaclims.datasets.base import write_manifest
 from qaclims.errors import ConfigError, DataError
@@ -209,7 +209,7 @@ def test_partial_backbone_mapping_keeps_deeplab_defaults() -> None:
 def test_all_ignore_batch_gives_zero_loss_and_zero_grad() -> None:
     logits = torch.randn(2, K, 5, 7, requires_grad=True)
     labels = torch.full((2, 9, 13), 255, dtype=torch.long)
-    loss = deeplab.seg_loss([logits, logits * 2], labels)
+    loss = seg_loss.seg_loss([logits, logits * 2], labels)
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(loss)
     assert logits.grad is not None and torch.all(logits.grad == 0)
@@ -228,13 +228,13 @@ def test_loss_is_mean_ce_over_non_ignored_pixels() -> None:
         for j in range(5)
         if labels[b, i, j] != 255
     ]
-    assert deeplab.seg_loss([logits], labels).item() == pytest.approx(np.mean(terms), rel=1e-5)
+    assert seg_loss.seg_loss([logits], labels).item() == pytest.approx(np.mean(terms), rel=1e-5)
 
 
 @pytest.mark.parametrize("size", [(5, 7), (9, 4), (17, 13)])
 def test_label_resize_matches_pil_nearest(size: tuple[int, int]) -> None:
     lab = np.random.default_rng(1).integers(0, 6, (2, 13, 11)).astype(np.uint8)
-    ours = deeplab.resize_labels(torch.from_numpy(lab).long(), size).numpy()
+    ours = seg_loss.resize_labels(torch.from_numpy(lab).long(), size).numpy()
     pil = [np.asarray(Image.fromarray(x).resize(size[::-1], Image.Resampling.NEAREST)) for x in lab]
     np.testing.assert_array_equal(ours, np.stack(pil))
 
@@ -248,18 +248,91 @@ def test_optimizer_groups_follow_reference_multipliers() -> None:
     assert got == [(1e-3, 5e-4, n_conv), (1e-2, 5e-4, 2), (2e-2, 0.0, 2)]
 
 
-def test_iter_size_chunks_give_the_same_gradient() -> None:
+def _reference_step_loss(
+    outputs: list[torch.Tensor], labels: torch.Tensor, kind: str, loss_batch: int
+) -> torch.Tensor:
+    """The references' step loss written out: for each loader batch of ``loss_batch``
+    images and each output, ``CrossEntropyLoss(ignore_index=255)`` (ce) or CLIMS's
+    ``criterion_balance`` (mean CE over label-0 pixels + mean CE over the other non-255
+    pixels, halved), labels PIL-nearest resized per output; summed over outputs and
+    divided by the number of batches (``ITER_SIZE``)."""
+    n_units = len(labels) // loss_batch
+    total = torch.zeros(())
+    for u in range(n_units):
+        sl = slice(u * loss_batch, (u + 1) * loss_batch)
+        for logits in outputs:
+            h, w = logits.shape[-2:]
+            lab = torch.from_numpy(np.stack([
+                np.asarray(Image.fromarray(x.astype(np.float32)).resize((w, h), Image.NEAREST))
+                for x in labels[sl].numpy()
+            ])).long()  # fmt: skip
+            ce = F.cross_entropy(logits[sl], lab, ignore_index=255, reduction="none")
+            if kind == "ce":
+                total = total + ce[lab != 255].mean()
+            else:
+                bg, fg = lab == 0, (lab != 0) & (lab != 255)
+                total = total + (ce[bg].sum() / bg.sum() + ce[fg].sum() / fg.sum()) / 2
+    return total / n_units
+
+
+def _step_grads(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, units: seg_loss.Units, kind: str,
+    iter_size: int,
+) -> tuple[float, list[torch.Tensor]]:  # fmt: skip
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    loss = deeplab.train_step(net, opt, x, y, units, kind, iter_size, amp=False)
+    return float(loss), [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("kind", ["ce", "balanced"])
+def test_step_loss_and_gradient_are_the_references_per_loss_unit(kind: str) -> None:
+    """Two loss units of 3 images, 255 pixels and a background-heavy image included: the
+    step's loss and gradient equal the reference formula's (autograd of it), for every
+    chunking of the step (iter_size 1, 2, 4: chunks straddle the units)."""
     torch.manual_seed(0)
     net = dlm.MultiScaleNet(dlm.build_model(tiny_model_cfg(), K), (0.5,)).train()  # frozen BN
-    x, y = torch.randn(4, 3, 24, 24), torch.randint(0, K, (4, 24, 24))
-    grads = []
-    for iter_size in (1, 2):
-        opt = torch.optim.SGD(net.parameters(), lr=0.0)
-        deeplab.train_step(net, opt, x, y, iter_size, amp=False)
-        grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
-    assert len(grads[0]) == len(grads[1]) > 0
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    x = torch.randn(6, 3, 24, 24)
+    y = torch.randint(0, K, (6, 24, 24))
+    y[:, :3] = 255
+    y[1, 10:] = 0  # mostly background
+    net.zero_grad()
+    want = _reference_step_loss(net(x), y, kind, loss_batch=3)
+    want.backward()
+    want_grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+    units = seg_loss.Units.of_positions(0, 6, loss_batch=3, batch=6)
+    assert units.index.tolist() == [0, 0, 0, 1, 1, 1] and units.count == 2
+    for iter_size in (1, 2, 4):
+        loss, grads = _step_grads(net, x, y, units, kind, iter_size)
+        assert loss == pytest.approx(want.item(), rel=1e-5)
+        assert len(grads) == len(want_grads) > 0
+        for a, b in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_balanced_loss_by_hand_and_a_unit_without_foreground() -> None:
+    """Two pixels of background (CE a, b) and one of foreground (CE c): (mean(a, b) + c) / 2;
+    a unit with no foreground pixel gives its background mean / 2, finite."""
+    logits = torch.tensor([[[[2.0, 0.0, 1.0]], [[0.0, 1.0, 3.0]]]])  # 1 x 2 classes x 1 x 3
+    labels = torch.tensor([[[0, 0, 1]]])
+    lse = torch.logsumexp(logits[0, :, 0], dim=0)
+    ce = lse - logits[0, labels[0, 0], 0, torch.arange(3)]
+    want = ((ce[0] + ce[1]) / 2 + ce[2]) / 2
+    got = seg_loss.seg_loss([logits], labels, "balanced")
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    only_bg = torch.tensor([[[0, 0, 255]]])
+    got = seg_loss.seg_loss([logits], only_bg, "balanced")
+    assert float(got) == pytest.approx(float((ce[0] + ce[1]) / 4), rel=1e-6)
+
+
+def test_loss_batch_must_divide_the_batch() -> None:
+    with pytest.raises(ConfigError, match="train_deeplab.loss_batch"):
+        deeplab.check_train_config(tiny_train_cfg(batch_size=4, loss_batch=3))
+    with pytest.raises(ConfigError, match="train_deeplab.loss"):
+        tiny_train_cfg(loss="focal")
+    units = deeplab.rank_units(tiny_train_cfg(batch_size=4, loss_batch=2), rank=1, per_rank=2)
+    assert units.index.tolist() == [1, 1] and units.count == 2
+    whole = deeplab.rank_units(tiny_train_cfg(batch_size=4), rank=0, per_rank=4)
+    assert whole.index.tolist() == [0, 0, 0, 0] and whole.count == 1
 
 
 # ---------------------------------------------------------------- data
@@ -432,7 +505,10 @@ def _free_port() -> int:
 
 
 def _ddp_cfg() -> deeplab.TrainDeeplabConfig:
-    return tiny_train_cfg(scales=[1.0], crop=16, iterations=2, batch_size=4)
+    """Units of 4 images over 2 ranks of 2: each unit's pixel counts span both ranks."""
+    return tiny_train_cfg(
+        scales=[1.0, 1.5], crop=16, iterations=2, batch_size=8, loss_batch=4, loss="balanced"
+    )
 
 
 def _ddp_worker(rank: int, port: int, world: dict[str, Path], out: Path) -> None:
@@ -449,11 +525,11 @@ def _ddp_worker(rank: int, port: int, world: dict[str, Path], out: Path) -> None
 
 
 def test_two_rank_ddp_matches_single_process(tmp_path: Path) -> None:
-    """Crops never pad and the masks hold no 255, so both ranks average the loss over as
-    many pixels and the DDP gradient equals the single-process one."""
+    """Masks with 255 rows, crops that pad, the balanced loss, loss units split between the
+    ranks: the DDP run's losses and weights equal the single-process run's."""
     import torch.multiprocessing as mp
 
-    world = make_world(tmp_path / "data", ignore_rows=False)
+    world = make_world(tmp_path / "data", ignore_rows=True)
     mp.spawn(_ddp_worker, args=(_free_port(), world, tmp_path / "ddp"), nprocs=2)
     one = tmp_path / "one"
     deeplab.train_run(

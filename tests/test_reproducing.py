@@ -54,3 +54,36 @@ def test_paper_configs_hold_the_reference_values(name: str) -> None:
         if got != want:
             wrong[key] = (got, want)
     assert not wrong, wrong
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_deeplab_recipe_overlays() -> None:
+    """config/deeplab/: the CLIMS recipe is what voc12.yaml already computes; the
+    deeplab-pytorch COCO-init one changes exactly the settings where the two references
+    differ; both files set the same keys, so either overlay fully replaces the other."""
+    recipes = ROOT / "config" / "deeplab"
+    files = {p.stem: yaml.safe_load(p.read_text()) for p in recipes.glob("*.yaml")}
+    assert set(files) == {"clims-imagenet", "deeplab-pytorch-coco"}
+    keys = [set(_flat(f["train_deeplab"])) for f in files.values()]
+    assert keys[0] == keys[1] and set(files["clims-imagenet"]) == {"train_deeplab"}
+    voc = ROOT / "config" / "voc12.yaml"
+    base = expected_config([voc])["train_deeplab"]
+    assert expected_config([voc, recipes / "clims-imagenet.yaml"])["train_deeplab"] == base
+    coco_init = _flat(
+        expected_config([voc, recipes / "deeplab-pytorch-coco.yaml"])["train_deeplab"]
+    )
+    changed = {k for k, v in _flat(base).items() if coco_init[k] != v}
+    assert changed == {
+        "model.backbone.weights", "loss", "batch_size", "loss_batch", "iterations", "scales",
+    }  # fmt: skip
+    assert coco_init["model.backbone.weights"].endswith("deeplabv1_resnet101-coco.pth")
+    assert (coco_init["batch_size"], coco_init["loss_batch"], coco_init["loss"]) == (10, 5, "ce")

@@ -75,7 +75,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     coco = yaml.safe_load((repo / "config/coco14.yaml").read_text())["dataset"]["root"]
     fake_voc(repo / voc, VOC_IDS, size=(24, 32))
     fake_coco(repo / coco)
-    for name in ("voc12", "coco14"):
+    for name in ("voc12", "coco14", "deeplab/clims-imagenet", "deeplab/deeplab-pytorch-coco"):
         fake_checkpoints(repo, repo / "config" / f"{name}.yaml")
     yield repo
 
@@ -89,6 +89,10 @@ CASES = {
     "voc12": ["config/voc12.yaml"],
     "coco14": ["config/coco14.yaml"],
     "voc12 + user overlay": ["config/voc12.yaml", "mine.yaml"],
+    "voc12 + DeepLab COCO-init recipe": [
+        "config/voc12.yaml",
+        "config/deeplab/deeplab-pytorch-coco.yaml",
+    ],
 }
 
 
@@ -334,3 +338,30 @@ def test_released_models_replace_training_and_feed_make_cam(clone: Path, tmp_pat
         scores[model] = s["miou"]
         assert 0.0 <= s["miou"] <= 1.0
     assert scores["cam"] != scores["ritc"]  # two different networks were read
+
+
+def test_released_deeplab_replaces_training_and_is_scored(clone: Path, tmp_path: Path) -> None:
+    """A trained deeplab-pytorch DeepLab (full ``DeepLabV2_ResNet101_MSC`` state dict, ASPP
+    included, built here in its naming) on the VOC config: nothing upstream of DeepLab is
+    planned, the network is converted, val is segmented (MSC + CRF) and scored."""
+    import torch
+
+    from tests.test_released import random_deeplab_pytorch_net
+
+    work = copy_repo(tmp_path / "qaclims", src=clone)
+    torch.save(random_deeplab_pytorch_net(21, seed=0).state_dict(), work / "checkpoint_30000.pth")
+    (work / "released.yaml").write_text("released: {deeplab: checkpoint_30000.pth}\nshards: 2\n")
+    env = user_env(tmp_path)
+    cmd = "snakemake --cores 2 --configfile config/voc12.yaml released.yaml --"
+    target = " results/voc12/eval_deeplab/val/crf/summary.json"
+    r = run(cmd.replace("--cores 2", "-n --cores 2") + target, work, env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    planned = r.stdout + r.stderr
+    assert re.search(r"^rule released_deeplab:", planned, re.M)
+    for rule in ("train_deeplab", "make_sem_seg", "train_irn", "train_cam", "make_cam"):
+        assert not re.search(rf"^rule {rule}:", planned, re.M), rule
+    r = run(cmd + target, work, env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+    s = json.loads((work / "results/voc12/eval_deeplab/val/crf/summary.json").read_text())
+    assert 0.0 <= s["miou"] <= 1.0
+    assert len(list((work / "results/voc12/infer_deeplab/val/crf").glob("*/*.png"))) == 2

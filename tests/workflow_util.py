@@ -139,13 +139,18 @@ def fake_voc(root: Path, ids: dict[str, list[str]], size: tuple[int, int] = (20,
 
 
 def fake_checkpoints(workdir: Path, config: Path) -> None:
-    """Placeholders (a few bytes) where a paper config names checkpoint files (OV-Seg), so
-    a run that never loads them gets past the parse-time check that they exist."""
+    """Placeholders (a few bytes) where a paper config names checkpoint files (OV-Seg, the
+    DeepLab init), so a run that never loads them gets past the parse-time check that they
+    exist."""
     cfg = yaml.safe_load(config.read_text())
-    path = cfg.get("clip", {}).get("ovseg_checkpoint")
-    if path:
-        (workdir / path).parent.mkdir(parents=True, exist_ok=True)
-        (workdir / path).write_bytes(b"placeholder")
+    paths = [
+        cfg.get("clip", {}).get("ovseg_checkpoint"),
+        cfg.get("train_deeplab", {}).get("model", {}).get("backbone", {}).get("weights"),
+    ]
+    for path in paths:
+        if path and path not in ("imagenet", "none"):
+            (workdir / path).parent.mkdir(parents=True, exist_ok=True)
+            (workdir / path).write_bytes(b"placeholder")
 
 
 def fake_coco(root: Path) -> None:

@@ -45,6 +45,7 @@ from qaclims.config import from_mapping, runtime, setting, to_dict
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
 from qaclims.io import read_image, read_label_png, read_parquet, write_label_png
+from qaclims.metrics import IGNORE_INDEX
 from qaclims.models.deeplab import (
     DeepLab,
     DeeplabModelConfig,
@@ -54,6 +55,7 @@ from qaclims.models.deeplab import (
     normalise,
     param_groups,
 )
+from qaclims.seg_loss import LOSSES, Units, group_counts, resize_labels, unit_loss
 from qaclims.training import (
     DistInfo,
     History,
@@ -70,7 +72,6 @@ from qaclims.training import (
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
 FUSIONS = ("msc", "max", "mean")
 SERVER_SUBDIR = Path("results", "VOC2012", "Segmentation", "comp6_test_cls")
 NAMES_IN_ERROR = 5
@@ -81,8 +82,14 @@ class TrainDeeplabConfig:
     """Config slice ``train_deeplab`` (defaults: deeplab-pytorch / CLIMS on VOC 2012).
 
     model: the network (:class:`DeeplabModelConfig`).
-    batch_size: GLOBAL images per optimiser step, split over the ranks (deeplab-pytorch's
-        voc12: 5 images x iter_size 2 = 10).
+    batch_size: GLOBAL images per optimiser step, split over the ranks (the references'
+        ``BATCH_SIZE.TRAIN x ITER_SIZE``: 5 x 2 = 10 for deeplab-pytorch's COCO-init VOC
+        recipe, 10 x 2 = 20 for CLIMS's ImageNet-init one).
+    loss: ``ce`` (cross entropy over the non-ignored pixels, deeplab-pytorch) or
+        ``balanced`` (CLIMS's ``criterion_balance``: mean of the background and the
+        foreground pixels' mean CE); see :mod:`qaclims.seg_loss`.
+    loss_batch: images per loss normalisation (the references' ``BATCH_SIZE.TRAIN``; 0: the
+        whole step); must divide ``batch_size``. Independent of GPUs and ``iter_size``.
     iter_size: gradient-accumulation chunks each rank splits its share into (memory only;
         the step's gradient is the same up to float rounding).
     crop: square training crop (321). scales: random rescale factors, one drawn per image.
@@ -100,7 +107,20 @@ class TrainDeeplabConfig:
     batch_size: int = setting(
         10, ge=1, doc="images per optimiser step (global, over all processes)."
     )
-    iter_size: int = runtime(1, ge=1)
+    loss: str = setting(
+        "ce",
+        choices=LOSSES,
+        doc="ce (deeplab-pytorch) or balanced (CLIMS: mean of the bg and fg pixels' mean CE).",
+    )
+    loss_batch: int = setting(
+        0,
+        ge=0,
+        doc="images per loss normalisation (the references' BATCH_SIZE.TRAIN); 0: the whole "
+        "step. Must divide batch_size.",
+    )
+    iter_size: int = runtime(
+        1, ge=1, doc="memory chunks each process splits its images into (no effect on results)."
+    )
     crop: int = setting(
         321, ge=1, doc="square random crop in pixels (padded with the mean colour)."
     )
@@ -201,6 +221,13 @@ def check_train_config(cfg: TrainDeeplabConfig, where: str = "train_deeplab") ->
         raise ConfigError(f"{where}.lr/weight_decay/momentum out of range")
     if cfg.seed < 0 or cfg.num_workers < 0:
         raise ConfigError(f"{where}.seed and {where}.num_workers must be >= 0")
+    if cfg.loss not in LOSSES:
+        raise ConfigError(f"{where}.loss: {cfg.loss!r} is not one of {LOSSES}")
+    if cfg.loss_batch < 0 or (cfg.loss_batch and cfg.batch_size % cfg.loss_batch):
+        raise ConfigError(
+            f"{where}.loss_batch ({cfg.loss_batch}) must divide {where}.batch_size "
+            f"({cfg.batch_size}), or be 0 for the whole step"
+        )
 
 
 def check_infer_config(cfg: InferDeeplabConfig, where: str = "infer_deeplab") -> None:
@@ -372,31 +399,6 @@ class RankSamples(Sampler[int]):
 # ---------------------------------------------------------------- loss and optimiser
 
 
-def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest resize (pixel-centre sampling, as PIL) of ``BxHxW int64`` labels to ``size``."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    out = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest-exact")
-    return out[:, 0].long()
-
-
-def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``BxKxhxw`` logits over the pixels of ``Bxhxw`` labels that are
-    not 255; exactly 0 (with zero gradient, never NaN) when every pixel is 255."""
-    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    count = (labels != IGNORE_INDEX).sum().clamp(min=1)
-    return total / count
-
-
-def seg_loss(outputs: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """Sum over the (multi-scale) outputs of :func:`masked_ce` against the labels resized
-    (nearest) to each output's size. ``labels``: ``BxHxW int64``, 255 ignored."""
-    loss = outputs[0].new_zeros((), dtype=torch.float32)
-    for logits in outputs:
-        loss = loss + masked_ce(logits, resize_labels(labels, logits.shape[-2:]))
-    return loss
-
-
 def build_optimizer(model: DeepLab, cfg: TrainDeeplabConfig) -> torch.optim.SGD:
     """SGD: backbone at ``lr`` (weight decay), head weights at ``lr * classifier_lr_mult``
     (weight decay), head biases at ``lr * classifier_bias_lr_mult`` (no weight decay)."""
@@ -449,40 +451,66 @@ def _wrap(model: DeepLab, cfg: TrainDeeplabConfig, dist: DistInfo) -> nn.Module:
     return net
 
 
+def _chunks(n: int, iter_size: int) -> list[torch.Tensor]:
+    """Index tensors of the non-empty chunks of ``n`` images cut into ``iter_size`` parts."""
+    return [c for c in torch.arange(n).tensor_split(iter_size) if len(c)]
+
+
 def train_step(
     net: nn.Module,
     opt: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
+    units: Units,
+    loss_kind: str,
     iter_size: int,
     amp: bool,
+    world: int = 1,
 ) -> torch.Tensor:
-    """One SGD step on ``x: Bx3xHxW``, ``y: BxHxW int64`` split into ``iter_size`` chunks
-    whose losses are weighted by their share of the batch; returns the (detached) loss."""
+    """One SGD step on this process's ``x: Bx3xHxW`` and ``y: BxHxW int64`` (255 ignored).
+
+    The images are passed in ``iter_size`` chunks (memory only: the gradient is the same
+    up to float rounding); the loss is :mod:`qaclims.seg_loss`'s, normalised per loss unit
+    over the whole step (``units``; pixel counts summed over the ``world`` processes).
+    Under DDP, which averages gradients, the share is scaled by ``world`` so the update is
+    the gradient of the step loss. Returns this process's (detached) share of the loss.
+    """
     opt.zero_grad(set_to_none=True)
-    chunks = list(zip(x.tensor_split(iter_size), y.tensor_split(iter_size), strict=True))
-    chunks = [(a, b) for a, b in chunks if len(a)]
+    chunks = _chunks(len(x), iter_size)
+    full: list[torch.Tensor] = []
+    counts: torch.Tensor | None = None
     total = torch.zeros((), device=x.device)
-    for k, (xc, yc) in enumerate(chunks):
-        last = k == len(chunks) - 1
+    for k, idx in enumerate(chunks):
         sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if isinstance(net, nn.parallel.DistributedDataParallel) and not last:
+        if isinstance(net, nn.parallel.DistributedDataParallel) and k < len(chunks) - 1:
             sync = net.no_sync()
         with sync:
             with autocast(x.device, amp):
-                outputs = net(xc)
-            loss = seg_loss(outputs, yc) * (len(xc) / len(x))
-            loss.backward()
+                outputs = net(x[idx.to(x.device)])
+            if counts is None:  # every crop has one size, so every chunk's outputs too
+                full = [resize_labels(y, o.shape[-2:]) for o in outputs]
+                counts = group_counts(full, units, loss_kind)
+                if world > 1:
+                    torch.distributed.all_reduce(counts)
+            sub = Units(units.index[idx], units.count)
+            dev_idx = idx.to(y.device)
+            loss = unit_loss(outputs, [f[dev_idx] for f in full], sub, counts, loss_kind)
+            (loss * world).backward()
         total += loss.detach()
     opt.step()
     return total
 
 
-def _mean_over_ranks(value: torch.Tensor, dist: DistInfo) -> float:
+def rank_units(cfg: TrainDeeplabConfig, rank: int, per_rank: int) -> Units:
+    """Loss units of the images rank ``rank`` takes in every step (see :class:`Units`)."""
+    unit = cfg.loss_batch or cfg.batch_size
+    return Units.of_positions(rank * per_rank, per_rank, unit, cfg.batch_size)
+
+
+def _sum_over_ranks(value: torch.Tensor, dist: DistInfo) -> float:
     if dist.world > 1:
         value = value.clone()
         torch.distributed.all_reduce(value)
-        value /= dist.world
     return float(value)
 
 
@@ -494,6 +522,7 @@ class _Run:
     dist: DistInfo
     resume: ResumeState
     history: History
+    units: Units
 
 
 def _loop(
@@ -520,7 +549,10 @@ def _loop(
         set_poly_lr(opt, step, cfg.iterations, cfg.poly_power)
         lr = opt.param_groups[0]["lr"]
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        loss = _mean_over_ranks(train_step(net, opt, x, y, cfg.iter_size, cfg.amp), run.dist)
+        share = train_step(
+            net, opt, x, y, run.units, cfg.loss, cfg.iter_size, cfg.amp, run.dist.world
+        )
+        loss = _sum_over_ranks(share, run.dist)
         run.history.add(step=step, loss=loss, lr=lr)
         window.append(loss)
         bar.update(1)
@@ -610,6 +642,7 @@ def train_run(
         dist,
         ResumeState(Path(resume_path), _fingerprint(cfg, num_classes, df), cfg.resume_every),
         History(),
+        rank_units(cfg, dist.rank, per_rank),
     )
     start = _restore(run.resume, model, opt, run.history)
     stop = cfg.iterations if max_steps is None else min(cfg.iterations, max_steps)

@@ -79,13 +79,13 @@ def check_paths(config: Mapping[str, Any]) -> None:
             if not ok:
                 raise _missing(key, path, kind)
     rel = config["released"]
-    for key in ("cam", "ritc"):
-        if rel[key]:
+    for key in ("cam", "ritc", "deeplab"):
+        if rel.get(key):
             _require(f"released.{key}", rel[key])
     backbones = [] if rel["cam"] else ["train_cam"]
     if config["refine"]["enabled"]:
         backbones.append("train_irn")
-    if config["deeplab"]["enabled"]:
+    if config["deeplab"]["enabled"] and not rel.get("deeplab"):
         backbones.append("train_deeplab")
     for stage in backbones:
         w = config[stage]["model"]["backbone"]["weights"]

@@ -19,7 +19,7 @@ run from it in place of ``train_cam`` / ``train_ritc``. Files are read with
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +28,7 @@ import torch
 from qaclims.errors import DataError
 from qaclims.io import write_parquet
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
+from qaclims.models.deeplab import DeeplabModelConfig
 from qaclims.training import save_weights
 
 log = logging.getLogger(__name__)
@@ -62,22 +63,25 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
-def convert(
-    state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], where: str
+def map_strict(
+    state: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    rename: Callable[[str], str | None],
+    where: str,
+    network: str,
 ) -> dict[str, torch.Tensor]:
-    """The reference's ``state`` under ``target``'s keys (a CamNet ``state_dict``).
+    """``state`` under ``target``'s keys, every key accounted for.
 
-    Raises :class:`DataError` naming ``where`` with the missing keys (target keys nothing
-    maps to; ``num_batches_tracked`` may be absent), the unexpected keys (neither mapped
-    nor a known alias) and shape mismatches.
+    ``rename`` maps a file key to a target key, or None for a key to drop silently
+    (an alias). Raises :class:`DataError` naming ``where`` and ``network`` with the missing
+    keys (target keys nothing maps to; ``num_batches_tracked`` may be absent), the
+    unexpected keys (renamed to no target key) and shape mismatches.
     """
     out: dict[str, torch.Tensor] = {}
     unexpected = []
     for key, value in state.items():
-        new = next((t + key[len(r) :] for r, t in PREFIXES if key.startswith(r)), None)
+        new = rename(key)
         if new is None:
-            if not key.startswith(ALIASES):
-                unexpected.append(key)
             continue
         if new not in target:
             unexpected.append(key)
@@ -91,13 +95,32 @@ def convert(
     ]
     if missing or unexpected or bad:
         raise DataError(
-            f"released model {where} does not fit the CAM network: "
+            f"released model {where} does not fit the {network}: "
             f"missing {len(missing)} {missing[:6]}, unexpected {len(unexpected)} "
             f"{unexpected[:6]}, shape mismatches {bad[:6]}"
         )
     for k in target:
         out.setdefault(k, target[k].clone())  # num_batches_tracked (unused in eval)
     return {k: out[k].to(target[k].dtype) for k in target}
+
+
+def _cam_key(key: str) -> str | None:
+    new = next((t + key[len(r) :] for r, t in PREFIXES if key.startswith(r)), None)
+    if new is None and key.startswith(ALIASES):
+        return None
+    return new if new is not None else "<unmapped>" + key
+
+
+def convert(
+    state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], where: str
+) -> dict[str, torch.Tensor]:
+    """The reference's ``state`` under ``target``'s keys (a CamNet ``state_dict``).
+
+    Raises :class:`DataError` naming ``where`` with the missing keys (target keys nothing
+    maps to; ``num_batches_tracked`` may be absent), the unexpected keys (neither mapped
+    nor a known alias) and shape mismatches.
+    """
+    return map_strict(state, target, _cam_key, where, "CAM network")
 
 
 def load(path: Path, cfg: CamModelConfig, num_classes: int) -> CamNet:
@@ -120,3 +143,40 @@ def run(
     save_weights(out_model, net)
     write_parquet(out_history, pd.DataFrame({"step": pd.Series([], dtype="int64")}))
     log.info("released model %s -> %s (%d tensors)", path, out_model, len(net.state_dict()))
+
+
+def run_deeplab(
+    path: Path, cfg: DeeplabModelConfig, num_classes: int, out_model: Path, out_history: Path
+) -> None:
+    """Write a trained deeplab-pytorch ``DeepLabV2_ResNet101_MSC`` checkpoint (``base.`` +
+    ``layer1``-``layer5`` + ``aspp.c0``-``c3``, e.g. CLIMS's ``checkpoint_30000.pth``) as
+    ``out_model`` in :func:`qaclims.deeplab.train_run`'s format, with an empty history,
+    so infer_deeplab and eval_deeplab run from it. ``cfg`` (``train_deeplab.model``) must
+    describe the same network in the Caffe layout; every tensor must fit (strict)."""
+    import dataclasses
+    import json
+
+    from qaclims.config import to_dict
+    from qaclims.errors import ConfigError
+    from qaclims.models.deeplab import build_model, deeplab_pytorch_model_key
+
+    if cfg.style != "caffe" or cfg.version != "v2":
+        raise ConfigError(
+            "released.deeplab: a deeplab-pytorch checkpoint is a DeepLab-v2 in the Caffe layout; "
+            f"set train_deeplab.model.version: v2 and style: caffe (got {cfg.version}, "
+            f"{cfg.style})"
+        )
+    cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, weights="none"))
+    net = build_model(cfg, num_classes, init=False)
+    state = map_strict(
+        read_state(Path(path)),
+        net.state_dict(),
+        lambda k: deeplab_pytorch_model_key(k) or "<unmapped>" + k,
+        str(path),
+        f"train_deeplab.model network with {num_classes} classes",
+    )
+    net.load_state_dict(state)
+    meta = {"num_classes": str(num_classes), "model": json.dumps(to_dict(cfg))}
+    save_weights(out_model, net, metadata=meta)
+    write_parquet(out_history, pd.DataFrame({"step": pd.Series([], dtype="int64")}))
+    log.info("released DeepLab %s -> %s (%d tensors)", path, out_model, len(state))

@@ -140,7 +140,8 @@ WORKFLOW: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "default": {},
-        "description": "The authors' released CAM networks, used in place of training them.",
+        "description": "Released networks (the authors' CAM networks, a trained DeepLab), "
+        "used in place of training them.",
         "properties": {
             "cam": {
                 "type": "string",
@@ -154,6 +155,14 @@ WORKFLOW: dict[str, Any] = {
                 "description": "res50_qa_clims.pth (QA-CLIMS network state dict): replaces "
                 "train_ritc and the VQA, corpus and text stages before it (rule "
                 "released_ritc). Empty: train it.",
+            },
+            "deeplab": {
+                "type": "string",
+                "default": "",
+                "description": "a trained deeplab-pytorch DeepLabV2_ResNet101_MSC checkpoint "
+                "(e.g. CLIMS's checkpoint_30000.pth, ASPP included): replaces train_deeplab "
+                "(rule released_deeplab; train_deeplab.model must be v2, style caffe). Empty: "
+                "train it.",
             },
         },
     },

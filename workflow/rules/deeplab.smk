@@ -76,3 +76,26 @@ rule eval_deeplab:
         mode="error",
     script:
         "../scripts/eval_labels.py"
+
+
+if config["released"]["deeplab"]:
+
+    ruleorder: released_deeplab > train_deeplab
+
+    rule released_deeplab:
+        input:
+            pth=config["released"]["deeplab"],
+            classes=R("data", "classes.json"),
+        output:
+            model=R("train_deeplab", "model.safetensors"),
+            history=R("train_deeplab", "history.parquet"),
+        log:
+            LOG("released_deeplab.log"),
+        conda:
+            "../../envs/torch.yaml"
+        threads: 1
+        params:
+            code=code("released_deeplab"),
+            model=config["train_deeplab"]["model"],
+        script:
+            "../scripts/released_deeplab.py"

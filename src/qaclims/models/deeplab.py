@@ -301,6 +301,24 @@ def _torchvision_to_backbone_key(key: str) -> str | None:
     return f"stages.0.4.{rest}" if k == 1 else f"stages.{k - 1}.{rest}"
 
 
+_ASPP = re.compile(r"^aspp\.c(\d+)\.(weight|bias)$")
+
+
+def deeplab_pytorch_model_key(key: str) -> str | None:
+    """deeplab-pytorch ``DeepLabV2`` / ``MSC`` key -> :class:`DeepLab` key (None: unknown).
+
+    ``base.layer2.block1.reduce.conv.weight -> backbone.stages.0.4.0.conv1.weight``;
+    ``base.aspp.c3.bias -> head.convs.3.bias`` (the v2 ASPP's 4th rate).
+    """
+    key = key.removeprefix("base.")
+    m = _ASPP.match(key)
+    if m is not None:
+        return f"head.convs.{m.group(1)}.{m.group(2)}"
+    tv = rename_deeplab_pytorch_key(key)
+    bk = _torchvision_to_backbone_key(tv) if tv else None
+    return f"backbone.{bk}" if bk else None
+
+
 def load_deeplab_pytorch_backbone(backbone: Backbone, path: str) -> None:
     """Load a deeplab-pytorch ResNet state file into a torchvision-built ``backbone``.
 
