@@ -541,3 +541,24 @@ def test_two_rank_ddp_matches_single_process(tmp_path: Path) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
     ha, hb = io.read_parquet(tmp_path / "ddp" / "h.parquet"), io.read_parquet(one / "h.parquet")
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-5)
+
+
+def test_resume_state_from_other_pseudo_masks_is_discarded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed under one upstream setting, rerun under another (other pseudo masks): the
+    stale state is discarded with a log line and the result is the fresh run's."""
+    w = make_world(tmp_path / "data")
+    _train(w, tmp_path / "run", max_steps=3)
+    assert (tmp_path / "run" / "state.pt").is_file()
+    for d in w["pseudo"]:
+        for png in d.glob("*.png"):
+            lab = io.read_label_png(png)
+            io.write_label_png(png, np.where(lab == 255, 255, np.minimum(lab, 1)).astype(np.uint8))
+    with caplog.at_level("WARNING"):
+        _train(w, tmp_path / "run")
+    assert any("discarding resume state" in r.getMessage() for r in caplog.records)
+    _train(w, tmp_path / "fresh")
+    a, b = _weights(tmp_path / "run" / "m.st"), _weights(tmp_path / "fresh" / "m.st")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)

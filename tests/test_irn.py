@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from qaclims import irn
 from qaclims import random_walk as rw
 from qaclims.errors import DataError
-from qaclims.io import write_image, write_label_png, write_parquet
+from qaclims.io import read_label_png, write_image, write_label_png, write_parquet
 from qaclims.models.backbone import BackboneConfig
 
 torch.set_num_threads(1)
@@ -190,3 +190,23 @@ def test_missing_ir_label_names_the_image(tmp_path: Path) -> None:
     (tmp_path / "ir1" / "im3.png").unlink()
     with pytest.raises(DataError, match="im3.png"):
         train(tmp_path, "x")
+
+
+def test_resume_state_from_other_ir_labels_is_discarded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed under one upstream setting, rerun under another (other ir labels): the stale
+    state is discarded with a log line and the result is the fresh run's."""
+    make_dataset(tmp_path)
+    _, _, state = train(tmp_path, "run", max_steps=2)
+    assert state.is_file()
+    for png in tmp_path.glob("ir*/*.png"):
+        lab = read_label_png(png)
+        write_label_png(png, np.where(lab == 1, 2, lab).astype(np.uint8))
+    with caplog.at_level("WARNING"):
+        model, _, _ = train(tmp_path, "run")
+    assert any("discarding resume state" in r.getMessage() for r in caplog.records)
+    fresh, _, _ = train(tmp_path, "fresh")
+    a, b = load_file(str(model)), load_file(str(fresh))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)

@@ -11,7 +11,6 @@ import torch
 
 from qaclims import cam_to_ir_label as c2i
 from qaclims import irn, make_sem_seg
-from qaclims.config import to_dict
 from qaclims.crf import CrfConfig, crf_labels
 from qaclims.errors import DataError
 from qaclims.io import (
@@ -112,7 +111,7 @@ def test_cam_to_ir_label_shards_and_resume(tmp_path: Path) -> None:
 
     def interrupted(config: c2i.IrLabelConfig) -> None:
         """Leave ``.<out>.partial`` as a killed run of ``config`` would, holding a marker."""
-        part = c2i.PartialDir(out, to_dict(config))
+        part = c2i.shard_partial(manifest, cam_dirs(tmp_path), config, out, 1, 2)[2]
         write_label_png(part.path / "im1.png", marker)
         (part.path / ".im3.png.tmp").write_bytes(b"half-written")
 
@@ -130,6 +129,17 @@ def test_cam_to_ir_label_shards_and_resume(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         read_label_png(out / "im3.png"), expected_ir_label(tmp_path, "im3", cfg)
     )
+
+    interrupted(cfg)  # same settings, but the CAMs change before the rerun: discarded
+    cam = next(tmp_path.glob("cam/*/im1.npz"))
+    z = dict(np.load(cam))
+    z["cam"] = (z["cam"].astype(np.float32) * 0.5).astype(z["cam"].dtype)
+    np.savez(cam, **z)
+    c2i.run(manifest, cam_dirs(tmp_path), cfg, out, shard=1, num_shards=2, threads=1)
+    np.testing.assert_array_equal(
+        read_label_png(out / "im1.png"), expected_ir_label(tmp_path, "im1", cfg)
+    )
+    assert not (read_label_png(out / "im1.png") == marker).all()
 
 
 def test_cam_to_ir_label_missing_cam_fails_before_work(tmp_path: Path) -> None:
@@ -199,7 +209,7 @@ def test_make_sem_seg_rejects_bad_inputs(tmp_path: Path) -> None:
     weights, icfg = tiny_irn(tmp_path, 0.0)
     other = irn.IrnModelConfig(backbone=BackboneConfig(arch="tiny", weights="none"))
     cfg = make_sem_seg.SemSegConfig(num_workers=0)
-    with pytest.raises(DataError, match="do not fit"):
+    with pytest.raises(DataError, match="does not fit"):
         make_sem_seg.run(
             manifest, cam_dirs(tmp_path), weights, other, cfg, tmp_path / "o", 0, 1, "cpu"
         )

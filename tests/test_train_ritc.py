@@ -197,6 +197,18 @@ def test_missing_inputs_are_named_before_any_model_is_built(world: World, tmp_pa
         train(gone, config(), "bad")
 
 
+def test_text_features_of_another_clip_width_are_refused(world: World, tmp_path: Path) -> None:
+    """Features 8 wide against a CLIP that embeds in TINY_ARCH's width: named, refused."""
+    feats = load_file(str(world.features))["features"]
+    assert feats.shape[1] != 8
+    from qaclims.weights import write_tensors
+
+    write_tensors(tmp_path / "narrow.safetensors", {"features": feats[:, :8]})
+    narrow = dataclasses.replace(world, features=tmp_path / "narrow.safetensors")
+    with pytest.raises(DataError, match=r"narrow\.safetensors are 8 wide, but CLIP tiny"):
+        train(narrow, config(), "bad")
+
+
 # ------------------------------------------------------------------------------ the step
 
 

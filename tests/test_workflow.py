@@ -81,6 +81,15 @@ def test_cross_field_config_errors_stop_the_run_at_parse_time(tmp_path: Path) ->
     assert r.returncode != 0 and "imagenet" in out and "tiny" in out, out[-3000:]
 
 
+def test_released_deeplab_needs_the_caffe_v2_network_at_parse_time(tmp_path: Path) -> None:
+    (tmp_path / "dl.pth").write_bytes(b"x")
+    bad = write_overlay(tmp_path / "bad.yaml", {"released": {"deeplab": str(tmp_path / "dl.pth")}})
+    r = snakemake(tmp_path, "-n", configfiles=(CONFIG, bad), check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "released.deeplab" in out and "style: caffe" in out, out[-3000:]
+    assert "Job stats" not in out
+
+
 def _nested(key: str, value: object) -> dict:
     out: dict = {}
     node = out
@@ -99,6 +108,8 @@ MISSING = [  # (key, path the key names, other settings that make the path neede
     ("vqa.model", "./models/blip", {"vqa": {"backend": "blip"}}),
     ("released.cam", "models/res50_cam.pth", {}),
     ("released.ritc", "models/res50_qa_clims.pth", {}),
+    ("released.deeplab", "models/checkpoint_30000.pth", {}),
+    ("train_deeplab.model.backbone.weights", "ckpt/deeplabv1_resnet101-imagenet.pth", {}),
 ]
 
 

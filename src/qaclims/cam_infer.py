@@ -44,6 +44,7 @@ from qaclims.io import read_image, read_json, write_json, write_npz
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
 from qaclims.train_cam import check_labels
 from qaclims.training import autocast, fingerprint
+from qaclims.weights import tensors_digest
 
 log = logging.getLogger(__name__)
 
@@ -287,14 +288,6 @@ def partial_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.partial"
 
 
-def _weights_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _run_fingerprint(
     df: pd.DataFrame,
     weights: Path,
@@ -317,7 +310,7 @@ def _run_fingerprint(
     ]
     return fingerprint(
         {
-            "weights": _weights_digest(weights),
+            "weights": tensors_digest(weights),
             "model": to_dict(model_cfg),
             "num_classes": num_classes,
             "cfg": settings,

@@ -39,7 +39,7 @@ from qaclims.config import setting, to_dict
 from qaclims.crf import CrfConfig, crf_labels, densecrf_module
 from qaclims.datasets.base import check_exist, shard_rows
 from qaclims.errors import ConfigError, DataError
-from qaclims.io import read_image, read_npz, read_parquet, write_label_png
+from qaclims.io import files_digest, read_image, read_npz, read_parquet, write_label_png
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class PartialDir:
         stamp = self.path / STAMP
         tag = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
         if self.path.is_dir() and (not stamp.is_file() or json.loads(stamp.read_text()) != tag):
-            log.warning("discarding %s: written under another config", self.path)
+            log.warning("discarding %s: written under other settings or inputs", self.path)
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         for p in self.path.iterdir():
@@ -204,6 +204,27 @@ def _label_all(jobs: list[tuple[str, str, str, IrLabelConfig]], threads: int) ->
             raise
 
 
+def shard_partial(
+    manifest: Path,
+    cam_dirs: list[Path],
+    cfg: IrLabelConfig,
+    out_dir: Path,
+    shard: int,
+    num_shards: int,
+) -> tuple[pd.DataFrame, dict[str, Path], PartialDir]:
+    """The shard's manifest rows, their CAM files, and its partial folder, valid for these
+    settings, images and CAM files (by content): one made from other inputs is discarded."""
+    df = select_shard(read_parquet(manifest, columns=["image_id", "image_path"]), shard, num_shards)
+    cams = find_cam_files(list(df["image_id"]), cam_dirs)
+    check_images(df, manifest)
+    inputs = {
+        "cfg": to_dict(cfg),
+        "images": list(df["image_path"]),
+        "cams": files_digest([cams[i] for i in df["image_id"]]),
+    }
+    return df, cams, PartialDir(out_dir, inputs)
+
+
 def run(
     manifest: Path,
     cam_dirs: list[Path],
@@ -218,10 +239,7 @@ def run(
     densecrf_module()
     if not 0.0 <= cfg.conf_bg_thres <= cfg.conf_fg_thres:
         raise ConfigError("cam_to_ir_label.conf_bg_thres must lie in [0, conf_fg_thres]")
-    df = select_shard(read_parquet(manifest, columns=["image_id", "image_path"]), shard, num_shards)
-    cams = find_cam_files(list(df["image_id"]), cam_dirs)
-    check_images(df, manifest)
-    part = PartialDir(Path(out_dir), to_dict(cfg))
+    df, cams, part = shard_partial(manifest, cam_dirs, cfg, Path(out_dir), shard, num_shards)
     jobs = [
         (str(p), str(cams[i]), str(part.path / f"{i}.png"), cfg)
         for i, p in zip(df["image_id"], df["image_path"], strict=True)

@@ -355,12 +355,12 @@ def load_clip(
 
 def load_clip_weights(model: ClipModel, path: str | Path) -> None:
     """Load a whole-model ``.safetensors`` state dict (mask prompt included) into ``model``."""
-    from safetensors.torch import load_file
+    from qaclims.weights import read_tensors
 
     p = Path(path)
     if not p.is_file():
         raise DataError(f"missing CLIP weights: {p}")
-    sd = load_file(str(p))
+    sd = read_tensors(p)
     prompt = sd.pop(f"visual.{MASK_PROMPT}", None)
     if prompt is not None:
         attach_mask_prompt(model, prompt)

@@ -44,7 +44,8 @@ from qaclims.clip_models import (
 from qaclims.config import runtime, setting
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
-from qaclims.io import atomic_path, read_parquet, write_parquet
+from qaclims.io import read_parquet, write_parquet
+from qaclims.weights import write_tensors
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,6 @@ def _write_features(
     classes: list[str],
     num_phrases: int,
 ) -> None:
-    from safetensors.torch import save_file
-
     meta = {
         "prompt": cfg.prompt,
         "class_weight": str(cfg.class_weight),
@@ -204,9 +203,7 @@ def _write_features(
         "num_phrases": str(num_phrases),
         **clip_metadata(clip_cfg),
     }
-    data = {"features": feats.to(DTYPES[cfg.dtype]).contiguous()}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(data, str(tmp), metadata=meta)
+    write_tensors(path, {"features": feats.to(DTYPES[cfg.dtype])}, meta)
 
 
 def run(

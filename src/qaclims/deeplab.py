@@ -61,6 +61,7 @@ from qaclims.training import (
     History,
     ResumeState,
     autocast,
+    files_digest,
     fingerprint,
     init_distributed,
     load_weights,
@@ -422,7 +423,8 @@ def _fingerprint(cfg: TrainDeeplabConfig, num_classes: int, df: pd.DataFrame) ->
     """Identity of a training run: what changes its result (not workers/logging/resume)."""
     keep = to_dict(dataclasses.replace(cfg, num_workers=0, log_every=1, resume_every=1))
     data = hashlib.sha256("\n".join(df["image_id"]).encode()).hexdigest()
-    return fingerprint({"cfg": keep, "num_classes": num_classes, "data": data})
+    labels = files_digest(list(df["label_path"]))
+    return fingerprint({"cfg": keep, "num_classes": num_classes, "data": data, "labels": labels})
 
 
 def _restore(
@@ -772,13 +774,7 @@ def _load_model(
     weights: Path, model_cfg: DeeplabModelConfig, num_classes: int, dev: torch.device
 ) -> DeepLab:
     model = build_model(model_cfg, num_classes, init=False)
-    try:
-        load_weights(weights, model)
-    except RuntimeError as e:
-        raise DataError(
-            f"weights {weights} do not fit train_deeplab.model with {num_classes} "
-            f"classes: {str(e).splitlines()[0]}"
-        ) from e
+    load_weights(weights, model)  # a DataError names the file and the keys that do not fit
     return model.to(dev).eval()
 
 

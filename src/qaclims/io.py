@@ -7,10 +7,11 @@ place, so a crash never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,17 @@ def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def files_digest(paths: Sequence[PathLike]) -> str:
+    """sha256 over the names and bytes of ``paths`` in the given order (label PNGs, CAM
+    files: the inputs a resume state or a partial folder was made from)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(f"{Path(p).name}|".encode())
+        with open(p, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
 
 
 def write_json(path: PathLike, obj: Any) -> None:

@@ -46,6 +46,7 @@ from qaclims.training import (
     History,
     ResumeState,
     autocast,
+    files_digest,
     fingerprint,
     save_weights,
     seed_everything,
@@ -601,9 +602,9 @@ def run_train(
     model = build_model(cfg.model).to(dev).train()
     opt = build_optimizer(model, cfg)
     ids = sorted(Path(p).name for p, _ in items)
-    resume = ResumeState(
-        Path(resume_path), fingerprint({"cfg": to_dict(cfg), "images": ids}), cfg.resume_every
-    )
+    labels = files_digest([lab for _, lab in items])
+    key = fingerprint({"cfg": to_dict(cfg), "images": ids, "labels": labels})
+    resume = ResumeState(Path(resume_path), key, cfg.resume_every)
     step, hist = _restore(resume, model, opt)
     total = per_epoch * cfg.epochs
     stop = total if max_steps is None else min(total, max_steps)

@@ -14,7 +14,6 @@ written into ``.<out_dir name>.partial`` (reused by a rerun) and renamed at the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,10 @@ from qaclims.cam_to_ir_label import PartialDir, check_images, find_cam_files, re
 from qaclims.config import runtime, setting, to_dict
 from qaclims.devices import torch_device
 from qaclims.errors import ConfigError, DataError
-from qaclims.io import read_image, read_parquet, write_label_png
+from qaclims.io import files_digest, read_image, read_parquet, write_label_png
 from qaclims.random_walk import propagate
 from qaclims.training import load_weights
+from qaclims.weights import tensors_digest
 
 log = logging.getLogger(__name__)
 
@@ -129,21 +129,10 @@ def _as_is(item: Any) -> Any:
     return item
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_irn(path: Path, irn_cfg: irn.IrnModelConfig, device: torch.device) -> irn.IrnNet:
     """The trained IRN of ``path`` (safetensors) built with ``irn_cfg``, in eval mode."""
     model = irn.build_model(irn_cfg, for_inference=True)
-    try:
-        load_weights(path, model)
-    except RuntimeError as e:
-        raise DataError(f"IRN weights {path} do not fit the model config: {e}") from e
+    load_weights(path, model)  # a DataError names the file and the keys that do not fit
     return model.to(device).eval()
 
 
@@ -174,7 +163,14 @@ def run(
     check_images(df, manifest)
     dev = torch.device(torch_device(device))
     model = load_irn(irn_weights, irn_cfg, dev)
-    part = PartialDir(Path(out_dir), {"cfg": to_dict(cfg), "irn": _digest(Path(irn_weights))})
+    inputs = {
+        "cfg": to_dict(cfg),
+        "irn": tensors_digest(Path(irn_weights)),
+        "irn_model": to_dict(irn_cfg),
+        "images": list(df["image_path"]),
+        "cams": files_digest([cams[i] for i in df["image_id"]]),
+    }
+    part = PartialDir(Path(out_dir), inputs)
     rows = [
         (i, p, cams[i])
         for i, p in zip(df["image_id"], df["image_path"], strict=True)

@@ -82,6 +82,12 @@ def check_paths(config: Mapping[str, Any]) -> None:
     for key in ("cam", "ritc", "deeplab"):
         if rel.get(key):
             _require(f"released.{key}", rel[key])
+    model = config["train_deeplab"]["model"]
+    if rel.get("deeplab") and (model["style"], model["version"]) != ("caffe", "v2"):
+        raise ConfigError(
+            "released.deeplab: a deeplab-pytorch checkpoint is a DeepLab-v2 in the Caffe layout; "
+            "set train_deeplab.model.version: v2 and train_deeplab.model.style: caffe"
+        )
     backbones = [] if rel["cam"] else ["train_cam"]
     if config["refine"]["enabled"]:
         backbones.append("train_irn")

@@ -60,12 +60,14 @@ from qaclims.training import (
     autocast,
     fingerprint,
     init_distributed,
+    inputs_digest,
     per_rank_batch,
     save_weights,
     seed_everything,
     set_poly_lr,
     unwrap,
 )
+from qaclims.weights import read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -212,12 +214,10 @@ class TextBank:
     @classmethod
     def load(cls, index: Path, features: Path, num_classes: int, device: torch.device) -> TextBank:
         """Read text_features' outputs; inconsistencies raise :class:`DataError` naming them."""
-        from safetensors.torch import load_file
-
         df = read_parquet(index, columns=INDEX_COLUMNS)
         if not Path(features).is_file():
             raise DataError(f"missing text features: {features}")
-        feats = load_file(str(features)).get("features")
+        feats = read_tensors(features).get("features")
         if feats is None or feats.ndim != 2:
             raise DataError(f"{features} has no 2-D tensor 'features'")
         if len(df) and int(df["row"].max()) >= feats.shape[0]:
@@ -358,6 +358,18 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
 # ----------------------------------------------------------------------------- set-up
 
 
+def check_text_width(bank: TextBank, path: Path, clip: nn.Module, name: str) -> None:
+    """Raise :class:`DataError` naming ``path`` if its text features are not as wide as the
+    embedding of the CLIP the regions are encoded with (features of another CLIP)."""
+    proj = getattr(clip, "text_projection", None)
+    width = proj.shape[-1] if isinstance(proj, torch.Tensor) else None
+    if width is not None and bank.features.shape[1] != width:
+        raise DataError(
+            f"text features {path} are {bank.features.shape[1]} wide, but CLIP {name} embeds "
+            f"in {width}: they were made with another CLIP (rerun text_features)"
+        )
+
+
 def build_network(
     cam_weights: Path,
     model_cfg: CamModelConfig,
@@ -391,15 +403,6 @@ def build_optimizer(model: nn.Module, cfg: TrainRitcConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _digest(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def _fingerprint(
     cfg: TrainRitcConfig,
     model_cfg: CamModelConfig,
@@ -425,7 +428,7 @@ def _fingerprint(
             "clip": to_dict(clip_cfg),
             "num_classes": num_classes,
             "data": data,
-            "inputs": _digest(inputs),
+            "inputs": inputs_digest(inputs),
         }
     )
 
@@ -493,6 +496,7 @@ def run(
     seed_everything(cfg.seed)
     bank = TextBank.load(Path(corpus_index), Path(text_features), num_classes, dist.device)
     clip, info, _ = load_clip(clip_cfg, str(dist.device), clip_weights)
+    check_text_width(bank, Path(text_features), clip, clip_cfg.name)
     model = build_network(Path(cam_weights), model_cfg, num_classes, cfg, dist)
     key = _fingerprint(cfg, model_cfg, clip_cfg, num_classes, df, inputs)
     ctx = StepContext(clip, info, bank, cfg, cfg.loss_images / per_rank)

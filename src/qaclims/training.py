@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from qaclims.io import atomic_path, write_parquet
+from qaclims.io import atomic_path, files_digest, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,21 @@ def set_poly_lr(
 
 
 def fingerprint(cfg: Mapping[str, Any]) -> str:
-    """Stable short hash of a JSON-serialisable config (used to refuse stale resume states)."""
+    """Stable short hash of a JSON-serialisable mapping (used to refuse stale resume states
+    and partial folders): give it everything that shapes the result -- the settings and the
+    content digests of the inputs (:func:`files_digest`, :func:`qaclims.weights.tensors_digest`)."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def inputs_digest(paths: Sequence[str | Path]) -> str:
+    """Content digest of input files: weights (``.safetensors``) by their tensors
+    (:func:`qaclims.weights.tensors_digest`), anything else by its bytes."""
+    from qaclims.weights import tensors_digest
+
+    parts = [
+        tensors_digest(p) if Path(p).suffix == ".safetensors" else files_digest([p]) for p in paths
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 @dataclass
@@ -70,9 +83,19 @@ class ResumeState:
         """The saved state, or None if absent or saved under a different config."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError("not a resume state")
+        except Exception as e:  # truncated, garbage, pickled code: start over, say so
+            log.warning("discarding resume state %s: unreadable (%s); starting over", self.path, e)
+            self.path.unlink(missing_ok=True)
+            return None
         if state.get("fingerprint") != self.fingerprint:
-            log.warning("ignoring resume state %s: it was saved under another config", self.path)
+            log.warning(
+                "discarding resume state %s: it was saved under other settings or inputs",
+                self.path,
+            )
             return None
         log.info("resuming from %s at step %d", self.path, state["step"])
         return dict(state)
@@ -144,25 +167,20 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 def save_weights(
     path: str | Path, model: nn.Module, metadata: dict[str, str] | None = None
 ) -> None:
-    """Save ``model``'s state dict (unwrapped from DDP) as safetensors, atomically."""
-    from safetensors.torch import save_file
+    """Save ``model``'s state dict (unwrapped from DDP) as safetensors, atomically; identical
+    weights and metadata give identical bytes (:func:`qaclims.weights.write_tensors`)."""
+    from qaclims.weights import write_tensors
 
-    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+    write_tensors(path, unwrap(model).state_dict(), metadata)
 
 
-def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> nn.Module:
-    """Load safetensors weights into ``model``; a missing file raises naming it."""
-    from safetensors.torch import load_file
+def load_weights(path: str | Path, model: nn.Module) -> nn.Module:
+    """Load safetensors weights into ``model`` strictly; every error (missing, corrupt or
+    non-fitting file) raises :class:`~qaclims.errors.DataError` naming the file and the
+    keys that do not fit."""
+    from qaclims.weights import load_into
 
-    from qaclims.errors import DataError
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"missing weights file: {p}")
-    unwrap(model).load_state_dict(load_file(str(p)), strict=strict)
-    return model
+    return load_into(model, path)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

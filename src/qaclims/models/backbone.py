@@ -160,30 +160,47 @@ def _torchvision(cfg: BackboneConfig) -> Backbone:
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict from ``.safetensors`` or a ``.pth`` (``weights_only=True``)."""
+    """A state dict from ``.safetensors`` or a ``.pth`` (``weights_only=True``: tensors only).
+
+    Any error (missing, truncated or garbage file, pickled code, no state dict) raises
+    :class:`DataError` naming the file.
+    """
+    from qaclims.weights import read_tensors
+
     p = Path(path)
     if not p.is_file():
         raise DataError(f"missing weights file: {p}")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
-    obj = torch.load(p, map_location="cpu", weights_only=True)
+        return read_tensors(p)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt zip, a pickle naming code, ...
+        raise DataError(f"weights file {p} is not a tensor state dict ({e})") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise DataError(f"weights file {p} holds {type(obj).__name__}, not a state dict")
-    return obj
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+#: torchvision ResNet tensors a backbone init file may leave out or hold in another shape
+#: (the ImageNet classifier, which the backbone drops)
+OPTIONAL_PREFIXES = ("fc.",)
 
 
 def _load_into(net: nn.Module, path: str) -> None:
-    """Load matching tensors of a state file into ``net``; error if nothing matches."""
+    """Load a backbone init file into ``net`` strictly: every tensor of ``net`` but the
+    classifier (``fc.``) must be given with its shape, and the file may hold nothing else;
+    a :class:`DataError` names the file and lists the keys that do not fit."""
+    from qaclims.weights import check_fit
+
     state = load_state_file(path)
     own = net.state_dict()
-    hits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not hits:
-        raise DataError(f"weights file {path} matches no parameter of the backbone")
-    net.load_state_dict(hits, strict=False)
+    keep = {k: v for k, v in state.items() if not k.startswith(OPTIONAL_PREFIXES)}
+    need = {k: v for k, v in own.items() if not k.startswith(OPTIONAL_PREFIXES)}
+    check_fit(keep, need, path)
+    fc = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict({**fc, **keep}, strict=False)
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
