@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 --configfile config/config.yaml
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml \
 		--report results/demo/report.html
-	@$(PY) -m qaclims.summary results/demo
+	@$(PY) -m qaclims.report.summary results/demo
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile
@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 
 schema: $(STAMP)
-	$(PY) -m qaclims.schema > workflow/schemas/config.schema.yaml
+	$(PY) -m qaclims.core.schema > workflow/schemas/config.schema.yaml
 
 clean-demo:
 	rm -rf results/demo logs/demo benchmarks/demo

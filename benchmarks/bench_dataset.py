@@ -2,7 +2,7 @@
 
 Writes a fake COCO 2014 ``val`` split of ``--images`` 640x480 images (tiny JPEG files: the
 mask cost is in the annotations) with ``--anns`` random polygon annotations each, then
-runs :func:`qaclims.datasets.run` once per ``--workers`` value into a fresh output folder
+runs :func:`qaclims.data.dataset.run` once per ``--workers`` value into a fresh output folder
 and prints seconds and the speed-up over the first value. The dataset rule passes its
 job's threads as ``workers`` (``threads.cpu_shard``).
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qaclims import datasets
+from qaclims.data import dataset as datasets
 
 
 def fake_coco(root: Path, n: int, anns: int, rng: np.random.Generator) -> None:

@@ -1,6 +1,7 @@
 """Time DeepLab inference (multi-scale + flip, dense CRF) and one training step.
 
-Prints, for the chosen backbone: seconds per image of :func:`qaclims.deeplab.predict_logits`
+Prints, for the chosen backbone: seconds per image of
+:func:`qaclims.seg.infer_deeplab.predict_logits`
 at VOC size (375x500) for the reference test (scales 1, 0.75, 0.5, no flip) and with
 flips, seconds per image of the dense CRF (deeplab-pytorch parameters), and seconds per
 multi-scale training step at the given batch and crop. With ``--demo`` it also trains the
@@ -24,11 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from qaclims import deeplab, io, metrics
-from qaclims.config import from_mapping
-from qaclims.datasets.base import write_manifest
-from qaclims.devices import torch_device
+from qaclims.core import io
+from qaclims.core.config import from_mapping
+from qaclims.core.devices import torch_device
+from qaclims.data.manifest import write_manifest
+from qaclims.evaluation import metrics
 from qaclims.models import deeplab as dlm
+from qaclims.seg import infer_deeplab, train_deeplab
+from qaclims.seg.loss import Units
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 H, W = 375, 500
@@ -46,22 +50,22 @@ def sync(dev: torch.device) -> None:
 
 def time_infer(net: torch.nn.Module, dev: torch.device, n: int, flip: bool) -> float:
     x = torch.randn(1, 3, H, W, device=dev)
-    deeplab.predict_logits(net, x, (1.0, 0.75, 0.5), flip, "max")  # warm-up
+    infer_deeplab.predict_logits(net, x, (1.0, 0.75, 0.5), flip, "max")  # warm-up
     sync(dev)
     t = time.perf_counter()
     for _ in range(n):
-        deeplab.predict_logits(net, x, (1.0, 0.75, 0.5), flip, "max")
+        infer_deeplab.predict_logits(net, x, (1.0, 0.75, 0.5), flip, "max")
     sync(dev)
     return (time.perf_counter() - t) / n
 
 
 def time_crf(n: int) -> float:
-    from qaclims.crf import dense_crf
+    from qaclims.models.crf import dense_crf
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (H, W, 3)).astype(np.uint8)
     probs = torch.softmax(torch.randn(21, H, W), 0).numpy()
-    cfg = deeplab._crf_config(deeplab.DeeplabCrfConfig())
+    cfg = infer_deeplab._crf_config(infer_deeplab.DeeplabCrfConfig())
     t = time.perf_counter()
     for _ in range(n):
         dense_crf(img, probs, cfg)
@@ -69,16 +73,17 @@ def time_crf(n: int) -> float:
 
 
 def time_train(net: dlm.DeepLab, dev: torch.device, batch: int, crop: int, n: int) -> float:
-    cfg = deeplab.TrainDeeplabConfig(model=model_cfg("tiny"))
+    cfg = train_deeplab.TrainDeeplabConfig(model=model_cfg("tiny"))
     msc = dlm.MultiScaleNet(net, cfg.msc_scales).train()
-    opt = deeplab.build_optimizer(net, cfg)
+    opt = train_deeplab.build_optimizer(net, cfg)
     x = torch.randn(batch, 3, crop, crop, device=dev)
     y = torch.randint(0, 21, (batch, crop, crop), device=dev)
-    deeplab.train_step(msc, opt, x, y, 1, amp=False)
+    units = Units.of_positions(0, batch, batch, batch)
+    train_deeplab.train_step(msc, opt, x, y, units, cfg.loss, 1, amp=False)
     sync(dev)
     t = time.perf_counter()
     for _ in range(n):
-        deeplab.train_step(msc, opt, x, y, 1, amp=False)
+        train_deeplab.train_step(msc, opt, x, y, units, cfg.loss, 1, amp=False)
     sync(dev)
     return (time.perf_counter() - t) / n
 
@@ -113,16 +118,16 @@ def blocks(root: Path, n: int, seed: int) -> Path:
 def demo(root: Path, iterations: int) -> None:
     train, val = blocks(root / "train", 40, 0), blocks(root / "val", 20, 1)
     tiny = {"arch": "tiny", "weights": "none"}
-    cfg = from_mapping(deeplab.TrainDeeplabConfig, {
+    cfg = from_mapping(train_deeplab.TrainDeeplabConfig, {
         "model": {"backbone": tiny, "aspp_rates": [1, 2, 3, 4]}, "batch_size": 4, "crop": 48,
         "iterations": iterations, "lr": 0.01, "num_workers": 0, "log_every": 50,
     }, "train_deeplab")  # fmt: skip
     t = time.perf_counter()
-    deeplab.train_run(train, [root / "train" / "mask"], 4, cfg, root / "m.st", root / "h.pq",
+    train_deeplab.train_run(train, [root / "train" / "mask"], 4, cfg, root / "m.st", root / "h.pq",
                       "cpu", root / "state.pt")  # fmt: skip
     print(f"demo: {iterations} steps of batch 4 in {time.perf_counter() - t:.1f} s")
-    icfg = deeplab.InferDeeplabConfig()
-    deeplab.infer_run(val, root / "m.st", cfg.model, 4, icfg, root / "nocrf", root / "crf", 0,
+    icfg = infer_deeplab.InferDeeplabConfig()
+    infer_deeplab.infer_run(val, root / "m.st", cfg.model, 4, icfg, root / "nocrf", root / "crf", 0,
                       1, "cpu")  # fmt: skip
     for kind in ("nocrf", "crf"):
         conf = np.zeros((4, 4), np.int64)

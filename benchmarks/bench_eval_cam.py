@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qaclims import eval_cam, io
-from qaclims.metrics import ConfusionAccumulator
+from qaclims.cam import eval_cam
+from qaclims.core import io
+from qaclims.evaluation.metrics import ConfusionAccumulator
 
 H, W, C = 375, 500, 20
 

@@ -24,10 +24,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from qaclims import cam_to_ir_label as c2i
-from qaclims.devices import torch_device
-from qaclims.io import write_image, write_npz, write_parquet
-from qaclims.random_walk import propagate
+from qaclims.core.devices import torch_device
+from qaclims.core.io import write_image, write_npz, write_parquet
+from qaclims.refine import cam_to_ir_label as c2i
+from qaclims.refine.random_walk import propagate
 
 
 def synthetic_image(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +129,8 @@ def bench_walk(n: int, h: int, w: int, device: str) -> None:
 def bench_irn(device: str, batch: int, steps: int, size: tuple[int, int]) -> None:
     """IRN (ResNet-50, random weights: nothing downloaded) training steps at crop 512 and
     make_sem_seg's per-image work (boundary inference + sparse walk) on ``device``."""
-    from qaclims import irn, make_sem_seg
     from qaclims.models.backbone import BackboneConfig
+    from qaclims.refine import irn, make_sem_seg
 
     dev = torch.device(device)
     model_cfg = irn.IrnModelConfig(backbone=BackboneConfig(weights="none"))

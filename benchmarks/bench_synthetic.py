@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from qaclims import datasets, synthetic
+from qaclims.data import dataset as datasets
+from qaclims.data import synthetic
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Same model, same inputs. The reference (QA-CLIMS ``get_blip_vqa_results.py``) loads the
 image once per (image, class) pair and calls the model once per question; here that
 loop calls transformers' ``BlipForQuestionAnswering.generate`` with one question. The
-batched backend is :class:`qaclims.vqa.BlipAnswerer` (one vision pass per image, many
+batched backend is :class:`qaclims.qape.vqa.BlipAnswerer` (one vision pass per image, many
 questions per decoder call). Prints both rates, the speed-up and how many answers agree.
 
     python benchmarks/bench_vqa.py --images 16 --device auto
@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from qaclims import vqa  # noqa: E402
-from qaclims.config import from_mapping  # noqa: E402
-from qaclims.devices import torch_device  # noqa: E402
+from qaclims.core.config import from_mapping  # noqa: E402
+from qaclims.core.devices import torch_device  # noqa: E402
 
 CLASSES = ["dog", "cat", "dining table", "tv monitor", "potted plant", "person"]
 WORDS = sorted(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qaclims import augment
+from qaclims.data import augment
 
 
 def test_scaled_size_rounds_half_to_even() -> None:

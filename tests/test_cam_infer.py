@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from qaclims import cam_infer
-from qaclims.cam_infer import MakeCamConfig, multiscale_cam
-from qaclims.config import from_mapping
-from qaclims.datasets.base import manifest_frame, write_manifest
-from qaclims.errors import ConfigError, DataError
-from qaclims.io import read_npz, write_image
+from qaclims.cam import make_cam as cam_infer
+from qaclims.cam.make_cam import MakeCamConfig, multiscale_cam
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.core.io import read_npz, write_image
+from qaclims.data.manifest import manifest_frame, write_manifest
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
 from qaclims.training import save_weights
 
@@ -177,7 +177,7 @@ def test_run_writes_present_classes_batched_equals_single(setup: dict[str, Path]
 def test_run_agrees_with_multiscale_cam(setup: dict[str, Path], rescale: str) -> None:
     from PIL import Image
 
-    from qaclims.io import read_image
+    from qaclims.core.io import read_image
 
     out = make(setup, f"out_{rescale}", cfg(rescale=rescale))
     img = read_image(setup["root"] / "img" / "im5.png")

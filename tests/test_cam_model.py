@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qaclims.config import from_mapping
-from qaclims.errors import DataError
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import DataError
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
 from qaclims.training import save_weights
 

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from qaclims import clip_models, clip_text
-from qaclims.clip_models import (
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.models import clip as clip_models
+from qaclims.models.clip import (
     ClipConfig,
     TinyClipArch,
     TinyClipConfig,
@@ -23,8 +25,7 @@ from qaclims.clip_models import (
     load_clip,
     seeded_tiny,
 )
-from qaclims.config import from_mapping
-from qaclims.errors import ConfigError, DataError
+from qaclims.ritc import text_features as clip_text
 from qaclims.training import save_weights
 
 ARCH = TinyClipArch(embed_dim=16, image_size=32, patch_size=8, vision_width=16, vision_layers=3,
@@ -337,7 +338,7 @@ def test_perturbed_regions_keep_levels_away_from_edges() -> None:
 
 
 def write_world(root: Path, n: int = 6) -> None:
-    from qaclims.io import write_image, write_json, write_label_png
+    from qaclims.core.io import write_image, write_json, write_label_png
 
     colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
     rng = np.random.default_rng(0)

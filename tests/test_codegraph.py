@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qaclims import codegraph
+from qaclims.workflow import codegraph
 
 
 @pytest.fixture()

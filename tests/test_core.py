@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from qaclims import devices, io, training
-from qaclims.config import from_mapping, to_dict
-from qaclims.errors import ConfigError, DataError
+from qaclims import training
+from qaclims.core import devices, io
+from qaclims.core.config import from_mapping, to_dict
+from qaclims.core.errors import ConfigError, DataError
 from qaclims.models.backbone import BackboneConfig, build_backbone
 
 

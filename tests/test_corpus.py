@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qaclims import corpus
-from qaclims.config import from_mapping
-from qaclims.errors import DataError
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import DataError
+from qaclims.qape import corpus
 
 CLASSES = ["dog", "dining table", "tv monitor", "potted plant"]
 
@@ -255,7 +255,7 @@ def test_reference_rules_do_not_lemmatise_lemmatised_answers(tmp_path: Path) -> 
 
 
 def test_unknown_synonym_class_is_an_error(tmp_path: Path) -> None:
-    from qaclims.errors import ConfigError
+    from qaclims.core.errors import ConfigError
 
     cfg = from_mapping(corpus.CorpusConfig, {"synonyms": {"diningtable": ["table"]}}, "corpus")
     with pytest.raises(ConfigError, match=r"corpus\.synonyms names \['diningtable'\]"):

@@ -1,4 +1,5 @@
-"""Dense CRF (qaclims.crf): refinement of noisy labels / probabilities on a synthetic image."""
+"""Dense CRF (qaclims.models.crf): refinement of noisy labels / probabilities on a synthetic
+image."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from qaclims.crf import CrfConfig, crf_labels, dense_crf, densecrf_module, label_unary
+from qaclims.models.crf import CrfConfig, crf_labels, dense_crf, densecrf_module, label_unary
 
 
 def two_regions(h: int = 40, w: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

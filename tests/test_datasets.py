@@ -11,18 +11,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from qaclims import datasets
-from qaclims.config import from_mapping
-from qaclims.datasets.base import (
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.core.io import read_label_png, write_label_png
+from qaclims.data import dataset as datasets
+from qaclims.data.manifest import (
     MANIFEST_COLUMNS,
     read_classes,
     read_manifest,
     shard_rows,
     write_manifest,
 )
-from qaclims.datasets.voc import VOC_CLASSES
-from qaclims.errors import ConfigError, DataError
-from qaclims.io import read_label_png, write_label_png
+from qaclims.data.voc import VOC_CLASSES
 
 # ----------------------------------------------------------------------------- VOC tree
 

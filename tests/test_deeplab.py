@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from qaclims import deeplab, io, seg_loss
-from qaclims.config import from_mapping
-from qaclims.datasets.base import write_manifest
-from qaclims.errors import ConfigError, DataError
+from qaclims.core import io
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.data.manifest import write_manifest
 from qaclims.models import deeplab as dlm
+from qaclims.seg import infer_deeplab, train_deeplab
+from qaclims.seg import loss as seg_loss
 from qaclims.training import load_weights
 
 K = 4  # background + 3 classes
@@ -32,7 +34,7 @@ def tiny_model_cfg(version: str = "v2") -> dlm.DeeplabModelConfig:
     return from_mapping(dlm.DeeplabModelConfig, mapping, "train_deeplab.model")
 
 
-def tiny_train_cfg(**over: object) -> deeplab.TrainDeeplabConfig:
+def tiny_train_cfg(**over: object) -> train_deeplab.TrainDeeplabConfig:
     m = {
         "model": {"version": "v2", "backbone": TINY, "aspp_rates": [1, 2]},
         "batch_size": 2,
@@ -46,7 +48,7 @@ def tiny_train_cfg(**over: object) -> deeplab.TrainDeeplabConfig:
         "seed": 3,
     }
     m.update(over)
-    return from_mapping(deeplab.TrainDeeplabConfig, m, "train_deeplab")
+    return from_mapping(train_deeplab.TrainDeeplabConfig, m, "train_deeplab")
 
 
 def make_world(root: Path, ignore_rows: bool = True) -> dict[str, Path]:
@@ -194,13 +196,13 @@ def test_caffe_style_strides_reduce_conv_and_subtracts_bgr_mean() -> None:
 
 def test_partial_backbone_mapping_keeps_deeplab_defaults() -> None:
     mapping = {"model": {"backbone": {"arch": "tiny", "weights": "none"}}}
-    cfg = from_mapping(deeplab.TrainDeeplabConfig, mapping, "train_deeplab")
+    cfg = from_mapping(train_deeplab.TrainDeeplabConfig, mapping, "train_deeplab")
     bb = cfg.model.backbone.to_backbone_config()
     assert (bb.strides, bb.dilations, bb.frozen_bn) == ((2, 2, 1, 1), (1, 1, 2, 4), True)
     with pytest.raises(ConfigError, match="train_deeplab.model.version"):
-        deeplab.check_train_config(tiny_train_cfg(model={"version": "v9"}))
+        train_deeplab.check_train_config(tiny_train_cfg(model={"version": "v9"}))
     with pytest.raises(ConfigError, match="infer_deeplab.fusion"):
-        deeplab.check_infer_config(deeplab.InferDeeplabConfig(fusion="median"))
+        infer_deeplab.check_infer_config(infer_deeplab.InferDeeplabConfig(fusion="median"))
 
 
 # ---------------------------------------------------------------- loss / optimiser
@@ -242,7 +244,7 @@ def test_label_resize_matches_pil_nearest(size: tuple[int, int]) -> None:
 def test_optimizer_groups_follow_reference_multipliers() -> None:
     cfg = tiny_train_cfg(lr=1e-3)
     net = dlm.build_model(cfg.model, K)
-    opt = deeplab.build_optimizer(net, cfg)
+    opt = train_deeplab.build_optimizer(net, cfg)
     got = [(g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups]
     n_conv = sum(1 for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert got == [(1e-3, 5e-4, n_conv), (1e-2, 5e-4, 2), (2e-2, 0.0, 2)]
@@ -280,7 +282,7 @@ def _step_grads(
     iter_size: int,
 ) -> tuple[float, list[torch.Tensor]]:  # fmt: skip
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
-    loss = deeplab.train_step(net, opt, x, y, units, kind, iter_size, amp=False)
+    loss = train_deeplab.train_step(net, opt, x, y, units, kind, iter_size, amp=False)
     return float(loss), [p.grad.clone() for p in net.parameters() if p.grad is not None]
 
 
@@ -326,12 +328,12 @@ def test_balanced_loss_by_hand_and_a_unit_without_foreground() -> None:
 
 def test_loss_batch_must_divide_the_batch() -> None:
     with pytest.raises(ConfigError, match="train_deeplab.loss_batch"):
-        deeplab.check_train_config(tiny_train_cfg(batch_size=4, loss_batch=3))
+        train_deeplab.check_train_config(tiny_train_cfg(batch_size=4, loss_batch=3))
     with pytest.raises(ConfigError, match="train_deeplab.loss"):
         tiny_train_cfg(loss="focal")
-    units = deeplab.rank_units(tiny_train_cfg(batch_size=4, loss_batch=2), rank=1, per_rank=2)
+    units = train_deeplab.rank_units(tiny_train_cfg(batch_size=4, loss_batch=2), rank=1, per_rank=2)
     assert units.index.tolist() == [1, 1] and units.count == 2
-    whole = deeplab.rank_units(tiny_train_cfg(batch_size=4), rank=0, per_rank=4)
+    whole = train_deeplab.rank_units(tiny_train_cfg(batch_size=4), rank=0, per_rank=4)
     assert whole.index.tolist() == [0, 0, 0, 0] and whole.count == 1
 
 
@@ -342,7 +344,7 @@ def test_augmentation_pads_with_mean_and_ignore() -> None:
     cfg = tiny_train_cfg(crop=40, scales=[1.0], flip=False)
     img = np.random.default_rng(0).integers(0, 255, (20, 30, 3)).astype(np.uint8)
     lab = np.random.default_rng(1).integers(0, K, (20, 30)).astype(np.uint8)
-    x, y = deeplab.augment_pair(img, lab, cfg, np.random.default_rng(5))
+    x, y = train_deeplab.augment_pair(img, lab, cfg, np.random.default_rng(5))
     assert x.shape == (3, 40, 40) and y.shape == (40, 40) and y.dtype == np.int64
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     want = ((img / 255 - mean) / std).transpose(2, 0, 1)
@@ -358,23 +360,23 @@ def test_augmentation_flip_and_scale_keep_image_and_mask_aligned() -> None:
     lab[:, 30:] = 2  # right half is class 2, and bright in the image
     img = np.where(lab[..., None] == 2, 250, 10).astype(np.uint8).repeat(3, axis=2)
     for seed in range(6):
-        x, y = deeplab.augment_pair(img, lab, cfg, np.random.default_rng(seed))
+        x, y = train_deeplab.augment_pair(img, lab, cfg, np.random.default_rng(seed))
         assert x.shape == (3, 16, 16) and set(np.unique(y)) <= {0, 2}
         np.testing.assert_array_equal(x[0] > 0, y == 2)
 
 
 def test_rank_samples_partition_each_step() -> None:
-    a = list(deeplab.RankSamples(3, 6, batch=4, rank=0, per_rank=2))
-    b = list(deeplab.RankSamples(3, 6, batch=4, rank=1, per_rank=2))
+    a = list(train_deeplab.RankSamples(3, 6, batch=4, rank=0, per_rank=2))
+    b = list(train_deeplab.RankSamples(3, 6, batch=4, rank=1, per_rank=2))
     assert sorted(a + b) == list(range(12, 24)) and not set(a) & set(b)
 
 
 def test_missing_and_bad_pseudo_masks_are_named(world: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"3 of 6 images .* im1\.png"):
-        deeplab.read_train_rows(world["manifest"], [world["pseudo"][0]])
+        train_deeplab.read_train_rows(world["manifest"], [world["pseudo"][0]])
     io.write_label_png(tmp_path / "bad.png", np.full((4, 4), 9, np.uint8))
     with pytest.raises(DataError, match="bad.png holds label 9"):
-        deeplab.checked_label(str(tmp_path / "bad.png"), (4, 4), K)
+        train_deeplab.checked_label(str(tmp_path / "bad.png"), (4, 4), K)
 
 
 # ---------------------------------------------------------------- inference
@@ -396,10 +398,10 @@ def test_multiscale_flip_is_mean_of_direct_passes() -> None:
                 y = _interp(net(x), (37, 45))[0].numpy()
                 passes.append(y[:, :, ::-1] if flip else y)
     x = torch.from_numpy(dlm.normalise(img, "torchvision"))[None]
-    got = deeplab.predict_logits(net, torch.cat([x, x]), scales, flip=True, fusion="mean")
+    got = infer_deeplab.predict_logits(net, torch.cat([x, x]), scales, flip=True, fusion="mean")
     np.testing.assert_allclose(got[0].numpy(), np.mean(passes, axis=0), atol=1e-5)
     np.testing.assert_allclose(got[1].numpy(), np.mean(passes, axis=0), atol=1e-5)
-    got_max = deeplab.predict_logits(net, x, scales, flip=True, fusion="max")
+    got_max = infer_deeplab.predict_logits(net, x, scales, flip=True, fusion="max")
     np.testing.assert_allclose(got_max[0].numpy(), np.max(passes, axis=0), atol=1e-5)
 
 
@@ -420,18 +422,18 @@ def test_msc_fusion_is_deeplab_pytorchs() -> None:
             passes.append(_interp(net(h), tuple(grid))[0].numpy())
         fused = torch.from_numpy(np.max(passes, axis=0))[None]
         want = _interp(fused, (41, 53))[0].numpy()
-    got = deeplab.predict_logits(net, x, (1.0, 0.75, 0.5), flip=False, fusion="msc")
+    got = infer_deeplab.predict_logits(net, x, (1.0, 0.75, 0.5), flip=False, fusion="msc")
     np.testing.assert_allclose(got[0].numpy(), want, atol=1e-5)
-    at_full = deeplab.predict_logits(net, x, (1.0, 0.75, 0.5), flip=False, fusion="max")
+    at_full = infer_deeplab.predict_logits(net, x, (1.0, 0.75, 0.5), flip=False, fusion="max")
     assert np.abs(at_full[0].numpy() - want).max() > 1e-4  # fusing at full size differs
-    assert deeplab.InferDeeplabConfig().fusion == "msc"
+    assert infer_deeplab.InferDeeplabConfig().fusion == "msc"
 
 
 # ---------------------------------------------------------------- train + infer runs
 
 
 def _train(world: dict[str, Path], out: Path, max_steps: int | None = None) -> None:
-    deeplab.train_run(
+    train_deeplab.train_run(
         world["manifest"], world["pseudo"], K, tiny_train_cfg(), out / "m.st",
         out / "h.parquet", "cpu", out / "state.pt", max_steps=max_steps,
     )  # fmt: skip
@@ -469,10 +471,10 @@ def test_infer_run_writes_label_pngs_per_shard(
     world: dict[str, Path], trained: Path, tmp_path: Path
 ) -> None:
     mapping = {"scales": [1.0, 0.5], "flip": True, "fusion": "mean", "batch_size": 2}
-    cfg = from_mapping(deeplab.InferDeeplabConfig, mapping, "infer_deeplab")
+    cfg = from_mapping(infer_deeplab.InferDeeplabConfig, mapping, "infer_deeplab")
     model_cfg = tiny_train_cfg().model
     for shard in (0, 1):
-        deeplab.infer_run(
+        infer_deeplab.infer_run(
             world["manifest"], trained / "m.st", model_cfg, K, cfg,
             tmp_path / "nocrf" / str(shard), tmp_path / "crf" / str(shard), shard, 2, "cpu",
             server_layout_dir=tmp_path / "server",
@@ -481,15 +483,15 @@ def test_infer_run_writes_label_pngs_per_shard(
     for i, (h, w) in enumerate(SIZES):
         img = io.read_image(world["root"] / "img" / f"im{i}.png")
         x = torch.from_numpy(dlm.normalise(img, "torchvision"))[None]
-        want = deeplab.predict_logits(net, x, (1.0, 0.5), True, "mean")[0].argmax(0).numpy()
+        want = infer_deeplab.predict_logits(net, x, (1.0, 0.5), True, "mean")[0].argmax(0).numpy()
         got = io.read_label_png(tmp_path / "nocrf" / str(i % 2) / f"im{i}.png")
         np.testing.assert_array_equal(got, want)
         crf = io.read_label_png(tmp_path / "crf" / str(i % 2) / f"im{i}.png")
         assert crf.shape == (h, w) and crf.max() < K
-        server = tmp_path / "server" / deeplab.SERVER_SUBDIR / f"im{i}.png"
+        server = tmp_path / "server" / infer_deeplab.SERVER_SUBDIR / f"im{i}.png"
         np.testing.assert_array_equal(io.read_label_png(server), crf)
     with pytest.raises(ConfigError, match="crf.enabled"):
-        deeplab.infer_run(
+        infer_deeplab.infer_run(
             world["manifest"], trained / "m.st", model_cfg, K, cfg, tmp_path / "x", None, 0,
             2, "cpu",
         )  # fmt: skip
@@ -504,7 +506,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ddp_cfg() -> deeplab.TrainDeeplabConfig:
+def _ddp_cfg() -> train_deeplab.TrainDeeplabConfig:
     """Units of 4 images over 2 ranks of 2: each unit's pixel counts span both ranks."""
     return tiny_train_cfg(
         scales=[1.0, 1.5], crop=16, iterations=2, batch_size=8, loss_batch=4, loss="balanced"
@@ -517,7 +519,7 @@ def _ddp_worker(rank: int, port: int, world: dict[str, Path], out: Path) -> None
         MASTER_PORT=str(port),
     )  # fmt: skip
     torch.set_num_threads(1)
-    deeplab.train_run(
+    train_deeplab.train_run(
         world["manifest"], world["pseudo"], K, _ddp_cfg(), out / "m.st", out / "h.parquet",
         "cpu", out / "state.pt",
     )  # fmt: skip
@@ -532,7 +534,7 @@ def test_two_rank_ddp_matches_single_process(tmp_path: Path) -> None:
     world = make_world(tmp_path / "data", ignore_rows=True)
     mp.spawn(_ddp_worker, args=(_free_port(), world, tmp_path / "ddp"), nprocs=2)
     one = tmp_path / "one"
-    deeplab.train_run(
+    train_deeplab.train_run(
         world["manifest"], world["pseudo"], K, _ddp_cfg(), one / "m.st", one / "h.parquet",
         "cpu", one / "state.pt",
     )  # fmt: skip

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from qaclims import devices
+from qaclims.core import devices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def _env(**extra: str) -> dict[str, str]:
 def _holder(n: int, total: int, seconds: float, env: dict[str, str]) -> subprocess.Popen[str]:
     """A process that takes ``n`` of ``total`` GPUs, prints them, holds them ``seconds``."""
     code = (
-        "import sys, time; from qaclims import devices\n"
+        "import sys, time; from qaclims.core import devices\n"
         f"with devices.acquire_gpus({n}, total={total}, poll_s=0.05, timeout_s=60) as g:\n"
         "    print(','.join(g), flush=True); time.sleep(" + repr(seconds) + ")\n"
     )
@@ -74,7 +74,8 @@ def test_two_processes_get_distinct_devices_then_both_are_free(locks: Path) -> N
 
 def test_lock_released_when_holder_crashes(locks: Path) -> None:
     code = (
-        "import os; from qaclims import devices\nwith devices.acquire_gpus(1, total=1): os._exit(3)"
+        "import os; from qaclims.core import devices\n"
+        "with devices.acquire_gpus(1, total=1): os._exit(3)"
     )
     r = subprocess.run([sys.executable, "-c", code], env=_env(**{devices.LOCK_DIR_ENV: str(locks)}))
     assert r.returncode == 3
@@ -132,7 +133,7 @@ def test_slurm_allocation_is_left_alone(locks: Path, monkeypatch) -> None:
 
 def test_waiting_job_logs_what_it_waits_for(locks: Path, caplog) -> None:
     with devices.acquire_gpus(1, total=1):
-        with caplog.at_level(logging.INFO, logger="qaclims.devices"):
+        with caplog.at_level(logging.INFO, logger="qaclims.core.devices"):
             with pytest.raises(TimeoutError):
                 with devices.acquire_gpus(1, total=1, timeout_s=0.3, poll_s=0.05):
                     pass
@@ -163,9 +164,10 @@ def test_locks_are_shared_by_every_user(locks: Path) -> None:
     shared = Path(tempfile.mkdtemp(prefix="qaclims-users-"))
     try:
         shared.chmod(0o755)
-        (shared / "qaclims").mkdir()
+        (shared / "qaclims" / "core").mkdir(parents=True)
         (shared / "qaclims" / "__init__.py").write_text("")
-        shutil.copy(ROOT / "src" / "qaclims" / "devices.py", shared / "qaclims" / "devices.py")
+        (shared / "qaclims" / "core" / "__init__.py").write_text("")
+        shutil.copy(ROOT / "src/qaclims/core/devices.py", shared / "qaclims/core/devices.py")
         for f in shared.rglob("*"):
             f.chmod(0o755 if f.is_dir() else 0o644)
         shared_locks = shared / "locks"
@@ -176,7 +178,8 @@ def test_locks_are_shared_by_every_user(locks: Path) -> None:
             os.environ[devices.LOCK_DIR_ENV] = str(shared_locks)
             with devices.acquire_gpus(1, total=2) as mine:
                 code = (
-                    "import sys; sys.path.insert(0, sys.argv[1]); from qaclims import devices\n"
+                    "import sys; sys.path.insert(0, sys.argv[1])\n"
+                    "from qaclims.core import devices\n"
                     "with devices.acquire_gpus(1, total=2, timeout_s=10) as g: print(g[0])"
                 )
                 r = subprocess.run(
@@ -210,7 +213,7 @@ time.sleep(60)
 
 def _start_picker(tmp_path: Path, locks: Path) -> tuple[subprocess.Popen[bytes], Path]:
     marker = tmp_path / "child"
-    cmd = [sys.executable, "-m", "qaclims.devices", "--gpus", "1", "--",
+    cmd = [sys.executable, "-m", "qaclims.core.devices", "--gpus", "1", "--",
            sys.executable, "-c", CHILD, str(marker)]  # fmt: skip
     env = _env(**{devices.LOCK_DIR_ENV: str(locks), "PATH": os.environ["PATH"]})
     smi = tmp_path / "bin" / "nvidia-smi"
@@ -270,7 +273,7 @@ def test_launcher_hands_its_gpus_to_the_workers_and_echoes_their_output(
     import io as _io
     import types
 
-    from qaclims import launch
+    from qaclims.workflow import launch
 
     smi = tmp_path / "bin" / "nvidia-smi"
     smi.parent.mkdir()
@@ -292,9 +295,9 @@ def test_launcher_hands_its_gpus_to_the_workers_and_echoes_their_output(
     monkeypatch.setattr(launch, "command", command)
     echo = _io.StringIO()
     log = tmp_path / "logs" / "train_ritc.log"
-    stage = types.SimpleNamespace(__name__="qaclims.train_ritc")
+    stage = types.SimpleNamespace(__name__="qaclims.ritc.train_ritc")
     rc = launch.run(stage, gpus=2, job={}, log_path=str(log), tag="[train_ritc] ", echo=echo)  # type: ignore[arg-type]
-    assert rc == 0 and seen == {"module": "qaclims.train_ritc", "workers": 2}
+    assert rc == 0 and seen == {"module": "qaclims.ritc.train_ritc", "workers": 2}
     lines = log.read_text().splitlines()
     assert lines[0] in ("GPUS 0,1", "GPUS 0,2", "GPUS 1,2")
     assert {"bar 1/2", "bar 2/2", "step 10 loss 0.5000"} <= set(lines)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qaclims.codegraph import library_files
+from qaclims.workflow.codegraph import library_files
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("torch", "vqa", "crf", "report")

@@ -10,9 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qaclims import eval_cam, evaluate, io, metrics
-from qaclims.config import from_mapping
-from qaclims.errors import ConfigError, DataError
+from qaclims.cam import eval_cam
+from qaclims.core import io
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.evaluation import eval_labels as evaluate
+from qaclims.evaluation import metrics
 
 CLASSES = ["cat", "dog", "car"]  # labels 1, 2, 3
 

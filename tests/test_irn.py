@@ -1,4 +1,4 @@
-"""IRN (qaclims.irn): affinity labels, model shapes, loss values, augmentation and a
+"""IRN (qaclims.refine.irn): affinity labels, model shapes, loss values, augmentation and a
 resumable tiny training run on CPU."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qaclims import irn
-from qaclims import random_walk as rw
-from qaclims.errors import DataError
-from qaclims.io import read_label_png, write_image, write_label_png, write_parquet
+from qaclims.core.errors import DataError
+from qaclims.core.io import read_label_png, write_image, write_label_png, write_parquet
 from qaclims.models.backbone import BackboneConfig
+from qaclims.refine import irn
+from qaclims.refine import random_walk as rw
 
 torch.set_num_threads(1)
 

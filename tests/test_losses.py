@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qaclims.losses import ritc_pair_losses
+from qaclims.ritc.losses import ritc_pair_losses
 
 
 def frc_literal(f: torch.Tensor, t: torch.Tensor, bgs: list[torch.Tensor], temp: float) -> float:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from qaclims import metrics
+from qaclims.evaluation import metrics
 
 
 def random_pair(rng: np.random.Generator, n: int, shape=(13, 17)) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Pair geometry, affinities, transition matrix and random walk (qaclims.random_walk),
+"""Pair geometry, affinities, transition matrix and random walk (qaclims.refine.random_walk),
 checked against brute-force enumerations of pixel pairs."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from qaclims import random_walk as rw
+from qaclims.refine import random_walk as rw
 
 torch.set_num_threads(1)
 

@@ -9,11 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from qaclims import cam_to_ir_label as c2i
-from qaclims import irn, make_sem_seg
-from qaclims.crf import CrfConfig, crf_labels
-from qaclims.errors import DataError
-from qaclims.io import (
+from qaclims.core.errors import DataError
+from qaclims.core.io import (
     read_image,
     read_label_png,
     write_image,
@@ -22,6 +19,9 @@ from qaclims.io import (
     write_parquet,
 )
 from qaclims.models.backbone import BackboneConfig
+from qaclims.models.crf import CrfConfig, crf_labels
+from qaclims.refine import cam_to_ir_label as c2i
+from qaclims.refine import irn, make_sem_seg
 from qaclims.training import save_weights
 
 torch.set_num_threads(1)

@@ -9,9 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
-from qaclims import released
-from qaclims.config import from_mapping
-from qaclims.errors import DataError
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import DataError
+from qaclims.models import released
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
 
 CFG = from_mapping(
@@ -241,7 +241,7 @@ def test_deeplab_pytorch_checkpoint_loads_whole_and_computes_the_same(
 def test_deeplab_pytorch_checkpoint_errors_name_file_and_keys(
     deeplab_pytorch_file: tuple[Path, nn.Module], tmp_path: Path
 ) -> None:
-    from qaclims.errors import ConfigError
+    from qaclims.core.errors import ConfigError
 
     path, ref = deeplab_pytorch_file
     state = ref.state_dict()

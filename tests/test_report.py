@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from qaclims import report
+from qaclims.report import figures as report
 
 
 def png(path: Path) -> np.ndarray:

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
-from qaclims.errors import DataError
-from qaclims.safe_load import load_npy_dict
+from qaclims.core.errors import DataError
+from qaclims.qape.safe_load import load_npy_dict
 
 AUTHORS = {
     "2007_000032": {

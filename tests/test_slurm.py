@@ -40,7 +40,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from qaclims import io
+from qaclims.core import io
 from tests.workflow_util import copy_repo, fake_checkpoints, fake_voc, user_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ rule probe:
 """
 PROBE_SCRIPT = """
 import json, os
-from qaclims.smk import job
+from qaclims.workflow.smk import job
 
 before = os.environ.get("CUDA_VISIBLE_DEVICES")
 with job(snakemake) as j:
@@ -166,7 +166,7 @@ def released_cam_model(repo: Path) -> None:
     """A ResNet-50 CAM network in the project's format (random weights) and its history."""
     code = (
         "import dataclasses, pandas as pd, torch, yaml\n"
-        "from qaclims import io\nfrom qaclims.config import from_mapping\n"
+        "from qaclims.core import io\nfrom qaclims.core.config import from_mapping\n"
         "from qaclims.models.cam_resnet import CamModelConfig, CamNet\n"
         "from qaclims.training import save_weights\n"
         "m = from_mapping(CamModelConfig, yaml.safe_load(open('config/voc12.yaml'))"
@@ -424,13 +424,13 @@ def test_gpu_jobs_keep_the_devices_slurm_chose(runs: Runs) -> None:
 
 def test_fake_nvidia_smi_makes_the_picker_choose(tmp_path: Path, monkeypatch, caplog) -> None:
     """Control for the test above: with no CUDA_VISIBLE_DEVICES the picker does log."""
-    from qaclims import devices
+    from qaclims.core import devices
 
     env = job_env(tmp_path)
     monkeypatch.setenv("PATH", env["PATH"])
     monkeypatch.setenv("QACLIMS_GPU_LOCK_DIR", env["QACLIMS_GPU_LOCK_DIR"])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert devices.count_gpus() == 4
-    with caplog.at_level("INFO", logger="qaclims.devices"), devices.acquire_gpus(1) as ids:
+    with caplog.at_level("INFO", logger="qaclims.core.devices"), devices.acquire_gpus(1) as ids:
         assert ids == ["0"] and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert "using GPUs" in caplog.text

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from qaclims import datasets, synthetic
-from qaclims.config import from_mapping
-from qaclims.datasets.base import read_classes, read_manifest
-from qaclims.errors import ConfigError
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import ConfigError
+from qaclims.data import dataset as datasets
+from qaclims.data import synthetic
+from qaclims.data.manifest import read_classes, read_manifest
 
 SMALL = {"image_size": 64, "num_images": {"train": 30, "val": 10}}
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qaclims import train_cam
-from qaclims.config import from_mapping
-from qaclims.datasets.base import manifest_frame, write_manifest
-from qaclims.errors import ConfigError, DataError
-from qaclims.io import read_parquet, write_image
+from qaclims.cam import train_cam
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.core.io import read_parquet, write_image
+from qaclims.data.manifest import manifest_frame, write_manifest
+from qaclims.training.sampling import epoch_order
 
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
 TINY_MODEL = {
@@ -111,9 +112,9 @@ def test_optimizer_groups_and_epoch_order() -> None:
     opt = train_cam.build_optimizer(CamNet(cfg.model, 3), cfg)
     assert [g["lr"] for g in opt.param_groups] == [0.2, 2.0]
     assert all(g["momentum"] == 0.0 and g["weight_decay"] == 1e-4 for g in opt.param_groups)
-    a, b = train_cam.epoch_order(0, 1, 50), train_cam.epoch_order(0, 1, 50)
+    a, b = epoch_order(0, 1, 50), epoch_order(0, 1, 50)
     assert sorted(a.tolist()) == list(range(50)) and np.array_equal(a, b)
-    assert not np.array_equal(a, train_cam.epoch_order(0, 2, 50))
+    assert not np.array_equal(a, epoch_order(0, 2, 50))
 
 
 def test_resume_continues_and_matches_uninterrupted(

@@ -20,8 +20,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from qaclims import augment, clip_text, train_ritc
-from qaclims.clip_models import (
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.core.io import read_image, write_image
+from qaclims.data import augment
+from qaclims.data.manifest import manifest_frame, write_manifest
+from qaclims.models.cam_resnet import CamModelConfig, CamNet
+from qaclims.models.clip import (
     ClipConfig,
     TinyClipArch,
     TinyClipConfig,
@@ -29,11 +34,8 @@ from qaclims.clip_models import (
     load_clip,
     train_tiny_clip,
 )
-from qaclims.config import from_mapping
-from qaclims.datasets.base import manifest_frame, write_manifest
-from qaclims.errors import ConfigError, DataError
-from qaclims.io import read_image, write_image
-from qaclims.models.cam_resnet import CamModelConfig, CamNet
+from qaclims.ritc import text_features as clip_text
+from qaclims.ritc import train_ritc
 from qaclims.training import save_weights
 
 CLASSES = ["red", "blue"]
@@ -61,7 +63,7 @@ class World:
 
 def _images(root: Path, n: int = 8) -> list[dict[str, Any]]:
     """A VOC-layout tree: noise with 1-2 coloured squares, label maps, captions."""
-    from qaclims.io import write_json, write_label_png
+    from qaclims.core.io import write_json, write_label_png
 
     rng = np.random.default_rng(0)
     rows, captions = [], []
@@ -201,7 +203,7 @@ def test_text_features_of_another_clip_width_are_refused(world: World, tmp_path:
     """Features 8 wide against a CLIP that embeds in TINY_ARCH's width: named, refused."""
     feats = load_file(str(world.features))["features"]
     assert feats.shape[1] != 8
-    from qaclims.weights import write_tensors
+    from qaclims.artifacts.weights import write_tensors
 
     write_tensors(tmp_path / "narrow.safetensors", {"features": feats[:, :8]})
     narrow = dataclasses.replace(world, features=tmp_path / "narrow.safetensors")
@@ -310,7 +312,7 @@ def test_resume_continues_from_the_saved_step(
     full = train(world, cfg, "full")
     part = train(world, cfg, "part", max_steps=4)
     assert not part[0].exists() and part[2].is_file()
-    with caplog.at_level(logging.INFO, logger="qaclims.train_ritc"):
+    with caplog.at_level(logging.INFO, logger="qaclims.ritc.train_ritc"):
         train(world, cfg, "part")
     assert "continuing from step 4" in caplog.text
     a, b = load_file(str(full[0])), load_file(str(part[0]))
@@ -327,7 +329,7 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import test_train_ritc as t
-from qaclims import train_ritc
+from qaclims.ritc import train_ritc
 a = json.loads(sys.argv[1])
 w = t.World(*(Path(p) for p in a["world"]))
 cfg = t.config(**a["cfg"])

@@ -232,8 +232,8 @@ def _released_cam_model(work: Path) -> None:
     """A ResNet-50 CAM network in the project's format (random weights) and its history."""
     code = """
 import pandas as pd, torch
-from qaclims import io
-from qaclims.config import from_mapping
+from qaclims.core import io
+from qaclims.core.config import from_mapping
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
 from qaclims.training import save_weights
 import dataclasses, yaml

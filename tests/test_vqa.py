@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from qaclims import vqa
-from qaclims.config import from_mapping
-from qaclims.datasets.base import manifest_frame, write_manifest
-from qaclims.errors import ConfigError, DataError
-from qaclims.io import read_image, write_image
+from qaclims.core.config import from_mapping
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.core.io import read_image, write_image
+from qaclims.data.manifest import manifest_frame, write_manifest
+from qaclims.qape import vqa
 
 CLASSES = ["dog", "cat", "dining table"]
 WORDS = (
@@ -419,7 +419,7 @@ def test_released_answer_files_give_the_references_phrase_sets(tmp_path: Path) -
     reference's rules, not with the project's code)."""
     from collections import Counter
 
-    from qaclims import corpus
+    from qaclims.qape import corpus
 
     manifest = make_manifest(tmp_path, 4)
     labels = {f"im{i}": [CLASSES[c] for c in sorted({i % 3, 2})] for i in range(4)}

@@ -12,8 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from qaclims import weights
-from qaclims.errors import DataError
+from qaclims.artifacts import weights
+from qaclims.core.errors import DataError
 from qaclims.models.backbone import BackboneConfig, build_backbone, load_state_file
 from qaclims.training import ResumeState, load_weights, save_weights
 

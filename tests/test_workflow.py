@@ -311,7 +311,7 @@ def test_changing_a_vqa_question_reruns_qape_and_after(smoke: tuple[Path, Path])
         list(yaml.safe_load(SMOKE.read_text()).get("vqa", {}).get("questions", {}).get("fg", []))
         or None
     )
-    from qaclims.vqa import FG_QUESTIONS
+    from qaclims.qape.vqa import FG_QUESTIONS
 
     jobs = _jobs(smoke, {"vqa": {"questions": {"fg": [*(fg or FG_QUESTIONS), q]}}})
     assert {"vqa", "corpus", "text_features", "train_ritc", "make_cam", "eval_cam"} <= jobs
@@ -389,7 +389,7 @@ def test_code_params_are_each_scripts_transitive_library_imports() -> None:
     import modulefinder
     import re
 
-    from qaclims.codegraph import code_digests, library_files
+    from qaclims.workflow.codegraph import code_digests, library_files
 
     src = ROOT / "src"
     scripts: dict[str, str] = {}
@@ -439,7 +439,7 @@ def test_logs_carry_no_unrounded_floats(smoke: tuple[Path, Path]) -> None:
 
 def test_outputs_follow_the_umask(smoke: tuple[Path, Path]) -> None:
     """Every result file has the mode a plain open() gives (0666 less the umask), not 0600."""
-    from qaclims.io import current_umask
+    from qaclims.core.io import current_umask
 
     want = 0o666 & ~current_umask()  # the smoke run inherited this process's umask
     files = [p for p in (smoke[1] / "results" / "demo").rglob("*") if p.is_file()]

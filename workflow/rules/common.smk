@@ -14,8 +14,8 @@ if SRC_ROOT not in sys.path:
     sys.path.insert(
         0, SRC_ROOT
     )  # the workflow's own library, wherever Snakemake runs from
-from qaclims import preflight  # noqa: E402  (standard library only at import)
-from qaclims import codegraph  # noqa: E402
+from qaclims.workflow import preflight  # noqa: E402  standard library only at import
+from qaclims.workflow import codegraph  # noqa: E402
 
 # Every job (local, SLURM, any conda env) imports the library from this checkout: the env
 # files hold only third-party packages, and nothing depends on where Snakemake copies them.

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from qaclims import cam_to_ir_label
-from qaclims.config import from_mapping
-from qaclims.smk import job
+from qaclims.core.config import from_mapping
+from qaclims.refine import cam_to_ir_label
+from qaclims.workflow.smk import job
 
 with job(snakemake) as j:
     cam_to_ir_label.run(

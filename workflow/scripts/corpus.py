@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from qaclims import corpus
-from qaclims.config import from_mapping
-from qaclims.datasets.base import read_classes
-from qaclims.smk import job
+from qaclims.core.config import from_mapping
+from qaclims.data.manifest import read_classes
+from qaclims.qape import corpus
+from qaclims.workflow.smk import job
 
 with job(snakemake):
     corpus.run(

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from qaclims import datasets
-from qaclims.config import from_mapping
-from qaclims.smk import job
+from qaclims.core.config import from_mapping
+from qaclims.data import dataset as datasets
+from qaclims.workflow.smk import job
 
 with job(snakemake) as j:
     cfg = dict(snakemake.config["dataset"], root=snakemake.params.root)

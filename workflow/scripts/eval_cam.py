@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from qaclims import eval_cam
-from qaclims.config import from_mapping
-from qaclims.datasets.base import read_classes
-from qaclims.smk import job
+from qaclims.cam import eval_cam
+from qaclims.core.config import from_mapping
+from qaclims.data.manifest import read_classes
+from qaclims.workflow.smk import job
 
 with job(snakemake):
     eval_cam.run(

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from qaclims import evaluate
-from qaclims.datasets.base import read_classes
-from qaclims.smk import job
+from qaclims.data.manifest import read_classes
+from qaclims.evaluation import eval_labels as evaluate
+from qaclims.workflow.smk import job
 
 with job(snakemake):
     evaluate.run_labels(

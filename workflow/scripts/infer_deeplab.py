@@ -1,19 +1,19 @@
 from pathlib import Path
 
-from qaclims import deeplab
-from qaclims.config import from_mapping
-from qaclims.datasets.base import read_classes
+from qaclims.core.config import from_mapping
+from qaclims.data.manifest import read_classes
 from qaclims.models.deeplab import DeeplabModelConfig
-from qaclims.smk import job
+from qaclims.seg import infer_deeplab
+from qaclims.workflow.smk import job
 
 with job(snakemake) as j:
     cfg = from_mapping(
-        deeplab.InferDeeplabConfig, snakemake.config["infer_deeplab"], "infer_deeplab"
+        infer_deeplab.InferDeeplabConfig, snakemake.config["infer_deeplab"], "infer_deeplab"
     )
     crf_dir = Path(snakemake.output.crf)
     if not cfg.crf.enabled:  # the folder is still a declared output: leave it empty
         crf_dir.mkdir(parents=True, exist_ok=True)
-    deeplab.infer_run(
+    infer_deeplab.infer_run(
         manifest=Path(snakemake.input.manifest),
         weights=Path(snakemake.input.weights),
         model_cfg=from_mapping(DeeplabModelConfig, snakemake.params.model, "train_deeplab.model"),

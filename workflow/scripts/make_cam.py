@@ -1,10 +1,10 @@
 from pathlib import Path
 
-from qaclims import cam_infer
-from qaclims.config import from_mapping
-from qaclims.datasets.base import read_classes
+from qaclims.cam import make_cam as cam_infer
+from qaclims.core.config import from_mapping
+from qaclims.data.manifest import read_classes
 from qaclims.models.cam_resnet import CamModelConfig
-from qaclims.smk import job
+from qaclims.workflow.smk import job
 
 with job(snakemake) as j:
     cam_infer.run(

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from qaclims import irn, make_sem_seg
-from qaclims.config import from_mapping
-from qaclims.smk import job
+from qaclims.core.config import from_mapping
+from qaclims.refine import irn, make_sem_seg
+from qaclims.workflow.smk import job
 
 with job(snakemake) as j:
     make_sem_seg.run(

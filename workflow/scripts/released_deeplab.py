@@ -1,10 +1,10 @@
 from pathlib import Path
 
-from qaclims import released
-from qaclims.config import from_mapping
-from qaclims.datasets.base import read_classes
+from qaclims.core.config import from_mapping
+from qaclims.data.manifest import read_classes
+from qaclims.models import released
 from qaclims.models.deeplab import DeeplabModelConfig
-from qaclims.smk import job
+from qaclims.workflow.smk import job
 
 with job(snakemake):
     released.run_deeplab(

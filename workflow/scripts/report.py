@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from qaclims import report_build
-from qaclims.smk import job
+from qaclims.report.figures import build as report_build
+from qaclims.workflow.smk import job
 
 with job(snakemake):
     inp = snakemake.input

@@ -1,9 +1,10 @@
 from pathlib import Path
 
-from qaclims import clip_models, clip_text
-from qaclims.config import from_mapping
-from qaclims.datasets.base import read_classes
-from qaclims.smk import job
+from qaclims.core.config import from_mapping
+from qaclims.data.manifest import read_classes
+from qaclims.models import clip as clip_models
+from qaclims.ritc import text_features as clip_text
+from qaclims.workflow.smk import job
 
 with job(snakemake) as j:
     weights = snakemake.input.get("clip_weights")

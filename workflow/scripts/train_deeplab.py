@@ -1,4 +1,5 @@
-# Multi-GPU: one job holding its GPUs, torchrun started once (qaclims.launch).
-from qaclims import deeplab, launch
+# Multi-GPU: one job holding its GPUs, torchrun started once (qaclims.workflow.launch).
+from qaclims.seg import train_deeplab
+from qaclims.workflow import launch
 
-launch.run_rule(snakemake, deeplab)
+launch.run_rule(snakemake, train_deeplab)

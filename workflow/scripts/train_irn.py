@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from qaclims import irn
-from qaclims.config import from_mapping
-from qaclims.smk import job
+from qaclims.core.config import from_mapping
+from qaclims.refine import irn
+from qaclims.workflow.smk import job
 
 with job(snakemake) as j:
     irn.run_train(

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from qaclims import clip_models
-from qaclims.config import from_mapping
-from qaclims.smk import job
+from qaclims.core.config import from_mapping
+from qaclims.models import clip as clip_models
+from qaclims.workflow.smk import job
 
 with job(snakemake) as j:
     root = Path(snakemake.input.root)

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qaclims.config import setting
-from qaclims.errors import ConfigError, DataError
+from qaclims.core.config import setting
+from qaclims.core.errors import ConfigError, DataError
 
 #: Backbone architectures :func:`build_backbone` knows.
 ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "tiny")
@@ -165,7 +165,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     Any error (missing, truncated or garbage file, pickled code, no state dict) raises
     :class:`DataError` naming the file.
     """
-    from qaclims.weights import read_tensors
+    from qaclims.artifacts.weights import read_tensors
 
     p = Path(path)
     if not p.is_file():
@@ -192,7 +192,7 @@ def _load_into(net: nn.Module, path: str) -> None:
     """Load a backbone init file into ``net`` strictly: every tensor of ``net`` but the
     classifier (``fc.``) must be given with its shape, and the file may hold nothing else;
     a :class:`DataError` names the file and lists the keys that do not fit."""
-    from qaclims.weights import check_fit
+    from qaclims.artifacts.weights import check_fit
 
     state = load_state_file(path)
     own = net.state_dict()

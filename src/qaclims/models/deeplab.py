@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qaclims.augment import IMAGENET_MEAN, IMAGENET_STD
-from qaclims.config import setting, with_default
-from qaclims.errors import ConfigError, DataError
+from qaclims.core.config import setting, with_default
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from qaclims.models.backbone import (
     Backbone,
     BackboneConfig,

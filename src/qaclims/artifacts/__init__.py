@@ -1,0 +1,1 @@
+"""The files passed between stages, each format in one place (weights, ...)."""

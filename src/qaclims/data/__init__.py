@@ -1,0 +1,1 @@
+"""The dataset stage (VOC, COCO, synthetic), the manifest and image augmentation."""

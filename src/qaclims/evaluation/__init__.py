@@ -1,0 +1,1 @@
+"""Metrics and the scoring of label predictions (eval_* rules)."""

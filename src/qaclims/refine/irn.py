@@ -1,0 +1,622 @@
+"""Inter-pixel relation network (IRN, Ahn et al. 2019): model, loss and training stage.
+
+The network reads five feature maps of a frozen backbone (the stem output and the four
+stages; IRN: ImageNet ResNet-50 with strides ``(2, 2, 2, 1)``, BatchNorm fixed, features
+detached) and predicts, at stride 4,
+
+* a class-boundary map (``B x 1 x h x w`` logits; probability = sigmoid), from which the
+  affinity of a pixel pair is ``1 - max(boundary over the path between them)``;
+* a displacement field (``B x 2 x h x w``, pixels at stride 4) pointing to the instance
+  centroid; after training its mean over the training images is stored and subtracted.
+
+Training labels come from the confident ir labels (``cam_to_ir_label``) reduced to stride 4:
+pairs closer than ``radius`` (10) with both ends background / both ends the same class are
+positive, ends of different classes negative, pairs touching 255 ignored
+(:func:`qaclims.refine.random_walk.pair_labels`). Loss (IRN):
+``(pos + neg) / 2 + (disp_fg + disp_bg) / 2`` with ``pos = (bg_pos + fg_pos) / 2``.
+
+Stage entry point: :func:`run_train`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from qaclims.core.config import runtime, setting, to_dict
+from qaclims.core.devices import torch_device
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.core.io import read_image, read_label_png, read_parquet
+from qaclims.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from qaclims.models.backbone import BackboneConfig, build_backbone
+from qaclims.refine import random_walk as rw
+from qaclims.training import (
+    History,
+    ResumeState,
+    autocast,
+    files_digest,
+    fingerprint,
+    save_weights,
+    seed_everything,
+    set_poly_lr,
+)
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-5  # IRN's guard inside logs and ratios
+STRIDE = 4  # output stride of the boundary / displacement maps
+
+
+@dataclass(frozen=True)
+class IrnModelConfig:
+    """IRN network.
+
+    backbone: feature extractor (IRN: ImageNet ResNet-50, strides (2, 2, 2, 1), fixed BN).
+    edge_width: channels of each of the five boundary-branch inputs (IRN: 32).
+    disp_width: channels of the displacement branch (IRN: 256; its first two inputs use
+        a quarter and a half of it).
+    mean / std: ImageNet RGB normalisation of inputs in [0,1].
+    """
+
+    backbone: BackboneConfig = BackboneConfig(
+        arch="resnet50", weights="imagenet", strides=(2, 2, 2, 1), frozen_bn=True
+    )
+    edge_width: int = setting(32, ge=1)
+    disp_width: int = setting(256, ge=1)
+    mean: tuple[float, ...] = setting(IMAGENET_MEAN, doc="normalisation mean (ImageNet).")
+    std: tuple[float, ...] = setting(IMAGENET_STD, gt=0.0, doc="normalisation std (ImageNet).")
+
+
+@dataclass(frozen=True)
+class TrainIrnConfig:
+    """``train_irn`` stage (defaults: IRN / QA-CLIMS on VOC).
+
+    crop: square training crop (multiple of 4). rescale: random scale range of the image
+    (and its ir label) before cropping. hflip: random horizontal flips.
+    batch_size / epochs: global batch and passes over the images (drop-last batches).
+    lr: SGD learning rate of the boundary branch; the displacement branch uses
+    ``lr * disp_lr_mult``; poly decay with ``poly_power``. momentum: IRN's optimiser passes
+    its weight decay where SGD expects the momentum, so the reference runs with 1e-4.
+    radius: pairs closer than this (stride-4 units) get affinity labels.
+    num_workers: data-loading processes. amp: bf16 autocast on CUDA.
+    log_every / resume_every: steps between log lines / resume-state saves.
+    """
+
+    model: IrnModelConfig = field(default_factory=IrnModelConfig)
+    crop: int = setting(
+        512, ge=1, doc="square random crop in pixels (padded with the mean colour)."
+    )
+    rescale: tuple[float, ...] = setting(
+        (0.5, 1.5),
+        gt=0.0,
+        min_items=2,
+        doc="random scale range of image and ir label before cropping.",
+    )
+    hflip: bool = setting(True, doc="random horizontal flips.")
+    batch_size: int = setting(
+        32, ge=1, doc="images per optimiser step (global, over all processes)."
+    )
+    epochs: int = setting(3, ge=1, doc="passes over the training split.")
+    lr: float = setting(0.1, gt=0.0, doc="SGD learning rate of the backbone (poly decay).")
+    disp_lr_mult: float = setting(
+        10.0, ge=0.0, doc="learning-rate factor of the displacement branch."
+    )
+    weight_decay: float = setting(1e-4, ge=0.0, doc="SGD weight decay.")
+    momentum: float = setting(1e-4, ge=0.0, lt=1.0, doc="SGD momentum.")
+    poly_power: float = setting(0.9, ge=0.0, doc="lr x (1 - step/steps)^poly_power per step.")
+    radius: int = setting(10, ge=1)
+    seed: int = setting(0, doc="seed of data order, augmentation and initialisation.")
+    num_workers: int = runtime(4, ge=0, doc="data-loader processes.")
+    amp: bool = setting(False, doc="bf16 autocast on GPU.")
+    log_every: int = runtime(50, ge=1, doc="steps per log line (and per row of the loss table).")
+    resume_every: int = runtime(
+        100, ge=1, doc="steps between resume-state saves (one is also saved at each epoch end)."
+    )
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups as in IRN: 4 for 32 channels, 8 for 64, 16 for 128 and more."""
+    return max(1, min(16, channels // 8))
+
+
+def _unit(cin: int, cout: int, up: int) -> nn.Sequential:
+    """1x1 conv -> GroupNorm -> (bilinear x``up``) -> ReLU."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.GroupNorm(_groups(cout), cout),
+    ]
+    if up > 1:
+        layers.append(nn.Upsample(scale_factor=up, mode="bilinear", align_corners=False))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return x[..., : like.shape[-2], : like.shape[-1]]
+
+
+class EdgeHead(nn.Module):
+    """Boundary branch: five features -> ``B x 1 x h x w`` logits at the second feature's size."""
+
+    def __init__(self, chans: Sequence[int], ups: Sequence[int], width: int):
+        super().__init__()
+        self.units = nn.ModuleList(_unit(c, width, u) for c, u in zip(chans, ups, strict=True))
+        self.out = nn.Conv2d(len(chans) * width, 1, 1, bias=True)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        ref = feats[1]
+        ys = [_crop(u(f), ref) for u, f in zip(self.units, feats, strict=True)]
+        return self.out(torch.cat(ys, dim=1))
+
+
+class DispHead(nn.Module):
+    """Displacement branch: five features -> ``B x 2 x h x w`` (top-down, as IRN)."""
+
+    def __init__(self, chans: Sequence[int], strides: Sequence[int], width: int):
+        super().__init__()
+        s1, s2, s3 = strides[1], strides[2], strides[3]
+        w4, w2 = width // 4, width // 2
+        self.d1, self.d2, self.d3 = (
+            _unit(chans[0], w4, 1),
+            _unit(chans[1], w2, 1),
+            _unit(chans[2], width, 1),
+        )
+        self.d4, self.d5 = _unit(chans[3], width, s2), _unit(chans[4], width, s2 * s3)
+        self.up = _unit(3 * width, width, s1)
+        self.out = nn.Sequential(
+            nn.Conv2d(w4 + w2 + width, width, 1, bias=False),
+            nn.GroupNorm(_groups(width), width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2, 1, bias=False),
+        )
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        x1, x2, x3, x4, x5 = feats
+        d1, d2, d3 = self.d1(x1), self.d2(x2), self.d3(x3)
+        d4, d5 = _crop(self.d4(x4), d3), _crop(self.d5(x5), d3)
+        up = _crop(self.up(torch.cat([d3, d4, d5], dim=1)), d2)
+        return self.out(torch.cat([d1, d2, up], dim=1))
+
+
+class IrnNet(nn.Module):
+    """IRN. ``forward(x: B x 3 x H x W normalised) -> (edge logits B x 1 x H/4 x W/4,
+    displacement B x 2 x H/4 x W/4)``; in eval mode the stored mean displacement is subtracted.
+    The backbone is frozen (no gradients, eval mode)."""
+
+    disp_mean: torch.Tensor
+
+    def __init__(self, cfg: IrnModelConfig):
+        super().__init__()
+        self.backbone = build_backbone(cfg.backbone)
+        stage0 = self.backbone.stages[0]
+        if not isinstance(stage0, nn.Sequential) or len(stage0) < 2:
+            raise ConfigError("train_irn.model.backbone: first stage must be stem + layer")
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        stem_ch = next(m for m in stage0.modules() if isinstance(m, nn.Conv2d)).out_channels
+        chans = [stem_ch, *self.backbone.channels]
+        s = cfg.backbone.strides
+        ups = [1, 1, s[1], s[1] * s[2], s[1] * s[2] * s[3]]
+        self.edge = EdgeHead(chans, ups, cfg.edge_width)
+        self.disp = DispHead(chans, s, cfg.disp_width)
+        self.register_buffer("disp_mean", torch.zeros(2))
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stem output and the four stage outputs of the frozen backbone (no gradient)."""
+        stages = self.backbone.stages
+        stage0 = stages[0]
+        assert isinstance(stage0, nn.Sequential)
+        with torch.no_grad():
+            x1 = stage0[:-1](x)
+            feats = [x1, stage0[-1](x1)]
+            for st in list(stages)[1:]:
+                feats.append(st(feats[-1]))
+        return [f.detach() for f in feats]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.features(x)
+        edge, disp = self.edge(feats), self.disp(feats)
+        if not self.training:
+            disp = disp - self.disp_mean.view(1, 2, 1, 1).to(disp.dtype)
+        return edge, disp
+
+    def train(self, mode: bool = True) -> IrnNet:
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def head_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Trainable parameters: (boundary branch, displacement branch)."""
+        return list(self.edge.parameters()), list(self.disp.parameters())
+
+
+def build_model(cfg: IrnModelConfig, for_inference: bool = False) -> IrnNet:
+    """An :class:`IrnNet`; ``for_inference`` skips loading backbone weights (they come with
+    the trained model's file)."""
+    if for_inference:
+        cfg = replace(cfg, backbone=replace(cfg.backbone, weights="none"))
+    return IrnNet(cfg)
+
+
+def normalize(image: np.ndarray, cfg: IrnModelConfig) -> np.ndarray:
+    """``HxWx3 uint8`` -> ``HxWx3 float32`` normalised with ``cfg.mean`` / ``cfg.std``."""
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    return (image.astype(np.float32) / 255.0 - mean) / std
+
+
+@torch.no_grad()
+def infer_edge(
+    model: IrnNet, image: np.ndarray, cfg: IrnModelConfig, pad_to: int, device: torch.device
+) -> torch.Tensor:
+    """Boundary probabilities of one image (IRN inference: image + its flip, padded
+    bottom/right to at least ``pad_to``; logits of the two averaged).
+
+    Args:
+        image: ``HxWx3 uint8`` RGB.
+
+    Returns:
+        ``ceil(H/4) x ceil(W/4) float32`` in [0,1] on ``device``.
+    """
+    h, w = image.shape[:2]
+    x = torch.from_numpy(normalize(image, cfg)).permute(2, 0, 1).to(device)
+    x = torch.stack([x, x.flip(-1)])
+    x = F.pad(x, (0, max(pad_to, w) - w, 0, max(pad_to, h) - h))
+    logits, _ = model(x)
+    fh, fw = (h - 1) // STRIDE + 1, (w - 1) // STRIDE + 1
+    e = logits[:, 0, :fh, :fw].float()
+    return torch.sigmoid(e[0] / 2 + e[1].flip(-1) / 2)
+
+
+# ------------------------------------------------------------------------------ loss
+
+
+def irn_losses(
+    edge_logits: torch.Tensor, disp: torch.Tensor, label: torch.Tensor, geom: rw.PairGeometry
+) -> dict[str, torch.Tensor]:
+    """IRN's four loss terms and their total.
+
+    Args:
+        edge_logits: ``B x 1 x h x w``; disp: ``B x 2 x h x w``; label: ``B x h x w`` int
+            (stride-4 ir labels: 0 bg, >0 class, 255 ignore).
+
+    Returns:
+        scalars ``pos`` (mean of bg/fg positive-pair terms), ``neg``, ``disp_fg``, ``disp_bg``,
+        ``total``.
+    """
+    with torch.no_grad():
+        bg, fg, neg = rw.pair_labels(label, geom)
+    aff = rw.edge_to_affinity(torch.sigmoid(edge_logits[:, 0].float()), geom)
+    pos_term, neg_term = -torch.log(aff + EPS), -torch.log(1.0 + EPS - aff)
+    bg_pos = (bg * pos_term).sum() / (bg.sum() + EPS)
+    fg_pos = (fg * pos_term).sum() / (fg.sum() + EPS)
+    neg_loss = (neg * neg_term).sum() / (neg.sum() + EPS)
+    pair_disp = rw.pair_displacement(disp.float(), geom)
+    target = torch.as_tensor(geom.directions.T, dtype=pair_disp.dtype, device=disp.device)
+    dp_fg = ((pair_disp - target[None, :, :, None]).abs() * fg[:, None]).sum()
+    dp_bg = (pair_disp.abs() * bg[:, None]).sum()
+    out = {
+        "pos": bg_pos / 2 + fg_pos / 2,
+        "neg": neg_loss,
+        "disp_fg": dp_fg / (2 * fg.sum() + EPS),
+        "disp_bg": dp_bg / (2 * bg.sum() + EPS),
+    }
+    out["total"] = (out["pos"] + out["neg"]) / 2 + (out["disp_fg"] + out["disp_bg"]) / 2
+    return out
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def _rescale(arr: np.ndarray, scale: float, resample: Image.Resampling) -> np.ndarray:
+    h, w = arr.shape[:2]
+    size = (int(np.round(w * scale)), int(np.round(h * scale)))
+    if size == (w, h):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize(size, resample))
+
+
+Box = tuple[int, int, int, int]
+
+
+def _crop_box(h: int, w: int, crop: int, rng: np.random.Generator | None) -> Box:
+    """``(src_y, src_x, dst_y, dst_x)`` of a crop: random placement with ``rng``, else top-left."""
+    if rng is None:
+        return 0, 0, 0, 0
+    sy, sx = (int(rng.integers(0, max(0, n - crop) + 1)) for n in (h, w))
+    dy, dx = (int(rng.integers(0, max(0, crop - n) + 1)) for n in (h, w))
+    return sy, sx, dy, dx
+
+
+def _place(arr: np.ndarray, crop: int, fill: float, box: Box) -> np.ndarray:
+    """The ``crop x crop`` window ``box`` of ``arr``, ``fill`` where it leaves the image."""
+    h, w = arr.shape[:2]
+    sy, sx, dy, dx = box
+    out = np.full((crop, crop, *arr.shape[2:]), fill, dtype=arr.dtype)
+    ch, cw = min(crop, h), min(crop, w)
+    out[dy : dy + ch, dx : dx + cw] = arr[sy : sy + ch, sx : sx + cw]
+    return out
+
+
+def _augment(
+    img: np.ndarray, lab: np.ndarray, cfg: TrainIrnConfig, rng: np.random.Generator | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale, normalise, flip and crop one (image, label) pair (no randomness without rng)."""
+    if rng is not None:
+        lo, hi = cfg.rescale
+        s = lo + rng.random() * (hi - lo)
+        img = _rescale(img, s, Image.Resampling.BICUBIC)
+        lab = _rescale(lab, s, Image.Resampling.NEAREST)
+    x = normalize(img, cfg.model)
+    if rng is not None and cfg.hflip and rng.random() < 0.5:
+        x, lab = x[:, ::-1], lab[:, ::-1]
+    box = _crop_box(lab.shape[0], lab.shape[1], cfg.crop, rng)
+    return _place(x, cfg.crop, 0.0, box), _place(lab, cfg.crop, rw.IGNORE, box)
+
+
+class AffinityDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """(image, ir label) pairs. Items are addressed by ``(index, seed)``; ``seed < 0`` means
+    no augmentation (top-left crop). Yields ``3 x crop x crop float32`` and
+    ``crop/4 x crop/4 uint8`` (the label at stride 4: PIL-nearest, pixel ``4i+2``)."""
+
+    def __init__(self, items: Sequence[tuple[Path, Path]], cfg: TrainIrnConfig):
+        self.items = list(items)
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = key
+        img_path, lab_path = self.items[i]
+        img, lab = read_image(img_path), read_label_png(lab_path)
+        if img.shape[:2] != lab.shape:
+            raise DataError(f"ir label {lab_path} is {lab.shape}, image {img_path} {img.shape[:2]}")
+        rng = np.random.default_rng(seed) if seed >= 0 else None
+        x, lab = _augment(img, lab, self.cfg, rng)
+        half = STRIDE // 2
+        small = np.ascontiguousarray(lab[half::STRIDE, half::STRIDE])
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), torch.from_numpy(small)
+
+
+class EpochBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Batches of ``(index, augmentation seed)`` of one epoch, from batch ``start`` on.
+
+    Order and seeds depend only on ``(seed, epoch)``, so a resumed run sees the same data
+    as an uninterrupted one. The last incomplete batch is dropped.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0):
+        super().__init__()
+        self.n, self.bs, self.seed, self.epoch, self.start = n, batch_size, seed, epoch, start
+
+    def __len__(self) -> int:
+        return max(0, self.n // self.bs - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch]))
+        perm = rng.permutation(self.n)
+        seeds = rng.integers(0, 2**62, size=self.n)
+        for b in range(self.start, self.n // self.bs):
+            sl = slice(b * self.bs, (b + 1) * self.bs)
+            yield [(int(i), int(s)) for i, s in zip(perm[sl], seeds[sl], strict=True)]
+
+
+def _loader(
+    ds: AffinityDataset,
+    cfg: TrainIrnConfig,
+    batches: torch.utils.data.Sampler[Any],
+    dev: torch.device,
+) -> torch.utils.data.DataLoader[Any]:
+    return torch.utils.data.DataLoader(
+        ds, batch_sampler=batches, num_workers=cfg.num_workers, pin_memory=dev.type == "cuda"
+    )
+
+
+def training_items(manifest: Path, ir_label_dirs: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """(image path, ir label path) of every manifest row, sorted by image id.
+
+    Labels are ``<dir>/<image_id>.png`` in any of ``ir_label_dirs``; a missing label or
+    image raises :class:`DataError` naming it.
+    """
+    df = read_parquet(manifest, columns=["image_id", "image_path"]).sort_values("image_id")
+    found: dict[str, Path] = {}
+    for d in map(Path, ir_label_dirs):
+        if not d.is_dir():
+            raise DataError(f"missing ir label folder: {d}")
+        found.update({e.name[:-4]: Path(e.path) for e in os.scandir(d) if e.name.endswith(".png")})
+    items = []
+    for image_id, image_path in zip(df["image_id"], df["image_path"], strict=True):
+        if image_id not in found:
+            raise DataError(
+                f"no ir label {image_id}.png (manifest {manifest}) in {list(ir_label_dirs)}"
+            )
+        if not Path(image_path).is_file():
+            raise DataError(f"missing image: {image_path} (manifest {manifest})")
+        items.append((Path(image_path), found[image_id]))
+    return items
+
+
+def _check(cfg: TrainIrnConfig) -> None:
+    if cfg.crop % STRIDE or cfg.crop // STRIDE <= 2 * (cfg.radius - 1):
+        raise ConfigError(
+            f"train_irn.crop: {cfg.crop} must be a multiple of 4 and exceed 8*(radius-1)"
+        )
+    if cfg.radius < 2:
+        raise ConfigError(f"train_irn.radius: must be >= 2, got {cfg.radius}")
+    if len(cfg.rescale) != 2 or not 0 < cfg.rescale[0] <= cfg.rescale[1]:
+        raise ConfigError(
+            f"train_irn.rescale: expected [low, high] with 0 < low <= high, got {cfg.rescale}"
+        )
+    for key in ("batch_size", "epochs", "log_every", "resume_every"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"train_irn.{key}: must be >= 1, got {getattr(cfg, key)}")
+
+
+def build_optimizer(model: IrnNet, cfg: TrainIrnConfig) -> torch.optim.SGD:
+    """SGD over the two branches (displacement branch at ``disp_lr_mult`` times the lr)."""
+    edge, disp = model.head_parameters()
+    groups = [{"params": edge, "lr": cfg.lr}, {"params": disp, "lr": cfg.lr * cfg.disp_lr_mult}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _head_state(model: IrnNet) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+
+
+def _save_state(
+    resume: ResumeState, step: int, model: IrnNet, opt: torch.optim.SGD, hist: History
+) -> None:
+    resume.save_training(step, _head_state(model), opt, hist)
+
+
+def _restore(resume: ResumeState, model: IrnNet, opt: torch.optim.SGD) -> tuple[int, History]:
+    history = History()
+    state = resume.restore_training(opt, history)
+    if state is None:
+        return 0, history
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if unexpected or any(not k.startswith("backbone.") for k in missing):
+        raise DataError(
+            f"resume state {resume.path} does not fit the model: {unexpected or missing}"
+        )
+    return int(state["step"]), history
+
+
+def train_step(
+    model: IrnNet,
+    opt: torch.optim.SGD,
+    batch: Sequence[torch.Tensor],
+    cfg: TrainIrnConfig,
+    step: int,
+    total: int,
+) -> dict[str, float]:
+    """One SGD step at poly-lr position ``step / total``; returns the loss terms and lr."""
+    dev = next(model.edge.parameters()).device
+    img, lab = (t.to(dev, non_blocking=True) for t in batch)
+    set_poly_lr(opt, step, total, cfg.poly_power)
+    with autocast(dev, cfg.amp):
+        edge, disp = model(img)
+    losses = irn_losses(edge, disp, lab.long(), rw.pair_geometry(cfg.radius))
+    opt.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    opt.step()
+    vals = torch.stack([v.detach() for v in losses.values()]).tolist()
+    return {**dict(zip(losses, vals, strict=True)), "lr": float(opt.param_groups[0]["lr"])}
+
+
+def _train_loop(
+    model: IrnNet,
+    opt: torch.optim.SGD,
+    ds: AffinityDataset,
+    cfg: TrainIrnConfig,
+    resume: ResumeState,
+    hist: History,
+    span: tuple[int, int, int],
+) -> int:
+    """Steps ``start .. stop`` of ``total``; returns the step reached."""
+    step, stop, total = span
+    dev = next(model.edge.parameters()).device
+    per_epoch = len(ds) // cfg.batch_size
+    bar = tqdm(total=stop, initial=step, desc="train_irn", unit="step")
+    while step < stop:
+        epoch, start = divmod(step, per_epoch)
+        batches = EpochBatches(len(ds), cfg.batch_size, cfg.seed, epoch, start)
+        for batch in _loader(ds, cfg, batches, dev):
+            row = train_step(model, opt, batch, cfg, step, total)
+            step += 1
+            hist.add(step=step, epoch=epoch, **row)
+            bar.update()
+            if step % cfg.log_every == 0 or step == stop:
+                log.info(
+                    "step %d/%d %s", step, total, " ".join(f"{k} {v:.4f}" for k, v in row.items())
+                )
+            if step % cfg.resume_every == 0 and step < total:
+                _save_state(resume, step, model, opt, hist)
+            if step >= stop:
+                break
+    bar.close()
+    return step
+
+
+@torch.no_grad()
+def mean_displacement(model: IrnNet, ds: AffinityDataset, cfg: TrainIrnConfig) -> torch.Tensor:
+    """Mean (over images and positions) of the raw displacement on top-left crops: ``(2,)``."""
+    dev = next(model.edge.parameters()).device
+    model.eval()
+    keys = [
+        [(i, -1) for i in range(j, min(j + cfg.batch_size, len(ds)))]
+        for j in range(0, len(ds), cfg.batch_size)
+    ]
+    total, count = torch.zeros(2, device=dev), 0
+    for img, _ in tqdm(_loader(ds, cfg, keys, dev), desc="train_irn mean displacement"):  # type: ignore[arg-type]
+        img = img.to(dev)
+        with autocast(dev, cfg.amp):
+            d = model.disp(model.features(img)).float()
+        total += d.mean(dim=(2, 3)).sum(dim=0)
+        count += img.shape[0]
+    model.train()
+    return total / max(1, count)
+
+
+def run_train(
+    manifest: Path,
+    ir_label_dirs: list[Path],
+    cfg: TrainIrnConfig,
+    out_model: Path,
+    out_history: Path,
+    device: str,
+    resume_path: Path,
+    max_steps: int | None = None,
+) -> None:
+    """Train IRN on the confident ir labels; write ``out_model`` (safetensors, whole network
+    incl. backbone and mean displacement) and ``out_history`` (Parquet: step, epoch, pos,
+    neg, disp_fg, disp_bg, total, lr).
+
+    Resumable: a state is saved to ``resume_path`` every ``cfg.resume_every`` steps and read
+    back on a rerun with the same config and images. ``max_steps`` stops after that many
+    steps in all (saving the state, writing no output), to be continued by a later call.
+    """
+    _check(cfg)
+    items = training_items(Path(manifest), ir_label_dirs)
+    per_epoch = len(items) // cfg.batch_size
+    if per_epoch == 0:
+        raise ConfigError(f"train_irn.batch_size: {cfg.batch_size} exceeds the {len(items)} images")
+    dev = torch.device(torch_device(device))
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model).to(dev).train()
+    opt = build_optimizer(model, cfg)
+    ids = sorted(Path(p).name for p, _ in items)
+    labels = files_digest([lab for _, lab in items])
+    key = fingerprint({"cfg": to_dict(cfg), "images": ids, "labels": labels})
+    resume = ResumeState(Path(resume_path), key, cfg.resume_every)
+    step, hist = _restore(resume, model, opt)
+    total = per_epoch * cfg.epochs
+    stop = total if max_steps is None else min(total, max_steps)
+    ds = AffinityDataset(items, cfg)
+    step = _train_loop(model, opt, ds, cfg, resume, hist, (step, stop, total))
+    if step < total:
+        _save_state(resume, step, model, opt, hist)
+        log.info("stopped at step %d of %d; a rerun continues from %s", step, total, resume.path)
+        return
+    model.disp_mean.copy_(mean_displacement(model, ds, cfg))
+    save_weights(out_model, model, metadata={"model_config": json.dumps(to_dict(cfg.model))})
+    hist.save(out_history)
+    resume.clear()
+    mean = ", ".join(f"{v:.4f}" for v in model.disp_mean.flatten().tolist())
+    log.info("IRN saved to %s (mean displacement %s)", out_model, mean)

@@ -1,0 +1,302 @@
+"""Report items rendered from the evaluation tables: PNG figures and an HTML stage table.
+
+Figures use matplotlib's object API (``matplotlib.figure.Figure``, rendered by the Agg
+backend; no pyplot global state) and are written atomically. Inputs are the tables the
+evaluation stages write (:mod:`qaclims.cam.eval_cam`, :mod:`qaclims.evaluation.eval_labels`) and the
+training ``history.parquet`` of :class:`qaclims.training.History`. Metric values in
+those tables are fractions in [0, 1]; figures and the table show percentages.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from qaclims.core.io import PathLike, atomic_path, voc_palette
+
+log = logging.getLogger(__name__)
+
+DPI = 100
+NON_LOSS_COLUMNS = ("step", "epoch", "lr", "iter", "time")
+
+
+def _save(fig: Figure, out_png: PathLike) -> None:
+    """Render ``fig`` to ``out_png`` atomically."""
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    log.info("wrote %s", out_png)
+
+
+def _need(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}; it has {list(df.columns)}")
+
+
+# ---------------------------------------------------------------- per-class IoU
+
+
+def plot_per_class_iou(
+    per_class_tables: Mapping[str, pd.DataFrame], out_png: PathLike, title: str = ""
+) -> None:
+    """Grouped bar plot: one group per class, one bar per method (IoU in %).
+
+    Args:
+        per_class_tables: method name -> per-class table (``class, iou``; iou in [0, 1]
+            or NaN, drawn as a missing bar), all with the same classes in the same order.
+        out_png: PNG path.
+        title: figure title.
+    """
+    if not per_class_tables:
+        raise ValueError("no per-class table to plot")
+    names = list(per_class_tables)
+    classes = list(per_class_tables[names[0]]["class"])
+    for name, df in per_class_tables.items():
+        _need(df, ["class", "iou"], f"per-class table {name!r}")
+        if list(df["class"]) != classes:
+            raise ValueError(f"per-class table {name!r} lists other classes than {names[0]!r}")
+    x = np.arange(len(classes))
+    width = 0.8 / len(names)
+    fig = Figure(figsize=(max(6.0, 0.45 * len(classes) * max(1, len(names)) ** 0.5 + 2), 4))
+    ax = fig.subplots()
+    for i, name in enumerate(names):
+        iou = 100 * per_class_tables[name]["iou"].to_numpy(dtype=np.float64)
+        ax.bar(x - 0.4 + (i + 0.5) * width, iou, width, label=_label(name, iou))
+    ax.set_xticks(x, classes, rotation=60, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the bars
+    ax.set_title(title)
+    _save(fig, out_png)
+
+
+def _label(name: str, iou_percent: np.ndarray) -> str:
+    valid = iou_percent[~np.isnan(iou_percent)]
+    return f"{name} (mIoU {valid.mean():.1f})" if valid.size else name
+
+
+# ---------------------------------------------------------------- threshold sweep
+
+
+def plot_sweep(
+    sweeps: Mapping[str, pd.DataFrame],
+    out_png: PathLike,
+    fixed_threshold: float | None = 0.15,
+    title: str = "",
+) -> None:
+    """mIoU (%) against the background threshold, one curve per method.
+
+    Args:
+        sweeps: method name -> sweep table (``threshold, miou``; miou in [0, 1]).
+        out_png: PNG path.
+        fixed_threshold: the threshold used downstream, marked by a dashed line.
+        title: figure title.
+
+    Each curve's best point is marked; it is tuned on GT, an upper bound.
+    """
+    if not sweeps:
+        raise ValueError("no sweep table to plot")
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for name, df in sweeps.items():
+        _need(df, ["threshold", "miou"], f"sweep table {name!r}")
+        d = df.sort_values("threshold")
+        m = 100 * d["miou"].to_numpy(dtype=np.float64)
+        (line,) = ax.plot(d["threshold"], m, marker=".", label=name)
+        if not np.isnan(m).all():
+            i = int(np.nanargmax(m))
+            ax.plot(d["threshold"].iloc[i], m[i], "*", ms=12, color=line.get_color())
+    if fixed_threshold is not None:
+        ax.axvline(fixed_threshold, ls="--", color="k", label=f"fixed {fixed_threshold:g}")
+    ax.set_xlabel("background threshold")
+    ax.set_ylabel("mIoU (%)")
+    ax.legend(fontsize="small", title="★ best (GT-tuned)")
+    ax.set_title(title)
+    _save(fig, out_png)
+
+
+# ---------------------------------------------------------------- training history
+
+
+def plot_history(history: pd.DataFrame, out_png: PathLike, title: str = "") -> None:
+    """Loss curves against ``step`` (or the row number), plus the lr if logged.
+
+    Args:
+        history: table of :class:`qaclims.training.History`: numeric loss columns and
+            optionally ``step``, ``epoch``, ``lr``.
+        out_png: PNG path.
+        title: figure title.
+    """
+    losses = [
+        c
+        for c in history.columns
+        if c not in NON_LOSS_COLUMNS and pd.api.types.is_numeric_dtype(history[c])
+    ]
+    if not losses:
+        raise ValueError(f"history has no loss column; it has {list(history.columns)}")
+    x = history["step"] if "step" in history.columns else pd.Series(np.arange(len(history)))
+    has_lr = "lr" in history.columns
+    fig = Figure(figsize=(7, 5 if has_lr else 3.5))
+    axes = fig.subplots(2 if has_lr else 1, 1, sharex=True, squeeze=False)[:, 0]
+    for c in losses:
+        axes[0].plot(x, history[c], label=c)
+    axes[0].set_ylabel("loss")
+    axes[0].legend(fontsize="small")
+    axes[0].set_title(title)
+    if has_lr:
+        axes[1].plot(x, history["lr"], color="k")
+        axes[1].set_ylabel("lr")
+    axes[-1].set_xlabel("step" if "step" in history.columns else "logged row")
+    _save(fig, out_png)
+
+
+# ---------------------------------------------------------------- overlays
+
+
+def colorize_labels(label: np.ndarray) -> np.ndarray:
+    """``HxW`` int label map (0..C, 255) -> ``HxWx3 uint8`` VOC-palette colours."""
+    pal = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+    return pal[np.asarray(label).astype(np.uint8)]
+
+
+def heatmap(cam: np.ndarray) -> np.ndarray:
+    """``HxW`` float in [0, 1] (``KxHxW``: max over K) -> ``HxWx3 float64`` jet RGB in [0, 1]."""
+    c = np.asarray(cam, dtype=np.float64)
+    if c.ndim == 3:
+        c = c.max(axis=0) if c.shape[0] else np.zeros(c.shape[1:])
+    rgba = colormaps["jet"](np.clip(c, 0.0, 1.0))
+    return np.asarray(rgba, dtype=np.float64)[..., :3]
+
+
+def blend_overlay(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a label map or CAM over an image.
+
+    Args:
+        image: ``HxWx3 uint8`` RGB.
+        overlay: ``HxW`` integer label map (0 background left as is, ``c`` in VOC colours,
+            255 in the VOC void colour) or ``HxW`` / ``KxHxW`` float CAM in [0, 1] (jet).
+        alpha: overlay weight in [0, 1].
+
+    Returns:
+        ``HxWx3 uint8``: ``(1 - alpha) * image + alpha * colour`` where drawn.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    ov = np.asarray(overlay)
+    if ov.shape[-2:] != img.shape[:2]:
+        raise ValueError(f"overlay {ov.shape} does not match image {img.shape}")
+    if np.issubdtype(ov.dtype, np.integer):
+        colour = colorize_labels(ov).astype(np.float64)
+        drawn = (ov != 0)[..., None]
+    else:
+        colour = 255.0 * heatmap(ov)
+        drawn = np.ones((*img.shape[:2], 1), dtype=bool)
+    out = np.where(drawn, (1 - alpha) * img + alpha * colour, img)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def overlay_grid(
+    images: Sequence[np.ndarray],
+    overlays: Mapping[str, Sequence[np.ndarray]] | Sequence[np.ndarray],
+    out_png: PathLike,
+    row_titles: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    panel_inches: float = 2.5,
+) -> None:
+    """Grid of overlays: one row per image, the image then one column per overlay kind.
+
+    Args:
+        images: ``HxWx3 uint8`` RGB images.
+        overlays: column name -> one overlay per image (see :func:`blend_overlay`), or a
+            single sequence (one column named "overlay").
+        out_png: PNG path.
+        row_titles: e.g. image ids, one per image.
+        alpha: overlay weight in [0, 1].
+        panel_inches: size of one panel.
+    """
+    cols = dict(overlays) if isinstance(overlays, Mapping) else {"overlay": overlays}
+    for name, seq in cols.items():
+        if len(seq) != len(images):
+            raise ValueError(f"column {name!r} has {len(seq)} overlays for {len(images)} images")
+    if not images:
+        raise ValueError("no image to draw")
+    n_rows, n_cols = len(images), 1 + len(cols)
+    fig = Figure(figsize=(panel_inches * n_cols, panel_inches * n_rows))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r, img in enumerate(images):
+        panels = [np.asarray(img)] + [blend_overlay(img, s[r], alpha) for s in cols.values()]
+        for c, (panel, name) in enumerate(zip(panels, ["image", *cols], strict=True)):
+            ax = axes[r, c]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(name, fontsize="small")
+        if row_titles is not None:
+            axes[r, 0].text(
+                -0.05,
+                0.5,
+                str(row_titles[r]),
+                transform=axes[r, 0].transAxes,
+                rotation=90,
+                va="center",
+                ha="right",
+                fontsize="small",
+            )
+    _save(fig, out_png)
+
+
+# ---------------------------------------------------------------- stage table
+
+#: (header, summary key, is a fraction shown in %)
+TABLE_COLUMNS: tuple[tuple[str, str, bool], ...] = (
+    ("Stage", "stage", False),
+    ("Split", "split", False),
+    ("Images", "num_images", False),
+    ("mIoU (%)", "miou", True),
+    ("Best-threshold mIoU (%, GT-tuned)", "best_miou", True),
+    ("Coverage (%)", "coverage", True),
+)
+
+
+def _cell(value: Any, percent: bool) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if percent:
+        return f"{100 * float(value):.2f}"
+    return str(value)
+
+
+def stage_table_html(
+    rows: Sequence[Mapping[str, Any]], out_html: PathLike, title: str = ""
+) -> None:
+    """Per-stage metrics as an HTML table, written atomically.
+
+    Args:
+        rows: one mapping per stage with keys ``stage, split, num_images, miou,
+            best_miou, coverage`` (the evaluation summaries plus ``stage``; metrics in
+            [0, 1], shown in % with 2 decimals; absent / None / NaN shown as "–").
+        out_html: HTML path.
+        title: page heading.
+    """
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in TABLE_COLUMNS)
+    body = "\n".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(_cell(r.get(k), pct))}</td>" for _, k, pct in TABLE_COLUMNS)
+        + "</tr>"
+        for r in rows
+    )
+    doc = (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title or 'QA-CLIMS stages')}</title></head><body>\n"
+        f'<h2>{html.escape(title)}</h2>\n<table border="1">\n<thead><tr>{head}</tr></thead>\n'
+        f"<tbody>\n{body}\n</tbody>\n</table>\n</body></html>\n"
+    )
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(doc, encoding="utf-8")

@@ -1,0 +1,669 @@
+"""train_ritc: QA-CLIMS region-text contrastive training of the CAM network.
+
+Initialised from train_cam's weights, the network's CAMs become sigmoid maps
+``A = sigmoid(W * f(x))`` (``B x C x h x w``). For every present class of every image, the
+CAM and the image are resized to CLIP's input (bilinear, ``align_corners=True``, as the
+reference), a binary *mask adapter* keeps pixels with ``A >= alpha * max A``, and a frozen
+CLIP encodes the foreground region ``A * x`` (masked by the adapter) and the background region
+``(1 - A) * x`` (masked by its complement). The loss is::
+
+    w_fg * L_FRC + w_bg * L_BRC + w_area * mean(A)
+
+with L_FRC / L_BRC the InfoNCE losses of :mod:`qaclims.ritc.losses` against the image's own
+foreground text feature and background phrases (temperature 0.7), summed over the pairs.
+
+Global batch and loss scale do not depend on the number of processes: each global batch is
+split across the ``torchrun`` ranks, and the pair sums are scaled by
+``loss_images / per-rank batch`` (the reference sums over its 4 images per GPU and DDP
+averages over 2 GPUs, i.e. the default ``loss_images: 4`` with a global batch of 8 gives the
+reference's gradient exactly). Data order and augmentation are functions of
+``(seed, epoch, index)``, so a killed run continued from its resume state ends as an
+uninterrupted one would. The saved state dict is :class:`~qaclims.models.cam_resnet.CamNet`'s,
+so make_cam reads it unchanged.
+
+Entry point: :func:`run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from qaclims.artifacts.weights import read_tensors
+from qaclims.core.config import from_mapping, runtime, setting, to_dict
+from qaclims.core.devices import torch_device
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.core.io import read_image, read_parquet
+from qaclims.data import augment
+from qaclims.data.manifest import multi_hot, read_labelled_manifest
+from qaclims.models.cam_resnet import CamModelConfig, CamNet
+from qaclims.models.clip import ClipConfig, ClipInput, load_clip, region_features
+from qaclims.ritc.losses import ritc_pair_losses
+from qaclims.training import (
+    DistInfo,
+    History,
+    ResumeState,
+    autocast,
+    fingerprint,
+    init_distributed,
+    inputs_digest,
+    per_rank_batch,
+    save_weights,
+    seed_everything,
+    set_poly_lr,
+    unwrap,
+)
+from qaclims.training.sampling import StepBatches
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = ["image_id", "class_index", "kind", "row"]
+METRICS = ("loss", "frc", "brc", "area", "pairs", "skipped")
+
+
+@dataclass(frozen=True)
+class TrainRitcConfig:
+    """Config slice ``train_ritc`` (defaults: QA-CLIMS on VOC 2012, run_voc12_qa_clims.sh).
+
+    batch_size: global batch (images per step over all processes; reference 2 GPUs x 4).
+    epochs: passes over the training split (reference 15 on VOC).
+    lr: learning rate of the backbone; the classifier gets ``lr * classifier_lr_mult``.
+    classifier_lr_mult: reference 10.
+    weight_decay: SGD weight decay (reference 1e-4).
+    momentum: SGD momentum (IRN's PolyOptimizer passes its weight decay, 1e-4, as momentum;
+        so does the default here).
+    poly_power: lr x (1 - step/steps)^power per step.
+    temperature: InfoNCE temperature of both losses.
+    w_fg: weight of L_FRC.
+    w_bg: weight of L_BRC.
+    w_area: weight of the area regulariser mean(CAM).
+    alpha: mask adapter threshold, a fraction of each CAM's maximum.
+    loss_images: L_FRC / L_BRC are summed over pairs and scaled by loss_images / per-rank
+        batch, i.e. summed over this many images' pairs (reference: its 4 images per GPU).
+    region_encoding: how CLIP sees a masked region: prompt (OV-Seg mask prompt), pixels (the
+        masked image, the reference's path for a plain CLIP) or auto (prompt if the CLIP has
+        a mask prompt).
+    clip_normalize: re-normalise images from mean/std to CLIP's own statistics before CLIP;
+        the reference feeds CLIP the ImageNet-normalised image (false).
+    detach_stage2: stop gradients after stage 2 (IRN's baseline does; QA-CLIMS trains all
+        stages but the stem: false).
+    frozen_bn: keep BatchNorm statistics and affine parameters fixed (QA-CLIMS trains them,
+        SyncBatchNorm under DDP on GPU: false).
+    resize_long: random long side of the training images, inclusive range.
+    crop: square random crop (padded with the mean colour).
+    hflip: random horizontal flip.
+    mean: normalisation mean of the CAM network's input (ImageNet).
+    std: normalisation std of the CAM network's input (ImageNet).
+    num_workers: data loader processes.
+    seed: seed of the data order, augmentation and torch.
+    amp: bf16 autocast on GPU (off: the reference trains in float32).
+    log_every: steps per log line and per row of the loss table.
+    resume_every: steps between resume-state saves (one is also saved at each epoch end).
+    """
+
+    batch_size: int = setting(8, ge=1)
+    epochs: int = setting(15, ge=1)
+    lr: float = setting(0.00035, gt=0.0)
+    classifier_lr_mult: float = setting(10.0, ge=0.0)
+    weight_decay: float = setting(1e-4, ge=0.0)
+    momentum: float = setting(1e-4, ge=0.0, lt=1.0)
+    poly_power: float = setting(0.9, ge=0.0)
+    temperature: float = setting(0.7, gt=0.0)
+    w_fg: float = setting(10.0, ge=0.0)
+    w_bg: float = setting(8.0, ge=0.0)
+    w_area: float = setting(0.2, ge=0.0)
+    alpha: float = setting(0.1, ge=0.0, le=1.0)
+    loss_images: int = setting(4, ge=1)
+    region_encoding: str = setting("auto", choices=("auto", "prompt", "pixels"))
+    clip_normalize: bool = False
+    detach_stage2: bool = False
+    frozen_bn: bool = False
+    resize_long: tuple[int, ...] = setting((320, 640), ge=1, min_items=2)
+    crop: int = setting(512, ge=1)
+    hflip: bool = True
+    mean: tuple[float, ...] = augment.IMAGENET_MEAN
+    std: tuple[float, ...] = setting(augment.IMAGENET_STD, gt=0.0)
+    num_workers: int = runtime(4, ge=0)
+    seed: int = 0
+    amp: bool = False
+    log_every: int = runtime(200, ge=1)
+    resume_every: int = runtime(500, ge=1)
+
+
+def check_config(cfg: TrainRitcConfig, where: str = "train_ritc") -> None:
+    """Raise :class:`ConfigError` naming the key of an out-of-range value."""
+    for name in ("batch_size", "epochs", "crop", "log_every", "resume_every", "loss_images"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{where}.{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("lr", "temperature"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{where}.{name} must be > 0, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise ConfigError(f"{where}.alpha must be in [0, 1], got {cfg.alpha}")
+    if cfg.region_encoding not in ("auto", "prompt", "pixels"):
+        raise ConfigError(
+            f"{where}.region_encoding must be auto, prompt or pixels, got {cfg.region_encoding!r}"
+        )
+    lo_hi = cfg.resize_long
+    if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
+        raise ConfigError(f"{where}.resize_long must be [lo, hi] with 1 <= lo <= hi, got {lo_hi}")
+    if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
+        raise ConfigError(f"{where}.mean/std need 3 entries each (std > 0)")
+    if cfg.num_workers < 0:
+        raise ConfigError(f"{where}.num_workers must be >= 0, got {cfg.num_workers}")
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def mask_adapter(cam: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Binary masks of ``Nx1xHxW`` CAMs: 1 where ``cam >= alpha * max(cam)`` (per map),
+    else 0; same dtype, no gradient. A map of zeros gives ones (as the reference)."""
+    cam = cam.detach()
+    top = cam.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+    return (cam >= alpha * top).to(cam.dtype)
+
+
+def camnet(model: nn.Module) -> CamNet:
+    """The :class:`CamNet` inside a (DDP-wrapped) :class:`RitcNet`."""
+    inner = unwrap(model)
+    if not isinstance(inner, RitcNet):
+        raise TypeError(f"expected a RitcNet, got {type(inner).__name__}")
+    return inner.net
+
+
+class RitcNet(nn.Module):
+    """``forward(x: Bx3xHxW) -> B x C x h x w`` sigmoid CAMs in (0, 1) of a :class:`CamNet`
+    (wrapped so DistributedDataParallel sees one forward)."""
+
+    def __init__(self, net: CamNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net.classifier(self.net.features(x)))
+
+
+@dataclass
+class TextBank:
+    """Text features on the training device, looked up by (image_id, class index).
+
+    features: ``R x E float32``; fg: pair -> its ``fg_text`` row; bg: pair -> its bg phrase
+    rows; class_rows: class index -> class-name row (fallback foreground feature).
+    """
+
+    features: torch.Tensor
+    fg: dict[tuple[str, int], int]
+    bg: dict[tuple[str, int], list[int]]
+    class_rows: list[int]
+
+    @classmethod
+    def load(cls, index: Path, features: Path, num_classes: int, device: torch.device) -> TextBank:
+        """Read text_features' outputs; inconsistencies raise :class:`DataError` naming them."""
+        df = read_parquet(index, columns=INDEX_COLUMNS)
+        if not Path(features).is_file():
+            raise DataError(f"missing text features: {features}")
+        feats = read_tensors(features).get("features")
+        if feats is None or feats.ndim != 2:
+            raise DataError(f"{features} has no 2-D tensor 'features'")
+        if len(df) and int(df["row"].max()) >= feats.shape[0]:
+            raise DataError(f"index {index} points past the {feats.shape[0]} rows of {features}")
+        classes = df[df.kind == "class"].sort_values("class_index")
+        if list(classes["class_index"]) != list(range(num_classes)):
+            raise DataError(
+                f"index {index} has class rows {list(classes['class_index'])}, "
+                f"expected 0..{num_classes - 1}"
+            )
+        keys = list(zip(df["image_id"].astype(str), df["class_index"].astype(int), strict=True))
+        fg: dict[tuple[str, int], int] = {}
+        bg: dict[tuple[str, int], list[int]] = {}
+        for key, kind, row in zip(keys, df["kind"], df["row"].astype(int), strict=True):
+            if kind == "fg_text":
+                fg[key] = row
+            elif kind == "bg":
+                bg.setdefault(key, []).append(row)
+        rows = [int(r) for r in classes["row"]]
+        return cls(feats.float().to(device), fg, bg, rows)
+
+    def gather(
+        self, keys: Sequence[tuple[str, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For ``P`` pairs: fg text ``PxE``, bg phrases ``PxLxE`` (padded), valid ``PxL bool``."""
+        fg_rows = [self.fg.get(k, self.class_rows[k[1]]) for k in keys]
+        bg_rows = [self.bg.get(k, []) for k in keys]
+        width = max([1, *(len(r) for r in bg_rows)])
+        padded = torch.zeros(len(keys), width, dtype=torch.long)
+        valid = torch.zeros(len(keys), width, dtype=torch.bool)
+        for i, rows in enumerate(bg_rows):
+            padded[i, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+            valid[i, : len(rows)] = True
+        dev = self.features.device
+        fg = self.features[torch.tensor(fg_rows, dtype=torch.long, device=dev)]
+        return fg, self.features[padded.to(dev)], valid.to(dev)
+
+
+class RitcSet(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
+    """Items keyed by ``(epoch, index)``: ``(3 x crop x crop float32, C float32 multi-hot,
+    index)``, augmented with the draws of ``sample_rng(seed, epoch, index)``."""
+
+    def __init__(self, paths: Sequence[str], targets: np.ndarray, cfg: TrainRitcConfig):
+        self.paths, self.targets, self.cfg = list(paths), targets, cfg
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        epoch, index = key
+        c = self.cfg
+        rng = augment.sample_rng(c.seed, epoch, index)
+        x = augment.classification_sample(
+            read_image(self.paths[index]), rng, c.resize_long, c.crop, c.hflip, c.mean, c.std
+        )
+        return x, torch.from_numpy(self.targets[index]), index
+
+
+class RankBatches(Sampler[list[tuple[int, int]]]):
+    """This rank's share (every ``world``-th item) of each global batch of ``batches``."""
+
+    def __init__(self, batches: StepBatches, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches:
+            yield batch[self.rank :: self.world]
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every step needs besides the batch."""
+
+    clip: nn.Module
+    clip_input: ClipInput
+    bank: TextBank
+    cfg: TrainRitcConfig
+    scale: float  # loss_images / per-rank batch
+
+
+def to_clip_space(x: torch.Tensor, cfg: TrainRitcConfig, info: ClipInput) -> torch.Tensor:
+    """``Bx3xSxS`` images from the CAM network's normalisation to CLIP's (if asked for)."""
+    if not cfg.clip_normalize:
+        return x
+
+    def col(v: Sequence[float]) -> torch.Tensor:
+        return torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+
+    return (x * col(cfg.std) + col(cfg.mean) - col(info.mean)) / col(info.std)
+
+
+def ritc_loss(
+    model: nn.Module, ctx: StepContext, x: torch.Tensor, y: torch.Tensor, ids: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The RITC loss of one batch ``x: Bx3xHxW``, ``y: BxC`` multi-hot, image ids ``ids``;
+    returns the loss and its terms (loss, frc, brc, area, pairs, skipped)."""
+    cfg, size = ctx.cfg, ctx.clip_input.image_size
+    with autocast(x.device, cfg.amp):
+        cams = model(x)  # B x C x h x w in (0, 1)
+        cam_s = F.interpolate(cams, (size, size), mode="bilinear", align_corners=True)
+        img_s = F.interpolate(x, (size, size), mode="bilinear", align_corners=True)
+        b_idx, c_idx = (y > 0).nonzero(as_tuple=True)
+        cam_p = cam_s[b_idx, c_idx].unsqueeze(1)  # P x 1 x S x S
+        mask = mask_adapter(cam_p, cfg.alpha)
+        img_p = to_clip_space(img_s[b_idx], cfg, ctx.clip_input)
+        fg_feat = region_features(ctx.clip, cam_p * img_p, mask, cfg.region_encoding)
+        bg_feat = region_features(ctx.clip, (1 - cam_p) * img_p, 1 - mask, cfg.region_encoding)
+    keys = [(ids[int(b)], int(c)) for b, c in zip(b_idx.tolist(), c_idx.tolist(), strict=True)]
+    fg_text, bg_text, valid = ctx.bank.gather(keys)
+    pl = ritc_pair_losses(fg_feat, bg_feat, fg_text, bg_text, valid, cfg.temperature)
+    frc, brc = pl.frc.sum() * ctx.scale, pl.brc.sum() * ctx.scale
+    area = cams.float().mean()
+    loss = cfg.w_fg * frc + cfg.w_bg * brc + cfg.w_area * area
+    terms = {
+        "loss": float(loss.detach()),
+        "frc": float(frc.detach()),
+        "brc": float(brc.detach()),
+        "area": float(area.detach()),
+        "pairs": float(len(keys)),
+        "skipped": float((~pl.has_bg).sum()),
+    }
+    return loss, terms
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """Zero the gradients, back-propagate ``loss`` and step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def check_text_width(bank: TextBank, path: Path, clip: nn.Module, name: str) -> None:
+    """Raise :class:`DataError` naming ``path`` if its text features are not as wide as the
+    embedding of the CLIP the regions are encoded with (features of another CLIP)."""
+    proj = getattr(clip, "text_projection", None)
+    width = proj.shape[-1] if isinstance(proj, torch.Tensor) else None
+    if width is not None and bank.features.shape[1] != width:
+        raise DataError(
+            f"text features {path} are {bank.features.shape[1]} wide, but CLIP {name} embeds "
+            f"in {width}: they were made with another CLIP (rerun text_features)"
+        )
+
+
+def build_network(
+    cam_weights: Path,
+    model_cfg: CamModelConfig,
+    num_classes: int,
+    cfg: TrainRitcConfig,
+    dist: DistInfo,
+) -> nn.Module:
+    """The CAM network from train_cam's weights, with RITC's stage-2 / BatchNorm settings,
+    wrapped as :class:`RitcNet` (and in DDP when ``dist.world > 1``)."""
+    bb = dataclasses.replace(model_cfg.backbone, frozen_bn=cfg.frozen_bn)
+    mcfg = dataclasses.replace(model_cfg, backbone=bb, detach_stage2=cfg.detach_stage2)
+    net = CamNet.from_weights(Path(cam_weights), mcfg, num_classes)
+    if cfg.detach_stage2:
+        net.backbone.stages[:2].requires_grad_(False)
+    model: nn.Module = RitcNet(net).to(dist.device)
+    if dist.world > 1:
+        if not cfg.frozen_bn and dist.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+def build_optimizer(model: nn.Module, cfg: TrainRitcConfig) -> torch.optim.SGD:
+    """SGD with the backbone at ``lr`` and the classifier at ``lr * classifier_lr_mult``."""
+    backbone, new = camnet(model).param_groups()
+    groups: list[dict[str, Any]] = [
+        {"params": backbone, "lr": cfg.lr},
+        {"params": new, "lr": cfg.lr * cfg.classifier_lr_mult},
+    ]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _fingerprint(
+    cfg: TrainRitcConfig,
+    model_cfg: CamModelConfig,
+    clip_cfg: ClipConfig,
+    num_classes: int,
+    df: pd.DataFrame,
+    inputs: Sequence[Path],
+) -> str:
+    """Identity of a run: configs, data and input files (not workers or logging)."""
+    keep = to_dict(dataclasses.replace(cfg, num_workers=0, log_every=1, resume_every=1))
+    data = hashlib.sha256(
+        json.dumps(
+            [
+                [i, [int(v) for v in labs]]
+                for i, labs in zip(df["image_id"], df["labels"], strict=True)
+            ]
+        ).encode()
+    ).hexdigest()
+    return fingerprint(
+        {
+            "cfg": keep,
+            "model": to_dict(model_cfg),
+            "clip": to_dict(clip_cfg),
+            "num_classes": num_classes,
+            "data": data,
+            "inputs": inputs_digest(inputs),
+        }
+    )
+
+
+# ----------------------------------------------------------------------------- run
+
+
+@dataclass
+class Loop:
+    """The mutable state of a training loop."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ctx: StepContext
+    dist: DistInfo
+    resume: ResumeState
+    history: History
+    total: int
+    per_epoch: int
+
+
+def run(
+    manifest: Path,
+    num_classes: int,
+    cam_weights: Path,
+    model_cfg: CamModelConfig,
+    corpus_index: Path,
+    text_features: Path,
+    clip_cfg: ClipConfig,
+    clip_weights: Path | None,
+    cfg: TrainRitcConfig,
+    out_model: Path,
+    out_history: Path,
+    device: str,
+    resume_path: Path,
+    max_steps: int | None = None,
+) -> None:
+    """Train the QA-CLIMS CAM network; write ``out_model`` (a CamNet safetensors state dict)
+    and ``out_history`` (Parquet: one row per ``log_every`` steps with step, epoch, loss,
+    frc, brc, area, pairs, skipped, lr, img_per_s).
+
+    manifest: training split; cam_weights / model_cfg: train_cam's network; corpus_index /
+    text_features: text_features' outputs; clip_cfg / clip_weights: the frozen CLIP (weights:
+    the tiny CLIP's safetensors, else None). device: ``auto|cpu|cuda`` (one process, or one
+    per GPU under torchrun). resume_path: resume state, saved every ``resume_every`` steps
+    and at epoch ends, continued from on a re-run, removed once the outputs exist.
+    max_steps (tests): stop after that many global steps, saving the resume state but not the
+    outputs, as if killed.
+    """
+    check_config(cfg)
+    df = read_labelled_manifest(Path(manifest), num_classes)
+    inputs = [Path(cam_weights), Path(corpus_index), Path(text_features)]
+    inputs += [] if clip_weights is None else [Path(clip_weights)]
+    missing = [str(p) for p in inputs if not p.is_file()]
+    if missing:
+        raise DataError(f"train_ritc: missing input files {missing}")
+    per_epoch = len(df) // cfg.batch_size
+    if per_epoch == 0:
+        raise DataError(f"manifest {manifest}: {len(df)} images < batch_size {cfg.batch_size}")
+    dist = init_distributed(torch_device(device))
+    try:
+        per_rank = per_rank_batch(cfg.batch_size, dist.world)
+    except ValueError as e:
+        raise ConfigError(f"train_ritc.batch_size: {e}") from e
+    seed_everything(cfg.seed)
+    bank = TextBank.load(Path(corpus_index), Path(text_features), num_classes, dist.device)
+    clip, info, _ = load_clip(clip_cfg, str(dist.device), clip_weights)
+    check_text_width(bank, Path(text_features), clip, clip_cfg.name)
+    model = build_network(Path(cam_weights), model_cfg, num_classes, cfg, dist)
+    key = _fingerprint(cfg, model_cfg, clip_cfg, num_classes, df, inputs)
+    ctx = StepContext(clip, info, bank, cfg, cfg.loss_images / per_rank)
+    loop = Loop(model, build_optimizer(model, cfg), ctx, dist,
+                ResumeState(Path(resume_path), key, cfg.resume_every), History(),
+                per_epoch * cfg.epochs, per_epoch)  # fmt: skip
+    start = _restore(loop)
+    stop = loop.total if max_steps is None else min(loop.total, max_steps)
+    log.info("train_ritc: %d images, %d steps/epoch, %d steps, %d process(es) x %d images, %s",
+             len(df), per_epoch, loop.total, dist.world, per_rank, dist.device)  # fmt: skip
+    _loop(loop, _loader(df, num_classes, cfg, start, stop, dist), df, start)
+    _finish(loop, stop, out_model, out_history, num_classes)
+
+
+def _loader(
+    df: pd.DataFrame,
+    num_classes: int,
+    cfg: TrainRitcConfig,
+    start: int,
+    stop: int,
+    dist: DistInfo,
+) -> DataLoader[tuple[torch.Tensor, torch.Tensor, int]]:
+    data = RitcSet(list(df["image_path"]), multi_hot(list(df["labels"]), num_classes), cfg)
+    steps = StepBatches(len(df), cfg.batch_size, cfg.seed, start, stop)
+    return DataLoader(
+        data,
+        batch_sampler=RankBatches(steps, dist.rank, dist.world),
+        num_workers=cfg.num_workers,
+        pin_memory=dist.device.type == "cuda",
+    )
+
+
+def _restore(loop: Loop) -> int:
+    """Load the resume state if there is one; returns the number of steps already done."""
+    state = loop.resume.restore_training(loop.optimizer, loop.history)
+    if state is None:
+        return 0
+    unwrap(loop.model).load_state_dict(state["model"])
+    log.info("train_ritc: continuing from step %d", state["step"])
+    return int(state["step"])
+
+
+def _save(loop: Loop, step: int) -> None:
+    if loop.dist.main:
+        loop.resume.save_training(
+            step, unwrap(loop.model).state_dict(), loop.optimizer, loop.history
+        )
+
+
+def _reduce(values: list[dict[str, float]], dist: DistInfo) -> dict[str, float]:
+    """Mean of each term over the window's steps; over the processes, the mean of the loss
+    terms (each already a global-batch figure) and the sum of the pair counts."""
+    vec = torch.tensor([[v[k] for k in METRICS] for v in values], dtype=torch.float64).mean(0)
+    if dist.world > 1:
+        vec = vec.to(dist.device)
+        torch.distributed.all_reduce(vec)
+        vec = vec.cpu()
+        counts = torch.tensor([k in ("pairs", "skipped") for k in METRICS])
+        vec = torch.where(counts, vec, vec / dist.world)
+    return dict(zip(METRICS, vec.tolist(), strict=True))
+
+
+def _loop(
+    loop: Loop,
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor, int]],
+    df: pd.DataFrame,
+    start: int,
+) -> None:
+    """Run the loader's steps (global steps ``start, start+1, ...``), logging and saving."""
+    loop.model.train()
+    ids = list(df["image_id"].astype(str))
+    window: list[dict[str, float]] = []
+    tick = time.perf_counter()
+    bar = tqdm(
+        total=loop.total,
+        initial=start,
+        desc="train_ritc",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not loop.dist.main,
+    )
+    for step, (x, y, index) in enumerate(loader, start=start):
+        set_poly_lr(loop.optimizer, step, loop.total, loop.ctx.cfg.poly_power)
+        dev = loop.dist.device
+        loss, terms = ritc_loss(
+            loop.model,
+            loop.ctx,
+            x.to(dev, non_blocking=True),
+            y.to(dev),
+            [ids[int(i)] for i in index],
+        )
+        optimizer_step(loop.optimizer, loss)
+        window.append(terms)
+        bar.update(1)
+        done = step + 1
+        if done % loop.ctx.cfg.log_every == 0 or done == loop.total:
+            _log_window(loop, window, done, time.perf_counter() - tick)
+            window, tick = [], time.perf_counter()
+        if done % loop.ctx.cfg.resume_every == 0 or done % loop.per_epoch == 0:
+            _save(loop, done)
+    bar.close()
+
+
+def _log_window(loop: Loop, window: list[dict[str, float]], done: int, seconds: float) -> None:
+    row = _reduce(window, loop.dist)
+    lr = float(loop.optimizer.param_groups[0]["lr"])
+    rate = len(window) * loop.ctx.cfg.batch_size / max(seconds, 1e-9)
+    epoch = (done - 1) // loop.per_epoch
+    loop.history.add(step=done, epoch=epoch, **row, lr=lr, img_per_s=rate)
+    if loop.dist.main:
+        log.info(
+            "step %d/%d epoch %d loss %.4f frc %.4f brc %.4f area %.4f pairs %.1f "
+            "skipped %.1f lr %.6f %.1f img/s",
+            done,
+            loop.total,
+            epoch,
+            row["loss"],
+            row["frc"],
+            row["brc"],
+            row["area"],
+            row["pairs"],
+            row["skipped"],
+            lr,
+            rate,
+        )
+
+
+def _finish(loop: Loop, stop: int, out_model: Path, out_history: Path, num_classes: int) -> None:
+    """Write the outputs (rank 0), or only the resume state when stopped early."""
+    if stop < loop.total:
+        _save(loop, stop)
+        log.info("train_ritc: stopped at step %d of %d (max_steps)", stop, loop.total)
+    elif loop.dist.main:
+        net = camnet(loop.model)
+        save_weights(
+            out_model, net, metadata={"num_classes": str(num_classes), "method": "qa-clims"}
+        )
+        loop.history.save(out_history)
+        loop.resume.clear()
+        log.info("train_ritc: wrote %s and %s", out_model, out_history)
+    if loop.dist.world > 1:
+        torch.distributed.barrier()
+
+
+def worker(job: dict[str, Any], device: str) -> None:
+    """Entry point of one ``torchrun`` worker
+    (``python -m qaclims.workflow.cli qaclims.ritc.train_ritc``).
+
+    ``job`` is :func:`qaclims.workflow.launch.job_args`: the rule's named inputs and outputs, the
+    resolved config and the resume path.
+    """
+    from qaclims.data.manifest import read_classes
+
+    inp, out, cfg = job["input"], job["output"], job["config"]
+    run(
+        manifest=Path(inp["manifest"]),
+        num_classes=len(read_classes(inp["classes"])),
+        cam_weights=Path(inp["cam"]),
+        model_cfg=from_mapping(CamModelConfig, cfg["train_cam"]["model"], "train_cam.model"),
+        corpus_index=Path(inp["index"]),
+        text_features=Path(inp["features"]),
+        clip_cfg=from_mapping(ClipConfig, cfg["clip"], "clip"),
+        clip_weights=Path(inp["clip_weights"]) if inp.get("clip_weights") else None,
+        cfg=from_mapping(TrainRitcConfig, cfg["train_ritc"], "train_ritc"),
+        out_model=Path(out["model"]),
+        out_history=Path(out["history"]),
+        device=device,
+        resume_path=Path(job["resume"]),
+    )

@@ -1,0 +1,1 @@
+"""DeepLab on the pseudo masks: training, inference, its loss (workflow/rules/deeplab.smk)."""

@@ -1,0 +1,629 @@
+"""train_deeplab: DeepLab trained on the pseudo masks (rule ``train_deeplab``).
+
+The recipe is deeplab-pytorch's as CLIMS / QA-CLIMS use it: random rescale (one of
+``scales``), bottom/right padding with the mean colour and label 255, random ``crop x crop``
+window, random horizontal flip; multi-scale-input training (the 1x image, the image at
+``msc_scales`` and their pixelwise max, each scored against the nearest-resized labels);
+the loss of :mod:`qaclims.seg.loss` (``ce`` or CLIMS's ``balanced``) per loss batch; SGD
+with momentum, a poly learning rate per step, the classifier's weights at
+``classifier_lr_mult`` x lr and its biases at ``classifier_bias_lr_mult`` x lr without weight
+decay; frozen batch norm in the backbone. The order of the data and every augmentation draw
+are functions of ``(seed, global sample index)``, so a killed run continued from its resume
+state ends with the same weights as an uninterrupted one, whatever the number of GPUs.
+Under ``torchrun`` each rank takes its slice of the global batch; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from qaclims.core.config import from_mapping, runtime, setting, to_dict
+from qaclims.core.devices import torch_device
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.core.io import read_image, read_label_png, read_parquet
+from qaclims.evaluation.metrics import IGNORE_INDEX
+from qaclims.models.deeplab import (
+    DeepLab,
+    DeeplabModelConfig,
+    MultiScaleNet,
+    build_model,
+    check_model_config,
+    normalise,
+    param_groups,
+)
+from qaclims.seg.loss import LOSSES, Units, group_counts, resize_labels, unit_loss
+from qaclims.training import (
+    DistInfo,
+    History,
+    ResumeState,
+    autocast,
+    files_digest,
+    fingerprint,
+    init_distributed,
+    per_rank_batch,
+    save_weights,
+    seed_everything,
+    set_poly_lr,
+)
+
+log = logging.getLogger(__name__)
+
+NAMES_IN_ERROR = 5
+
+
+@dataclass(frozen=True)
+class TrainDeeplabConfig:
+    """Config slice ``train_deeplab`` (defaults: deeplab-pytorch / CLIMS on VOC 2012).
+
+    model: the network (:class:`DeeplabModelConfig`).
+    batch_size: GLOBAL images per optimiser step, split over the ranks (the references'
+        ``BATCH_SIZE.TRAIN x ITER_SIZE``: 5 x 2 = 10 for deeplab-pytorch's COCO-init VOC
+        recipe, 10 x 2 = 20 for CLIMS's ImageNet-init one).
+    loss: ``ce`` (cross entropy over the non-ignored pixels, deeplab-pytorch) or
+        ``balanced`` (CLIMS's ``criterion_balance``: mean of the background and the
+        foreground pixels' mean CE); see :mod:`qaclims.seg.loss`.
+    loss_batch: images per loss normalisation (the references' ``BATCH_SIZE.TRAIN``; 0: the
+        whole step); must divide ``batch_size``. Independent of GPUs and ``iter_size``.
+    iter_size: gradient-accumulation chunks each rank splits its share into (memory only;
+        the step's gradient is the same up to float rounding).
+    crop: square training crop (321). scales: random rescale factors, one drawn per image.
+    flip: random horizontal flips. msc_scales: extra input scales of multi-scale training
+        ((0.5, 0.75); empty = single scale).
+    iterations (20k), lr (2.5e-4), momentum (0.9), weight_decay (5e-4), poly_power (0.9):
+        SGD with ``lr * (1 - step / iterations) ** poly_power``.
+    classifier_lr_mult (10) / classifier_bias_lr_mult (20): head weight / bias lr factors.
+    seed: data order, augmentation and init. amp: bf16 autocast on GPU.
+    num_workers: loader processes. log_every: steps per log line. resume_every: steps
+        between resume-state saves.
+    """
+
+    model: DeeplabModelConfig = field(default_factory=DeeplabModelConfig)
+    batch_size: int = setting(
+        10, ge=1, doc="images per optimiser step (global, over all processes)."
+    )
+    loss: str = setting(
+        "ce",
+        choices=LOSSES,
+        doc="ce (deeplab-pytorch) or balanced (CLIMS: mean of the bg and fg pixels' mean CE).",
+    )
+    loss_batch: int = setting(
+        0,
+        ge=0,
+        doc="images per loss normalisation (the references' BATCH_SIZE.TRAIN); 0: the whole "
+        "step. Must divide batch_size.",
+    )
+    iter_size: int = runtime(
+        1, ge=1, doc="memory chunks each process splits its images into (no effect on results)."
+    )
+    crop: int = setting(
+        321, ge=1, doc="square random crop in pixels (padded with the mean colour)."
+    )
+    scales: tuple[float, ...] = setting(
+        (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
+        gt=0.0,
+        min_items=1,
+        doc="random rescale factors, one drawn per image.",
+    )
+    flip: bool = setting(True, doc="random horizontal flips.")
+    msc_scales: tuple[float, ...] = setting(
+        (0.5, 0.75), gt=0.0, doc="extra input scales of multi-scale training (empty: single scale)."
+    )
+    iterations: int = setting(20000, ge=1, doc="optimiser steps.")
+    lr: float = setting(2.5e-4, gt=0.0, doc="SGD learning rate of the backbone (poly decay).")
+    momentum: float = setting(0.9, ge=0.0, lt=1.0, doc="SGD momentum.")
+    weight_decay: float = setting(5e-4, ge=0.0, doc="SGD weight decay.")
+    poly_power: float = setting(0.9, ge=0.0, doc="lr x (1 - step/steps)^poly_power per step.")
+    classifier_lr_mult: float = setting(10.0, ge=0.0, doc="learning-rate factor of the classifier.")
+    classifier_bias_lr_mult: float = setting(
+        20.0, ge=0.0, doc="learning-rate factor of the head's biases."
+    )
+    seed: int = setting(0, doc="seed of data order, augmentation and initialisation.")
+    amp: bool = setting(False, doc="bf16 autocast on GPU.")
+    num_workers: int = runtime(4, ge=0, doc="data-loader processes.")
+    log_every: int = runtime(100, ge=1, doc="steps per log line (and per row of the loss table).")
+    resume_every: int = runtime(
+        500, ge=1, doc="steps between resume-state saves (one is also saved at each epoch end)."
+    )
+
+
+# ---------------------------------------------------------------- config checks
+
+
+def _positive(cfg: Any, names: Sequence[str], where: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{where}.{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def check_train_config(cfg: TrainDeeplabConfig, where: str = "train_deeplab") -> None:
+    """Raise :class:`ConfigError` naming the key of an impossible value."""
+    check_model_config(cfg.model, f"{where}.model")
+    names = ("batch_size", "iter_size", "crop", "iterations", "log_every", "resume_every")
+    _positive(cfg, names, where)
+    if not cfg.scales or min(cfg.scales) <= 0:
+        raise ConfigError(f"{where}.scales: need positive factors, got {list(cfg.scales)}")
+    if any(s <= 0 for s in cfg.msc_scales):
+        raise ConfigError(f"{where}.msc_scales: need positive factors, got {cfg.msc_scales}")
+    if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"{where}.lr/weight_decay/momentum out of range")
+    if cfg.seed < 0 or cfg.num_workers < 0:
+        raise ConfigError(f"{where}.seed and {where}.num_workers must be >= 0")
+    if cfg.loss not in LOSSES:
+        raise ConfigError(f"{where}.loss: {cfg.loss!r} is not one of {LOSSES}")
+    if cfg.loss_batch < 0 or (cfg.loss_batch and cfg.batch_size % cfg.loss_batch):
+        raise ConfigError(
+            f"{where}.loss_batch ({cfg.loss_batch}) must divide {where}.batch_size "
+            f"({cfg.batch_size}), or be 0 for the whole step"
+        )
+
+
+# ---------------------------------------------------------------- training data
+
+
+def index_pngs(dirs: Sequence[Path]) -> dict[str, Path]:
+    """Map ``<image_id>`` to ``<dir>/<image_id>.png`` over ``dirs`` (first folder wins).
+
+    Raises :class:`DataError` naming a folder that does not exist.
+    """
+    found: dict[str, Path] = {}
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise DataError(f"missing pseudo-mask folder: {d}")
+        with os.scandir(d) as it:
+            for e in it:
+                if e.name.endswith(".png"):
+                    found.setdefault(e.name[:-4], Path(e.path))
+    return found
+
+
+def pseudo_label_paths(ids: Sequence[str], dirs: Sequence[Path]) -> list[Path]:
+    """The pseudo-mask PNG of each image id, in order; a :class:`DataError` lists missing ones."""
+    index = index_pngs(dirs)
+    missing = [i for i in ids if i not in index]
+    if missing:
+        where = ", ".join(map(str, dirs))
+        eg = ", ".join(f"{m}.png" for m in missing[:NAMES_IN_ERROR])
+        raise DataError(
+            f"{len(missing)} of {len(ids)} images have no pseudo mask in [{where}], e.g. {eg}"
+        )
+    return [index[i] for i in ids]
+
+
+def read_train_rows(manifest: Path, pseudo_dirs: Sequence[Path]) -> pd.DataFrame:
+    """Manifest rows sorted by image_id, with a ``label_path`` column; files are checked."""
+    df = read_parquet(manifest, ["image_id", "image_path"]).sort_values(
+        "image_id", ignore_index=True
+    )
+    if df.empty:
+        raise DataError(f"manifest {manifest} has no images")
+    missing = [p for p in df["image_path"] if not Path(p).is_file()]
+    if missing:
+        raise DataError(
+            f"manifest {manifest}: {len(missing)} images are missing, e.g. "
+            f"{', '.join(missing[:NAMES_IN_ERROR])}"
+        )
+    df["label_path"] = [str(p) for p in pseudo_label_paths(list(df["image_id"]), pseudo_dirs)]
+    return df
+
+
+def checked_label(path: str, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+    """Read a pseudo mask (``HxW uint8``) that must match the image size and hold only
+    ``0..num_classes-1`` or 255; a :class:`DataError` names the file otherwise."""
+    lab = read_label_png(path)
+    if lab.shape != shape:
+        raise DataError(f"pseudo mask {path} is {lab.shape} but its image is {shape}")
+    bad = lab[(lab >= num_classes) & (lab != IGNORE_INDEX)]
+    if bad.size:
+        raise DataError(
+            f"pseudo mask {path} holds label {int(bad[0])} (classes 0.."
+            f"{num_classes - 1} or {IGNORE_INDEX})"
+        )
+    return lab
+
+
+def random_scale(
+    image: np.ndarray, label: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale ``HxWx3 uint8`` (bilinear) and ``HxW uint8`` labels (nearest) to
+    ``(int(H*scale), int(W*scale))``, at least 1 pixel a side (deeplab-pytorch's rounding)."""
+    h = max(1, int(image.shape[0] * scale))
+    w = max(1, int(image.shape[1] * scale))
+    if (h, w) == image.shape[:2]:
+        return image, label
+    im = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+    lab = np.asarray(Image.fromarray(label).resize((w, h), Image.Resampling.NEAREST))
+    return im, lab
+
+
+def pad_crop(
+    x: np.ndarray, y: np.ndarray, crop: int, top: int, left: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pad ``3xHxW float32`` with 0 and ``HxW`` labels with 255 at the bottom/right up to
+    ``crop``, then cut the ``crop x crop`` window at ``(top, left)``."""
+    h, w = y.shape
+    ph, pw = max(crop - h, 0), max(crop - w, 0)
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
+        y = np.pad(y, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+    return x[:, top : top + crop, left : left + crop], y[top : top + crop, left : left + crop]
+
+
+def augment_pair(
+    image: np.ndarray, label: np.ndarray, cfg: TrainDeeplabConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """deeplab-pytorch's training augmentation of one image and its mask.
+
+    Returns ``3 x crop x crop float32`` (normalised, 0 = mean colour in the padding) and
+    ``crop x crop int64`` labels (255 in the padding).
+    """
+    scale = float(cfg.scales[int(rng.integers(len(cfg.scales)))])
+    image, label = random_scale(image, label, scale)
+    x = normalise(image, cfg.model.style)
+    h, w = max(label.shape[0], cfg.crop), max(label.shape[1], cfg.crop)
+    top = int(rng.integers(0, h - cfg.crop + 1))
+    left = int(rng.integers(0, w - cfg.crop + 1))
+    x, y = pad_crop(x, label, cfg.crop, top, left)
+    if cfg.flip and rng.random() < 0.5:
+        x, y = x[:, :, ::-1], y[:, ::-1]
+    return np.ascontiguousarray(x), np.ascontiguousarray(y, dtype=np.int64)
+
+
+class SegTrainSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Global sample index ``g`` -> ``(3 x crop x crop float32, crop x crop int64)``,
+    augmented with the draws of ``default_rng([seed, g])``."""
+
+    def __init__(self, df: pd.DataFrame, cfg: TrainDeeplabConfig, num_classes: int):
+        self.images = list(df["image_path"])
+        self.labels = list(df["label_path"])
+        self.cfg, self.num_classes = cfg, num_classes
+        self._perm: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _index(self, g: int) -> int:
+        n = len(self.images)
+        epoch, pos = divmod(g, n)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.cfg.seed, epoch, 1]).permutation(n))
+        return int(self._perm[1][pos])
+
+    def __getitem__(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self._index(g)
+        image = read_image(self.images[i])
+        label = checked_label(self.labels[i], image.shape[:2], self.num_classes)
+        x, y = augment_pair(image, label, self.cfg, np.random.default_rng([self.cfg.seed, g]))
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+class RankSamples(Sampler[int]):
+    """Global sample indices of this rank for steps ``start..stop-1``: step ``s`` holds
+    samples ``s*B .. s*B+B-1`` of which rank ``r`` takes ``[r*b, (r+1)*b)`` (``b = B/world``)."""
+
+    def __init__(self, start: int, stop: int, batch: int, rank: int, per_rank: int):
+        self.start, self.stop, self.batch = start, stop, batch
+        self.first, self.per_rank = rank * per_rank, per_rank
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start) * self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        for s in range(self.start, self.stop):
+            base = s * self.batch + self.first
+            yield from range(base, base + self.per_rank)
+
+
+# ---------------------------------------------------------------- loss and optimiser
+
+
+def build_optimizer(model: DeepLab, cfg: TrainDeeplabConfig) -> torch.optim.SGD:
+    """SGD: backbone at ``lr`` (weight decay), head weights at ``lr * classifier_lr_mult``
+    (weight decay), head biases at ``lr * classifier_bias_lr_mult`` (no weight decay)."""
+    g = param_groups(model)
+    groups: list[dict[str, Any]] = [
+        {"params": g["backbone"], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {
+            "params": g["head_weight"],
+            "lr": cfg.lr * cfg.classifier_lr_mult,
+            "weight_decay": cfg.weight_decay,
+        },
+        {"params": g["head_bias"], "lr": cfg.lr * cfg.classifier_bias_lr_mult, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD([x for x in groups if x["params"]], lr=cfg.lr, momentum=cfg.momentum)
+
+
+# ---------------------------------------------------------------- training loop
+
+
+def _fingerprint(cfg: TrainDeeplabConfig, num_classes: int, df: pd.DataFrame) -> str:
+    """Identity of a training run: what changes its result (not workers/logging/resume)."""
+    keep = to_dict(dataclasses.replace(cfg, num_workers=0, log_every=1, resume_every=1))
+    data = hashlib.sha256("\n".join(df["image_id"]).encode()).hexdigest()
+    labels = files_digest(list(df["label_path"]))
+    return fingerprint({"cfg": keep, "num_classes": num_classes, "data": data, "labels": labels})
+
+
+def _restore(
+    resume: ResumeState, model: DeepLab, opt: torch.optim.Optimizer, history: History
+) -> int:
+    """Load the resume state if there is one; returns the number of steps already done."""
+    state = resume.restore_training(opt, history)
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    return int(state["step"])
+
+
+def _save_state(
+    resume: ResumeState, step: int, model: DeepLab, opt: torch.optim.Optimizer, history: History
+) -> None:
+    resume.save_training(step, model.state_dict(), opt, history)
+
+
+def _wrap(model: DeepLab, cfg: TrainDeeplabConfig, dist: DistInfo) -> nn.Module:
+    """The multi-scale training net, inside DDP when there are several ranks."""
+    net: nn.Module = MultiScaleNet(model, cfg.msc_scales)
+    if dist.world > 1:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    return net
+
+
+def _chunks(n: int, iter_size: int) -> list[torch.Tensor]:
+    """Index tensors of the non-empty chunks of ``n`` images cut into ``iter_size`` parts."""
+    return [c for c in torch.arange(n).tensor_split(iter_size) if len(c)]
+
+
+def train_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    units: Units,
+    loss_kind: str,
+    iter_size: int,
+    amp: bool,
+    world: int = 1,
+) -> torch.Tensor:
+    """One SGD step on this process's ``x: Bx3xHxW`` and ``y: BxHxW int64`` (255 ignored).
+
+    The images are passed in ``iter_size`` chunks (memory only: the gradient is the same
+    up to float rounding); the loss is :mod:`qaclims.seg.loss`'s, normalised per loss unit
+    over the whole step (``units``; pixel counts summed over the ``world`` processes).
+    Under DDP, which averages gradients, the share is scaled by ``world`` so the update is
+    the gradient of the step loss. Returns this process's (detached) share of the loss.
+    """
+    opt.zero_grad(set_to_none=True)
+    chunks = _chunks(len(x), iter_size)
+    full: list[torch.Tensor] = []
+    counts: torch.Tensor | None = None
+    total = torch.zeros((), device=x.device)
+    for k, idx in enumerate(chunks):
+        sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if isinstance(net, nn.parallel.DistributedDataParallel) and k < len(chunks) - 1:
+            sync = net.no_sync()
+        with sync:
+            with autocast(x.device, amp):
+                outputs = net(x[idx.to(x.device)])
+            if counts is None:  # every crop has one size, so every chunk's outputs too
+                full = [resize_labels(y, o.shape[-2:]) for o in outputs]
+                counts = group_counts(full, units, loss_kind)
+                if world > 1:
+                    torch.distributed.all_reduce(counts)
+            sub = Units(units.index[idx], units.count)
+            dev_idx = idx.to(y.device)
+            loss = unit_loss(outputs, [f[dev_idx] for f in full], sub, counts, loss_kind)
+            (loss * world).backward()
+        total += loss.detach()
+    opt.step()
+    return total
+
+
+def rank_units(cfg: TrainDeeplabConfig, rank: int, per_rank: int) -> Units:
+    """Loss units of the images rank ``rank`` takes in every step (see :class:`Units`)."""
+    unit = cfg.loss_batch or cfg.batch_size
+    return Units.of_positions(rank * per_rank, per_rank, unit, cfg.batch_size)
+
+
+def _sum_over_ranks(value: torch.Tensor, dist: DistInfo) -> float:
+    if dist.world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+    return float(value)
+
+
+@dataclass
+class _Run:
+    """What the loop needs besides the network."""
+
+    cfg: TrainDeeplabConfig
+    dist: DistInfo
+    resume: ResumeState
+    history: History
+    units: Units
+
+
+def _loop(
+    net: nn.Module,
+    model: DeepLab,
+    opt: torch.optim.Optimizer,
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
+    run: _Run,
+    start: int,
+) -> None:
+    """Run global steps ``start, start+1, ...`` from ``loader``, logging and saving state."""
+    cfg, dev = run.cfg, run.dist.device
+    net.train()
+    tick, window = time.perf_counter(), []
+    bar = tqdm(
+        total=cfg.iterations,
+        initial=start,
+        desc="train_deeplab",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not run.dist.main,
+    )
+    for step, (x, y) in enumerate(loader, start=start):
+        set_poly_lr(opt, step, cfg.iterations, cfg.poly_power)
+        lr = opt.param_groups[0]["lr"]
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        share = train_step(
+            net, opt, x, y, run.units, cfg.loss, cfg.iter_size, cfg.amp, run.dist.world
+        )
+        loss = _sum_over_ranks(share, run.dist)
+        run.history.add(step=step, loss=loss, lr=lr)
+        window.append(loss)
+        bar.update(1)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.iterations:
+            rate = len(window) * cfg.batch_size / max(time.perf_counter() - tick, 1e-9)
+            log.info(
+                "step %d/%d loss %.4f lr %.2e %.1f img/s",
+                done,
+                cfg.iterations,
+                float(np.mean(window)),
+                lr,
+                rate,
+            )
+            tick, window = time.perf_counter(), []
+        if done % cfg.resume_every == 0 and done < cfg.iterations and run.dist.main:
+            _save_state(run.resume, done, model, opt, run.history)
+    bar.close()
+
+
+def _loader(
+    df: pd.DataFrame,
+    cfg: TrainDeeplabConfig,
+    num_classes: int,
+    start: int,
+    stop: int,
+    dist: DistInfo,
+    per_rank: int,
+) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    data = SegTrainSet(df, cfg, num_classes)
+    samples = RankSamples(start, stop, cfg.batch_size, dist.rank, per_rank)
+    return DataLoader(
+        data,
+        batch_size=per_rank,
+        sampler=samples,
+        num_workers=cfg.num_workers,
+        pin_memory=dist.device.type == "cuda",
+        drop_last=False,
+    )
+
+
+def _rank_batch(cfg: TrainDeeplabConfig, world: int) -> int:
+    try:
+        return per_rank_batch(cfg.batch_size, world)
+    except ValueError as e:
+        raise ConfigError(f"train_deeplab.batch_size: {e}") from e
+
+
+def train_run(
+    manifest: Path,
+    pseudo_dirs: list[Path],
+    num_classes: int,
+    cfg: TrainDeeplabConfig,
+    out_model: Path,
+    out_history: Path,
+    device: str,
+    resume_path: Path,
+    max_steps: int | None = None,
+) -> None:
+    """Train DeepLab on the pseudo masks of ``manifest``'s images.
+
+    Args:
+        manifest: train-split manifest Parquet (``image_id``, ``image_path`` used).
+        pseudo_dirs: folders holding ``<image_id>.png`` label PNGs (0 background, ``c+1``
+            class ``c``, 255 ignore); every image needs one.
+        num_classes: classes INCLUDING background (21 on VOC).
+        cfg: :class:`TrainDeeplabConfig`.
+        out_model: safetensors state dict of :class:`DeepLab` (written by rank 0).
+        out_history: Parquet table ``step, loss, lr`` per step.
+        device: ``auto|cpu|cuda``; under torchrun each rank uses ``cuda:LOCAL_RANK``.
+        resume_path: resume state, saved every ``cfg.resume_every`` steps, continued from
+            on a re-run, removed once the outputs exist.
+        max_steps: (tests) stop after that many global steps without writing outputs, as if
+            killed; the schedule still runs to ``cfg.iterations``.
+    """
+    check_train_config(cfg)
+    if not 2 <= num_classes <= IGNORE_INDEX:
+        raise ConfigError(f"num_classes must be in [2, {IGNORE_INDEX}], got {num_classes}")
+    dist = init_distributed(torch_device(device))
+    per_rank = _rank_batch(cfg, dist.world)
+    df = read_train_rows(Path(manifest), [Path(p) for p in pseudo_dirs])
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, num_classes).to(dist.device)
+    opt = build_optimizer(model, cfg)
+    run = _Run(
+        cfg,
+        dist,
+        ResumeState(Path(resume_path), _fingerprint(cfg, num_classes, df), cfg.resume_every),
+        History(),
+        rank_units(cfg, dist.rank, per_rank),
+    )
+    start = _restore(run.resume, model, opt, run.history)
+    stop = cfg.iterations if max_steps is None else min(cfg.iterations, max_steps)
+    log.info(
+        "train_deeplab: %d images, steps %d..%d of %d, %d rank(s) x %d images, %s",
+        len(df),
+        start,
+        stop,
+        cfg.iterations,
+        dist.world,
+        per_rank,
+        dist.device,
+    )
+    if dist.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    loader = _loader(df, cfg, num_classes, start, stop, dist, per_rank)
+    _loop(_wrap(model, cfg, dist), model, opt, loader, run, start)
+    if stop == cfg.iterations and dist.main:
+        meta = {"num_classes": str(num_classes), "model": json.dumps(to_dict(cfg.model))}
+        save_weights(out_model, model, metadata=meta)
+        run.history.save(out_history)
+        run.resume.clear()
+        log.info("train_deeplab: wrote %s and %s", out_model, out_history)
+    if dist.world > 1:
+        torch.distributed.barrier()
+
+
+def worker(job: dict[str, Any], device: str) -> None:
+    """Entry point of one ``torchrun`` worker
+    (``python -m qaclims.workflow.cli qaclims.seg.train_deeplab``).
+
+    ``job`` is :func:`qaclims.workflow.launch.job_args`: the rule's named inputs and outputs, the
+    resolved config and the resume path.
+    """
+    from qaclims.data.manifest import read_classes
+
+    inp, out = job["input"], job["output"]
+    pseudo = inp["pseudo"]
+    train_run(
+        manifest=Path(inp["manifest"]),
+        pseudo_dirs=[Path(p) for p in ([pseudo] if isinstance(pseudo, str) else pseudo)],
+        num_classes=len(read_classes(inp["classes"])) + 1,
+        cfg=from_mapping(TrainDeeplabConfig, job["config"]["train_deeplab"], "train_deeplab"),
+        out_model=Path(out["model"]),
+        out_history=Path(out["history"]),
+        device=device,
+        resume_path=Path(job["resume"]),
+    )

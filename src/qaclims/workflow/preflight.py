@@ -1,0 +1,212 @@
+"""Checks the workflow runs when it is parsed, before any job starts.
+
+- :func:`check_paths`: every file or folder the run needs and cannot make itself (data set
+  root and layout, checkpoint files named by path) exists; the error names the config key and
+  the absolute path.
+- :func:`check_stage_configs`: every stage's typed config is built from the resolved config,
+  so cross-field checks of the config classes fail at parse time, naming the key. Building
+  them imports the stage modules (torch), so a successful check is remembered per config and
+  library version under ``.snakemake/`` and later parses (and SLURM jobs) skip it.
+- :func:`data_fingerprint`: size and mtime of every input file of the data set, so editing
+  an image, label or annotation reruns the manifest and everything after it.
+
+- :func:`put_on_pythonpath`: jobs import the library from the checkout.
+
+Standard library only at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from qaclims.core.errors import ConfigError
+
+PRETRAINED_WORDS = {"imagenet", "none", ""}
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def _missing(key: str, path: Path, what: str) -> ConfigError:
+    return ConfigError(f"config key {key}: {what} {path.resolve()} does not exist")
+
+
+def _looks_like_file(value: str) -> bool:
+    return value.endswith(CHECKPOINT_SUFFIXES) or value.startswith(("/", "./", "../", "~"))
+
+
+def _require(key: str, value: str, kind: str = "file") -> None:
+    p = Path(value).expanduser()
+    ok = p.is_file() if kind == "file" else p.is_dir()
+    if not ok:
+        raise _missing(key, p, kind)
+
+
+def _dataset_paths(d: Mapping[str, Any]) -> Iterable[tuple[str, Path, str]]:
+    root = Path(d["root"])
+    if d["name"] == "voc12":
+        v = d["voc12"]
+        yield "dataset.voc12.image_dir", root / v["image_dir"], "dir"
+        for s in d["splits"]:
+            yield "dataset.splits", root / v["split_dir"] / f"{s}.txt", "file"
+        if v["label_source"] == "xml":
+            yield "dataset.voc12.annotation_dir", root / v["annotation_dir"], "dir"
+    elif d["name"] == "coco14":
+        c = d["coco14"]
+        for s in d["splits"]:
+            ann = root / c["annotation_file"].format(split=s)
+            yield "dataset.coco14.image_dir", root / c["image_dir"].format(split=s), "dir"
+            yield "dataset.coco14.annotation_file", ann, "file"
+
+
+def check_paths(config: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the key and absolute path of the first missing input.
+
+    Only inputs the planned DAG reads are checked (e.g. DeepLab weights only with
+    ``deeplab.enabled``).
+    """
+    d = config["dataset"]
+    if d["name"] != "synthetic":
+        if not d.get("root"):
+            raise ConfigError("config key dataset.root is empty: set it to the data set's folder")
+        _require("dataset.root", d["root"], "dir")
+        for key, path, kind in _dataset_paths(d):
+            ok = path.is_file() if kind == "file" else path.is_dir()
+            if not ok:
+                raise _missing(key, path, kind)
+    rel = config["released"]
+    for key in ("cam", "ritc", "deeplab"):
+        if rel.get(key):
+            _require(f"released.{key}", rel[key])
+    model = config["train_deeplab"]["model"]
+    if rel.get("deeplab") and (model["style"], model["version"]) != ("caffe", "v2"):
+        raise ConfigError(
+            "released.deeplab: a deeplab-pytorch checkpoint is a DeepLab-v2 in the Caffe layout; "
+            "set train_deeplab.model.version: v2 and train_deeplab.model.style: caffe"
+        )
+    backbones = [] if rel["cam"] else ["train_cam"]
+    if config["refine"]["enabled"]:
+        backbones.append("train_irn")
+    if config["deeplab"]["enabled"] and not rel.get("deeplab"):
+        backbones.append("train_deeplab")
+    for stage in backbones:
+        w = config[stage]["model"]["backbone"]["weights"]
+        if w not in PRETRAINED_WORDS:
+            _require(f"{stage}.model.backbone.weights", w)
+    trains_ritc = "ritc" in config["methods"] and not rel["ritc"]
+    if trains_ritc and config["clip"]["name"] != "tiny":
+        if _looks_like_file(config["clip"]["pretrained"]):
+            _require("clip.pretrained", config["clip"]["pretrained"])
+        if config["clip"]["ovseg_checkpoint"]:
+            _require("clip.ovseg_checkpoint", config["clip"]["ovseg_checkpoint"])
+    v = config["vqa"]
+    if trains_ritc:
+        if v["backend"] == "blip" and v["model"].startswith(("/", "./", "../", "~")):
+            _require("vqa.model", v["model"], "dir")
+        run_dir = str(Path("results") / config["run"])
+        if v["backend"] == "precomputed":
+            for kind in ("fg", "bg"):
+                path = v["precomputed"][kind]
+                if not path:
+                    raise ConfigError(f"config key vqa.precomputed.{kind} is empty")
+                if not path.startswith(run_dir + os.sep):  # made by this run's own rules
+                    _require(f"vqa.precomputed.{kind}", path)
+
+
+def put_on_pythonpath(src_root: str | Path) -> None:
+    """Put ``src_root`` first on ``PYTHONPATH`` (once), so every job the workflow starts, in
+    whatever env, imports the library from this checkout."""
+    root = str(src_root)
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *rest])
+
+
+def _library_digest(src: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(src.rglob("*.py")):
+        h.update(f.relative_to(src).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def check_stage_configs(
+    config: Mapping[str, Any], src: str | Path, cache_dir: str | Path | None = None
+) -> bool:
+    """Build every stage's typed config from ``config`` (errors name the key).
+
+    Returns ``False`` when a remembered successful check made it unnecessary.
+    """
+    from qaclims.core import schema
+    from qaclims.core.config import from_mapping
+
+    digest = hashlib.sha256(
+        json.dumps(config, sort_keys=True, default=str).encode()
+        + _library_digest(Path(src) / "qaclims").encode()
+    ).hexdigest()
+    marker = Path(cache_dir) / f"config-ok-{digest[:32]}" if cache_dir else None
+    if marker is not None and marker.exists():
+        return False
+    from qaclims.core.class_names import known_classes
+
+    classes = set(known_classes(config))
+    unknown = sorted(set(config["corpus"]["synonyms"]) - classes)
+    if unknown:
+        raise ConfigError(
+            f"config key corpus.synonyms names {unknown}, not classes of "
+            f"dataset.name {config['dataset']['name']!r} (classes: {sorted(classes)})"
+        )
+    skipped = []
+    for key, (module, name, _) in schema.STAGES.items():
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except ImportError:  # a light driver env (snakemake only): the job checks it
+            skipped.append(key)
+            continue
+        from_mapping(cls, config[key], key)
+    if skipped:
+        return True  # not remembered: a full env checks them at the next parse
+    if marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    return True
+
+
+def data_fingerprint(config: Mapping[str, Any]) -> str:
+    """Digest of (path, size, mtime) of the data set's input files ("" for synthetic).
+
+    VOC: the split lists and, for every id they list, its image, label PNG and annotation;
+    COCO: the annotation files and every file in the image folders.
+    """
+    d = config["dataset"]
+    if d["name"] == "synthetic":
+        return ""
+    root = Path(d["root"])
+    files: set[Path] = set()
+    if d["name"] == "voc12":
+        v = d["voc12"]
+        for s in d["splits"]:
+            lst = root / v["split_dir"] / f"{s}.txt"
+            files.add(lst)
+            for i in lst.read_text().split():
+                files.add(root / v["image_dir"] / f"{i}.jpg")
+                files.add(root / v["gt_dir"] / f"{i}.png")
+                if v["label_source"] == "xml":
+                    files.add(root / v["annotation_dir"] / f"{i}.xml")
+    else:
+        c = d["coco14"]
+        for s in d["splits"]:
+            files.add(root / c["annotation_file"].format(split=s))
+            with os.scandir(root / c["image_dir"].format(split=s)) as it:
+                files |= {Path(e.path) for e in it if e.is_file()}
+    h = hashlib.sha256()
+    for f in sorted(files):
+        try:
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            h.update(f"{f}\0missing\n".encode())
+    return h.hexdigest()

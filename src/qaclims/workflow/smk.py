@@ -1,0 +1,82 @@
+"""The glue every workflow script shares, so the scripts stay a few lines long.
+
+``with job(snakemake) as j:`` sets up the rule's log file (and tags the job's terminal
+lines), takes free GPUs when the rule asks for ``resources: gpu`` (see
+:mod:`qaclims.core.devices`), resolves the torch device from ``config["device"]``, sets torch's
+CPU threads to the rule's ``threads``, warns when a job holding GPUs runs on the CPU, and
+logs any exception with its traceback before re-raising it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from qaclims.core import devices, logs
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a stage needs from its Snakemake job."""
+
+    device: str
+    threads: int
+    log: logging.Logger
+    gpus: tuple[str, ...] = ()
+    tag: str = ""
+
+
+def tag_of(smk: Any) -> str:
+    """Terminal prefix of this job's lines, e.g. ``"[make_cam cam/val/001] "``."""
+    wc = getattr(smk, "wildcards", None)
+    items = dict(wc.items()) if wc is not None and hasattr(wc, "items") else {}
+    return logs.job_tag(str(smk.rule), items)
+
+
+def _set_up_torch(threads: int, requested: str) -> str:
+    """Set torch's CPU threads and resolve the device (``"cpu"`` where torch is not
+    installed: the CRF and report envs, CPU-only stages)."""
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        torch.set_num_threads(max(1, threads))
+    return devices.torch_device(requested)
+
+
+@contextlib.contextmanager
+def job(smk: Any, gpus: bool = True) -> Iterator[Job]:
+    """Context for one Snakemake ``script:`` job (``smk`` is the ``snakemake`` object).
+
+    ``gpus=False``: the job's GPUs are taken by a launcher inside the block (multi-GPU
+    training, :mod:`qaclims.workflow.launch`), so this context takes none and resolves no device.
+    """
+    log_path = smk.log[0] if len(smk.log) else None
+    tag = tag_of(smk)
+    logger = logs.setup(log_path, tag=tag)
+    threads = int(smk.threads)
+    n_gpu = int(getattr(smk.resources, "gpu", 0) or 0) if gpus else 0
+    requested = str(smk.config.get("device", "auto"))
+    try:
+        with devices.acquire_gpus(n_gpu) as ids:
+            if not gpus:
+                logger.info("rule %s with %d threads", smk.rule, threads)
+                yield Job(device="", threads=threads, log=logger, tag=tag)
+                return
+            dev = _set_up_torch(threads, requested)
+            logger.info(
+                "rule %s on %s with %d threads (GPUs: %s)",
+                smk.rule,
+                dev,
+                threads,
+                ",".join(ids) or "none",
+            )
+            devices.warn_cpu_fallback(ids, dev, requested, logger)
+            yield Job(device=dev, threads=threads, log=logger, gpus=tuple(ids), tag=tag)
+    except Exception:
+        logger.exception("rule %s failed", smk.rule)
+        raise
