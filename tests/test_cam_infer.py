@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from qaclims.artifacts import camfile, partial
 from qaclims.cam import make_cam as cam_infer
 from qaclims.cam.make_cam import MakeCamConfig, multiscale_cam
 from qaclims.core.config import from_mapping
@@ -147,12 +148,14 @@ def test_max_normalise() -> None:
 def check_file(arrays: dict[str, np.ndarray], labels: list[int], h: int, w: int) -> None:
     k = len(labels)
     assert arrays["keys"].dtype == np.int16 and arrays["keys"].tolist() == labels
-    assert arrays["cam"].dtype == np.float16 and arrays["cam"].shape == (k, h, w)
-    assert arrays["cam_strided"].dtype == np.float16
+    assert arrays["cam"].dtype == np.uint8 and arrays["cam"].shape == (k, h, w)
+    assert arrays["cam_strided"].dtype == np.float16 and int(arrays["format"]) == 2
     assert arrays["cam_strided"].shape == (k, math.ceil(h / 4), math.ceil(w / 4))
     for name in ("cam", "cam_strided"):
         if k:
-            a = arrays[name].astype(np.float32).reshape(k, -1)
+            a = arrays[name]
+            a = camfile.dequantise(a) if a.dtype == np.uint8 else a.astype(np.float32)
+            a = a.reshape(k, -1)
             assert a.min() >= 0 and a.max() <= 1
             np.testing.assert_allclose(a.max(axis=1), 1.0, atol=1e-3)
 
@@ -160,7 +163,7 @@ def check_file(arrays: dict[str, np.ndarray], labels: list[int], h: int, w: int)
 def test_run_writes_present_classes_batched_equals_single(setup: dict[str, Path]) -> None:
     batched = make(setup, "batched", cfg(batch_size=3, num_workers=2))
     single = make(setup, "single", cfg(batch_size=1))
-    assert not cam_infer.partial_dir(batched).exists()
+    assert not partial.partial_path(batched).exists()
     names = sorted(p.name for p in batched.iterdir())
     assert names == sorted(f"im{i}.npz" for i in range(len(SIZES)))
     for i, ((h, w), labels) in enumerate(zip(SIZES, LABELS, strict=True)):
@@ -198,10 +201,15 @@ def test_run_agrees_with_multiscale_cam(setup: dict[str, Path], rescale: str) ->
     st, hr = multiscale_cam(tiny_net(), norm(img), scales, True, [0, 1, 2], pyramid=pyramid)
     got = read_npz(out / "im5.npz")
     expect = (hr / (hr.amax(dim=(1, 2), keepdim=True) + 1e-5)).numpy()
-    np.testing.assert_allclose(got["cam"].astype(np.float32), expect, atol=2e-3)
+    # format 2 stores round(255 v): exactly the quantised expectation (up to float ties)
+    levels = camfile.quantise(expect)
+    assert got["cam"].dtype == np.uint8
+    assert np.abs(got["cam"].astype(int) - levels.astype(int)).max() <= 1
+    assert np.mean(got["cam"] == levels) > 0.999
+    np.testing.assert_allclose(camfile.dequantise(got["cam"]), expect, atol=0.5 / 255 + 1e-6)
     if rescale == "image":  # the two rescalings are different computations
         other = read_npz(make(setup, "t", cfg(rescale="tensor")) / "im5.npz")["cam"]
-        assert np.abs(other.astype(np.float32) - expect).max() > 1e-3
+        assert np.abs(camfile.dequantise(other) - expect).max() > 1e-3
 
 
 def test_image_pyramid_is_pil_on_uint8() -> None:
@@ -224,7 +232,7 @@ def test_shards_are_strided_rows(setup: dict[str, Path]) -> None:
 
 
 def test_partial_folder_resume(setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write, calls = cam_infer.write_npz, []
+    real_write, calls = cam_infer.write_cam, []
 
     def crash_after_two(path: Path, arrays: dict[str, np.ndarray]) -> None:
         calls.append(Path(path).name)
@@ -232,10 +240,10 @@ def test_partial_folder_resume(setup: dict[str, Path], monkeypatch: pytest.Monke
             raise OSError("disk full (simulated)")
         real_write(path, arrays)
 
-    monkeypatch.setattr(cam_infer, "write_npz", crash_after_two)
+    monkeypatch.setattr(cam_infer, "write_cam", crash_after_two)
     with pytest.raises(OSError, match="simulated"):
         make(setup, "out", cfg())
-    part = cam_infer.partial_dir(setup["root"] / "out")
+    part = partial.partial_path(setup["root"] / "out")
     first = {p.name: p.stat().st_mtime_ns for p in part.glob("*.npz")}
     assert len(first) == 2 and not (setup["root"] / "out").exists()
 
@@ -246,7 +254,7 @@ def test_partial_folder_resume(setup: dict[str, Path], monkeypatch: pytest.Monke
         computed.extend(str(len(lab)) for lab in labels)
         return real_batch(model, x, labels, c, **k)
 
-    monkeypatch.setattr(cam_infer, "write_npz", real_write)
+    monkeypatch.setattr(cam_infer, "write_cam", real_write)
     monkeypatch.setattr(cam_infer, "batch_cams", counting)
     out = make(setup, "out", cfg())
     assert len(computed) == len(SIZES) - 2
@@ -257,10 +265,10 @@ def test_partial_folder_resume(setup: dict[str, Path], monkeypatch: pytest.Monke
 
 
 def test_partial_folder_from_other_settings_is_discarded(setup: dict[str, Path]) -> None:
-    part = cam_infer.partial_dir(setup["root"] / "out")
+    part = partial.partial_path(setup["root"] / "out")
     part.mkdir()
     (part / "im0.npz").write_bytes(b"stale")
-    (part / ".fingerprint.json").write_text('"something else"\n')
+    (part / partial.STAMP).write_text('"something else"\n')
     out = make(setup, "out", cfg())
     check_file(read_npz(out / "im0.npz"), LABELS[0], *SIZES[0])
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from qaclims.report.figures import build as report_build
+from qaclims.report import build as report_build
 from qaclims.workflow.smk import job
 
 with job(snakemake):

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from qaclims.artifacts import camfile
 from qaclims.core import io
 from qaclims.core.config import setting
 from qaclims.core.errors import ConfigError, DataError
@@ -88,13 +89,15 @@ def cam_to_label(cam: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndar
     """Seed label map of one image (IRN's rule, see module doc).
 
     Args:
-        cam: ``KxHxW`` float CAMs in [0, 1] (K may be 0).
+        cam: ``KxHxW`` float CAMs in [0, 1], or their ``uint8`` levels (K may be 0).
         keys: ``(K,)`` int foreground class indices ``0..C-1`` of the channels.
         threshold: background score in [0, 1].
 
     Returns:
         ``HxW int64`` labels: 0 background, ``keys[k] + 1`` where channel k wins.
     """
+    if cam.dtype == np.uint8:
+        cam = LEVEL_VALUES[cam]
     bg = np.full((1, *cam.shape[1:]), threshold, dtype=np.float64)
     scores = np.concatenate([bg, cam.astype(np.float64)], axis=0)
     labels = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])
@@ -112,18 +115,25 @@ class ThresholdSweep:
         t = len(self.thresholds)
         # hist[g, f, j]: pixels with GT g, top class label f, j thresholds below the top CAM
         self.hist = np.zeros((num_classes, num_classes, t + 1), dtype=np.int64)
+        # the same count for each uint8 CAM level (format-2 CAM files): a table lookup
+        self._below_level = np.searchsorted(self._sorted, LEVEL_VALUES, side="left")
 
     def update(self, gt: np.ndarray, cam: np.ndarray, keys: np.ndarray) -> None:
-        """Add one image: ``gt`` HxW ints (255 ignored), ``cam`` KxHxW in [0,1], ``keys`` (K,)."""
+        """Add one image: ``gt`` HxW ints (255 ignored), ``cam`` KxHxW in [0,1] (float, or
+        ``uint8`` levels of :mod:`qaclims.artifacts.camfile`), ``keys`` (K,)."""
         keep = gt != IGNORE_INDEX
-        g = gt[keep].astype(np.int64)
-        if cam.shape[0] == 0:
-            top = np.zeros_like(g)
-            n_below = np.zeros_like(g)
-        else:
-            c = cam.astype(np.float64)[:, keep]
-            top = np.asarray(keys, dtype=np.int64)[np.argmax(c, axis=0)] + 1
-            n_below = np.searchsorted(self._sorted, c.max(axis=0), side="left")
+        top, peak = top_and_peak(cam, keys)
+        self.add(gt[keep].astype(np.int64), top[keep], self.below(peak[keep]))
+
+    def below(self, peak: np.ndarray) -> np.ndarray:
+        """How many thresholds lie strictly below each top CAM value (``uint8`` levels or
+        float)."""
+        if peak.dtype == np.uint8:
+            return self._below_level[peak]
+        return np.searchsorted(self._sorted, peak.astype(np.float64), side="left")
+
+    def add(self, g: np.ndarray, top: np.ndarray, n_below: np.ndarray) -> None:
+        """Add pixels: GT ``g``, top class label ``top`` (``keys[k] + 1``), thresholds below."""
         n, t1 = self.num_classes, self.hist.shape[2]
         idx = (g * n + top) * t1 + n_below
         self.hist += np.bincount(idx, minlength=n * n * t1).reshape(n, n, t1)
@@ -139,6 +149,48 @@ class ThresholdSweep:
         out = np.empty_like(conf)
         out[self._order] = conf
         return out
+
+
+#: the float64 value each uint8 CAM level stands for (``float32(q) / 255``)
+LEVEL_VALUES = camfile.dequantise(np.arange(256, dtype=np.uint8)).astype(np.float64)
+
+
+def top_and_peak(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel the top class label and its CAM value.
+
+    Args:
+        cam: ``KxHxW`` CAMs in [0, 1], float or ``uint8`` levels (same order, same ties).
+        keys: ``(K,)`` fg class indices.
+
+    Returns:
+        ``top``: ``HxW int64`` ``keys[argmax] + 1`` (first channel on ties; 0 when K = 0);
+        ``peak``: ``HxW`` the channel maximum, in ``cam``'s dtype (0 when K = 0).
+    """
+    if cam.shape[0] == 0:
+        return np.zeros(cam.shape[1:], np.int64), np.zeros(cam.shape[1:], cam.dtype)
+    labels = np.asarray(keys, dtype=np.int64) + 1
+    if cam.shape[0] == 1:
+        return np.full(cam.shape[1:], labels[0]), cam[0]
+    arg = np.argmax(cam, axis=0)
+    return labels[arg], np.take_along_axis(cam, arg[None], axis=0)[0]
+
+
+def score_image(
+    gt: np.ndarray, cam: np.ndarray, keys: np.ndarray, threshold: float, sweep: ThresholdSweep
+) -> np.ndarray:
+    """Add one image to ``sweep`` and return its confusion at ``threshold``: the
+    ``n x n int64`` confusion of :func:`cam_to_label`'s labels, computed from one argmax."""
+    keep = gt != IGNORE_INDEX
+    top, peak = top_and_peak(cam, keys)
+    g, top, peak = gt[keep].astype(np.int64), top[keep], peak[keep]
+    if peak.dtype == np.uint8:
+        fg = (LEVEL_VALUES > threshold)[peak]
+    else:
+        fg = peak.astype(np.float64) > threshold
+    n = sweep.num_classes
+    fixed = np.bincount(g * n + np.where(fg, top, 0), minlength=n * n).reshape(n, n)
+    sweep.add(g, top, sweep.below(peak))
+    return fixed
 
 
 def upsample_strided(cam_strided: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -157,14 +209,10 @@ def upsample_strided(cam_strided: np.ndarray, size: tuple[int, int]) -> np.ndarr
 def read_cam(
     path: Path, num_fg: int, shape: tuple[int, ...], use_strided: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read and check one CAM file: ``(keys (K,) int64, cam KxHxW float)`` at GT ``shape``."""
-    data = io.read_npz(path)
+    """Read and check one CAM file: ``(keys (K,) int64, cam KxHxW)`` at GT ``shape``; ``cam``
+    holds the file's ``uint8`` levels (format 2) or floats (format 1, or ``use_strided``)."""
     name = "cam_strided" if use_strided else "cam"
-    if "keys" not in data or name not in data:
-        raise DataError(f"CAM file {path} lacks 'keys' or {name!r}; it has {sorted(data)}")
-    keys, cam = data["keys"].astype(np.int64), data[name]
-    if keys.ndim != 1 or cam.ndim != 3 or cam.shape[0] != len(keys):
-        raise DataError(f"CAM file {path}: keys {keys.shape} do not match {name} {cam.shape}")
+    keys, cam = camfile.read_cam_arrays(path, name)  # uint8 levels (format 2) or float
     if len(keys) and (keys.min() < 0 or keys.max() >= num_fg or len(set(keys)) < len(keys)):
         raise DataError(f"CAM file {path}: keys {keys.tolist()} not distinct in 0..{num_fg - 1}")
     if use_strided:
@@ -174,7 +222,7 @@ def read_cam(
             raise DataError(f"CAM file {path}: {e}") from e
     if cam.shape[1:] != shape:
         raise DataError(f"CAM file {path}: {name} is {cam.shape[1:]} but the GT is {shape}")
-    if not np.isfinite(cam).all():
+    if cam.dtype != np.uint8 and not np.isfinite(cam).all():
         raise DataError(f"CAM file {path}: {name} holds NaN or inf")
     return keys, cam
 
@@ -189,8 +237,7 @@ def score_cams(
     for gt_path, cam_path in tqdm(pairs, total=len(gt_paths), desc="eval_cam", unit="img"):
         gt = read_gt(gt_path, num_fg + 1)
         keys, cam = read_cam(cam_path, num_fg, gt.shape, cfg.use_strided)
-        fixed.update(gt, cam_to_label(cam, keys, cfg.threshold))
-        sweep.update(gt, cam, keys)
+        fixed.add(score_image(gt, cam, keys, cfg.threshold, sweep))
     return fixed.matrix, sweep.confusions()
 
 

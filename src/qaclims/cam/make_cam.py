@@ -21,8 +21,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
-import shutil
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,11 +33,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from qaclims.artifacts.camfile import LEVELS, cam_arrays, write_cam
+from qaclims.artifacts.partial import PartialDir
 from qaclims.artifacts.weights import tensors_digest
 from qaclims.core.config import runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
-from qaclims.core.io import read_image, read_json, write_json, write_npz
+from qaclims.core.io import read_image
 from qaclims.data import augment
 from qaclims.data.manifest import check_exist, check_labels, read_manifest, shard_rows
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 #: Stride of ``cam_strided`` -- fixed by the CAM file contract (docs/ARCHITECTURE.md).
 CAM_STRIDE = 4
-_FINGERPRINT = ".fingerprint.json"
 RESCALE_MODES: tuple[str, ...] = ("image", "tensor")
 
 
@@ -202,8 +201,10 @@ def batch_cams(
     """CAM file arrays of a batch of same-size images (``Bx3xHxW`` normalised, on device;
     ``pyramid``: the inputs per scale, see :func:`multiscale_cam`).
 
-    Only the union of the batch's classes is upsampled. Per image: ``keys`` int16 (K,),
-    ``cam`` float16 KxHxW and ``cam_strided`` float16 Kx ceil(H/4) x ceil(W/4), in [0, 1].
+    Only the union of the batch's classes is upsampled. Per image, the arrays of
+    :mod:`qaclims.artifacts.camfile`: ``keys`` int16 (K,), ``cam`` uint8 KxHxW levels
+    ``round(255 v)`` of the max-normalised CAM (quantised on the device), ``cam_strided``
+    float16 Kx ceil(H/4) x ceil(W/4) in [0, 1], ``format``.
     """
     union = sorted({int(c) for labs in labels for c in labs})
     h, w = images.shape[-2:]
@@ -217,19 +218,16 @@ def batch_cams(
     for b, labs in enumerate(labels):
         pos = torch.as_tensor([union.index(int(c)) for c in labs], dtype=torch.long)
         pos = pos.to(strided.device)
-        cam = max_normalise(highres[b, pos], cfg.norm_eps).half().cpu().numpy()
+        cam = max_normalise(highres[b, pos], cfg.norm_eps).float() * LEVELS
+        levels = torch.round(cam).clamp_(0, LEVELS).to(torch.uint8).cpu().numpy()
         cst = max_normalise(strided[b, pos], cfg.norm_eps).half().cpu().numpy()
-        keys = np.asarray(labs, dtype=np.int16)
-        out.append({"keys": keys, "cam": cam, "cam_strided": cst})
+        out.append(cam_arrays(list(labs), levels, cst))
     return out
 
 
 def _empty_arrays(size: tuple[int, int], st_size: tuple[int, int]) -> dict[str, np.ndarray]:
-    return {
-        "keys": np.zeros(0, dtype=np.int16),
-        "cam": np.zeros((0, *size), dtype=np.float16),
-        "cam_strided": np.zeros((0, *st_size), dtype=np.float16),
-    }
+    cam, strided = np.zeros((0, *size), np.uint8), np.zeros((0, *st_size), np.float16)
+    return cam_arrays([], cam, strided)
 
 
 class _Images(Dataset[tuple[int, list[torch.Tensor]]]):
@@ -282,11 +280,6 @@ def _collate(
     return [r for r, _ in items], [torch.stack([x[i] for _, x in items]) for i in range(n)]
 
 
-def partial_dir(out_dir: Path) -> Path:
-    """Where a shard's CAMs are written before the shard is complete: ``.<name>.partial``."""
-    return out_dir.parent / f".{out_dir.name}.partial"
-
-
 def _run_fingerprint(
     df: pd.DataFrame,
     weights: Path,
@@ -318,32 +311,6 @@ def _run_fingerprint(
     )
 
 
-def _prepare_partial(part: Path, fp: str) -> None:
-    """Keep ``part``'s finished CAMs if they were made with fingerprint ``fp``; otherwise
-    empty it. Temporary files of an interrupted write are removed either way."""
-    stamp = part / _FINGERPRINT
-    if part.is_dir():
-        same = stamp.is_file() and read_json(stamp) == fp
-        if not same:
-            log.warning("make_cam: discarding %s (made with other weights/settings)", part)
-            shutil.rmtree(part)
-    part.mkdir(parents=True, exist_ok=True)
-    for p in part.iterdir():
-        if p.name.startswith(".") and p.name != _FINGERPRINT:
-            p.unlink()
-    if not stamp.is_file():
-        write_json(stamp, fp)
-
-
-def _finish(part: Path, out_dir: Path) -> None:
-    """Rename the complete partial folder to ``out_dir`` (replacing a stale one)."""
-    (part / _FINGERPRINT).unlink(missing_ok=True)
-    if out_dir.exists():
-        log.warning("make_cam: replacing existing %s", out_dir)
-        shutil.rmtree(out_dir)
-    os.replace(part, out_dir)
-
-
 def read_cam_manifest(path: Path, num_classes: int, shard: int, num_shards: int) -> pd.DataFrame:
     """Rows of shard ``shard`` of ``num_shards`` of the sorted manifest, labels checked."""
     df = read_manifest(path).sort_values("image_id", ignore_index=True)
@@ -365,7 +332,7 @@ def run(
     """Write ``out_dir/<image_id>.npz`` for every image of shard ``shard`` of ``num_shards``
     of ``manifest``, with the network ``model_cfg`` loaded from ``weights``.
 
-    ``device``: ``auto|cpu|cuda``. Images already in ``partial_dir(out_dir)`` from an
+    ``device``: ``auto|cpu|cuda``. Images already in ``partial_path(out_dir)`` from an
     interrupted run with the same weights and settings are not recomputed.
     """
     check_config(cfg)
@@ -374,9 +341,9 @@ def run(
     if not Path(weights).is_file():
         raise DataError(f"missing weights file: {weights}")
     check_exist([Path(p) for p in df["image_path"]], "images", f"in manifest {manifest}")
-    part = partial_dir(out_dir)
-    _prepare_partial(part, _run_fingerprint(df, Path(weights), model_cfg, num_classes, cfg))
-    todo = [r for r, i in enumerate(df["image_id"]) if not (part / f"{i}.npz").is_file()]
+    fp = _run_fingerprint(df, Path(weights), model_cfg, num_classes, cfg)
+    part = PartialDir(out_dir, {"make_cam": fp})
+    todo = [r for r, i in enumerate(df["image_id"]) if not part.done(f"{i}.npz")]
     log.info(
         "make_cam: shard %d/%d: %d images, %d already done, %d to do",
         shard,
@@ -388,8 +355,8 @@ def run(
     if todo:
         dev = torch.device(torch_device(device))
         model = CamNet.from_weights(Path(weights), model_cfg, num_classes).to(dev).eval()
-        _infer(model, df, todo, cfg, part, dev)
-    _finish(part, out_dir)
+        _infer(model, df, todo, cfg, part.path, dev)
+    part.finish()
     log.info("make_cam: wrote %d CAM files to %s", len(df), out_dir)
 
 
@@ -426,7 +393,7 @@ def _infer(
             for f in pending:
                 f.result()
             pending = [
-                pool.submit(write_npz, part / f"{df['image_id'][r]}.npz", a)
+                pool.submit(write_cam, part / f"{df['image_id'][r]}.npz", a)
                 for r, a in zip(rows, arrays, strict=True)
             ]
             bar.update(len(rows))

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from qaclims.artifacts.shards import index_files
 from qaclims.core import io
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.evaluation.metrics import (
@@ -95,26 +96,9 @@ def evaluated_rows(manifest: Path) -> tuple[pd.DataFrame, int]:
     return rows, len(df)
 
 
-def index_files(dirs: Sequence[Path], suffix: str) -> dict[str, Path]:
-    """Map ``<stem>`` to ``<dir>/<stem><suffix>`` over all ``dirs`` (shard folders).
-
-    Raises :class:`DataError` if a folder is missing or one stem occurs in two folders.
-    """
-    found: dict[str, Path] = {}
-    for d in map(Path, dirs):
-        if not d.is_dir():
-            raise DataError(f"missing prediction folder: {d}")
-        for p in d.glob(f"*{suffix}"):
-            stem = p.name[: -len(suffix)]
-            if stem in found:
-                raise DataError(f"{stem}{suffix} occurs twice: {found[stem]} and {p}")
-            found[stem] = p
-    return found
-
-
 def match_files(ids: Sequence[str], dirs: Sequence[Path], suffix: str) -> list[Path]:
     """The file of each image id, in order; a :class:`DataError` lists missing ones."""
-    index = index_files(dirs, suffix)
+    index = index_files(dirs, suffix, "prediction")
     missing = [i for i in ids if i not in index]
     if missing:
         where = ", ".join(map(str, dirs))

@@ -19,32 +19,27 @@ config; the folder is renamed to ``out_dir`` at the end.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
-import os
-import shutil
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from qaclims.artifacts.camfile import find_cam_files, read_cam
+from qaclims.artifacts.partial import PartialDir
 from qaclims.core.config import setting, to_dict
 from qaclims.core.errors import ConfigError, DataError
-from qaclims.core.io import files_digest, read_image, read_npz, read_parquet, write_label_png
+from qaclims.core.io import files_digest, read_image, read_parquet, write_label_png
 from qaclims.data.manifest import check_exist, shard_rows
 from qaclims.models.crf import CrfConfig, crf_labels, densecrf_module
 
 log = logging.getLogger(__name__)
 
 IGNORE = 255
-STAMP = ".config.json"
 
 
 @dataclass(frozen=True)
@@ -69,70 +64,9 @@ def select_shard(df: pd.DataFrame, shard: int, num_shards: int) -> pd.DataFrame:
     return shard_rows(df.sort_values("image_id", ignore_index=True), shard, num_shards)
 
 
-def find_cam_files(image_ids: Sequence[str], cam_dirs: Sequence[Path]) -> dict[str, Path]:
-    """``<dir>/<image_id>.npz`` of each image in any of ``cam_dirs`` (error names a missing one)."""
-    found: dict[str, Path] = {}
-    for d in map(Path, cam_dirs):
-        if not d.is_dir():
-            raise DataError(f"missing CAM folder: {d}")
-        found.update({e.name[:-4]: Path(e.path) for e in os.scandir(d) if e.name.endswith(".npz")})
-    missing = [i for i in image_ids if i not in found]
-    if missing:
-        raise DataError(
-            f"no CAM file {missing[0]}.npz in {[str(d) for d in cam_dirs]} "
-            f"({len(missing)} images lack one)"
-        )
-    return {i: found[i] for i in image_ids}
-
-
-def read_cam(path: Path, key: str = "cam") -> tuple[np.ndarray, np.ndarray]:
-    """``(keys int64 (K,), cams float32 K x h x w)`` of a CAM file (``key``: cam|cam_strided)."""
-    z = read_npz(path)
-    if "keys" not in z or key not in z:
-        raise DataError(f"CAM file {path} lacks 'keys' or '{key}' (has {sorted(z)})")
-    keys, cams = z["keys"].astype(np.int64).reshape(-1), z[key].astype(np.float32)
-    if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
-        raise DataError(f"CAM file {path}: {key} is {cams.shape} for {keys.shape[0]} keys")
-    return keys, cams
-
-
 def check_images(df: pd.DataFrame, manifest: Path) -> None:
     """Raise :class:`DataError` listing the ``image_path`` entries of ``df`` that are no file."""
     check_exist([Path(p) for p in df["image_path"]], "images", str(manifest))
-
-
-class PartialDir:
-    """``.<out_dir name>.partial`` beside ``out_dir``: finished files of an interrupted run,
-    valid for one config (the convention of make_cam).
-
-    A stamp file holds the config's fingerprint; a partial folder of another config is
-    emptied, temporary files of interrupted writes are removed. :meth:`finish` removes the
-    stamp and renames the folder onto ``out_dir``.
-    """
-
-    def __init__(self, out_dir: Path, config: dict[str, Any]):
-        self.out_dir = Path(out_dir)
-        self.path = self.out_dir.parent / f".{self.out_dir.name}.partial"
-        stamp = self.path / STAMP
-        tag = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-        if self.path.is_dir() and (not stamp.is_file() or json.loads(stamp.read_text()) != tag):
-            log.warning("discarding %s: written under other settings or inputs", self.path)
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        for p in self.path.iterdir():
-            if p.name.startswith(".") and p.name != STAMP:
-                p.unlink()
-        stamp.write_text(json.dumps(tag))
-
-    def done(self, name: str) -> bool:
-        return (self.path / name).is_file()
-
-    def finish(self) -> None:
-        (self.path / STAMP).unlink(missing_ok=True)
-        if self.out_dir.exists():
-            log.warning("replacing existing output folder %s", self.out_dir)
-            shutil.rmtree(self.out_dir)
-        os.replace(self.path, self.out_dir)
 
 
 # ------------------------------------------------------------------------------ stage

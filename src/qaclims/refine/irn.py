@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from qaclims.artifacts.shards import index_files
 from qaclims.core.config import runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
@@ -435,11 +435,7 @@ def training_items(manifest: Path, ir_label_dirs: Sequence[Path]) -> list[tuple[
     image raises :class:`DataError` naming it.
     """
     df = read_parquet(manifest, columns=["image_id", "image_path"]).sort_values("image_id")
-    found: dict[str, Path] = {}
-    for d in map(Path, ir_label_dirs):
-        if not d.is_dir():
-            raise DataError(f"missing ir label folder: {d}")
-        found.update({e.name[:-4]: Path(e.path) for e in os.scandir(d) if e.name.endswith(".png")})
+    found = index_files(ir_label_dirs, ".png", "ir label")
     items = []
     for image_id, image_path in zip(df["image_id"], df["image_path"], strict=True):
         if image_id not in found:

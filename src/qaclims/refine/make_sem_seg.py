@@ -24,19 +24,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from qaclims.artifacts.camfile import find_cam_files, read_cam
+from qaclims.artifacts.partial import PartialDir
 from qaclims.artifacts.weights import tensors_digest
 from qaclims.core.config import runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import files_digest, read_image, read_parquet, write_label_png
 from qaclims.refine import irn
-from qaclims.refine.cam_to_ir_label import (
-    PartialDir,
-    check_images,
-    find_cam_files,
-    read_cam,
-    select_shard,
-)
+from qaclims.refine.cam_to_ir_label import check_images, select_shard
 from qaclims.refine.random_walk import propagate
 from qaclims.training import load_weights
 

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from qaclims.artifacts.shards import index_files
 from qaclims.core.config import from_mapping, runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
@@ -178,25 +178,9 @@ def check_train_config(cfg: TrainDeeplabConfig, where: str = "train_deeplab") ->
 # ---------------------------------------------------------------- training data
 
 
-def index_pngs(dirs: Sequence[Path]) -> dict[str, Path]:
-    """Map ``<image_id>`` to ``<dir>/<image_id>.png`` over ``dirs`` (first folder wins).
-
-    Raises :class:`DataError` naming a folder that does not exist.
-    """
-    found: dict[str, Path] = {}
-    for d in map(Path, dirs):
-        if not d.is_dir():
-            raise DataError(f"missing pseudo-mask folder: {d}")
-        with os.scandir(d) as it:
-            for e in it:
-                if e.name.endswith(".png"):
-                    found.setdefault(e.name[:-4], Path(e.path))
-    return found
-
-
 def pseudo_label_paths(ids: Sequence[str], dirs: Sequence[Path]) -> list[Path]:
     """The pseudo-mask PNG of each image id, in order; a :class:`DataError` lists missing ones."""
-    index = index_pngs(dirs)
+    index = index_files(dirs, ".png", "pseudo-mask")
     missing = [i for i in ids if i not in index]
     if missing:
         where = ", ".join(map(str, dirs))

@@ -1,0 +1,102 @@
+"""The CAM file, make_cam's output: one ``<image_id>.npz`` per image (no pickle).
+
+Format 2 (written since issue 15), arrays:
+
+- ``keys``: ``int16 (K,)``, the present foreground class indices, distinct, ``0..C-1``;
+- ``cam``: ``uint8 (K, H, W)``, each channel max-normalised to [0, 1] and stored as
+  ``round(255 * v)``; the value it stands for is ``float32(q) / 255`` (:func:`dequantise`);
+- ``cam_strided``: ``float16 (K, ceil(H/4), ceil(W/4))`` in [0, 1], the same at stride 4 for
+  the random walk (a sixteenth of the pixels, kept at half precision);
+- ``format``: ``int8`` scalar, 2.
+
+Per image that is ``K*H*W + 2*K*H*W/16 + 2K`` bytes: 0.26x the reference's float32 ``.npy``
+dictionaries (``high_res`` + ``cam``), against 0.50x for format 1, whose ``cam`` was
+``float16`` and which :func:`read_cam` still reads.
+
+Quantising moves a CAM value by at most 1/510 (``benchmarks/bench_camfile.py`` measures
+what that does to eval_cam's mIoU on a run's CAMs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from qaclims.artifacts.shards import index_files
+from qaclims.core.errors import DataError
+from qaclims.core.io import PathLike, read_npz, write_npz
+
+FORMAT = 2
+LEVELS = 255
+#: the arrays a CAM file may hold
+KEYS = ("keys", "cam", "cam_strided", "format")
+
+
+def quantise(cam: np.ndarray) -> np.ndarray:
+    """``float`` CAMs in [0, 1] -> ``uint8`` levels ``round(255 * v)`` (clipped to [0, 255])."""
+    return np.clip(np.rint(np.asarray(cam, dtype=np.float32) * LEVELS), 0, LEVELS).astype(np.uint8)
+
+
+def dequantise(levels: np.ndarray) -> np.ndarray:
+    """``uint8`` levels -> the ``float32`` values ``q / 255`` they stand for."""
+    return levels.astype(np.float32) / np.float32(LEVELS)
+
+
+def cam_arrays(
+    keys: Sequence[int], cam: np.ndarray, cam_strided: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The arrays of one CAM file: ``cam`` (``KxHxW`` in [0, 1], float or already ``uint8``
+    levels), ``cam_strided`` (``K x h x w`` in [0, 1])."""
+    q = cam if cam.dtype == np.uint8 else quantise(cam)
+    return {
+        "keys": np.asarray(keys, dtype=np.int16).reshape(-1),
+        "cam": q,
+        "cam_strided": np.asarray(cam_strided, dtype=np.float16),
+        "format": np.asarray(FORMAT, dtype=np.int8),
+    }
+
+
+def write_cam(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Write :func:`cam_arrays`'s output atomically."""
+    write_npz(path, arrays)
+
+
+def read_cam_arrays(path: PathLike, key: str = "cam") -> tuple[np.ndarray, np.ndarray]:
+    """``(keys int64 (K,), stored array K x h x w)`` of a CAM file, unconverted (``uint8``
+    levels or float); a file without ``keys``/``key`` or with mismatched shapes raises
+    :class:`DataError` naming it and the formats this reader knows."""
+    z = read_npz(path)
+    fmt = int(z["format"]) if "format" in z else 1
+    if fmt not in (1, FORMAT) or "keys" not in z or key not in z:
+        raise DataError(
+            f"CAM file {path} is not a CAM file of format 1 or {FORMAT} (it holds {sorted(z)}, "
+            f"format {fmt}; make_cam writes keys/cam/cam_strided/format): rerun make_cam"
+        )
+    keys, cams = z["keys"].astype(np.int64).reshape(-1), z[key]
+    if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
+        raise DataError(f"CAM file {path}: {key} is {cams.shape} for {keys.shape[0]} keys")
+    if cams.dtype != np.uint8 and not np.issubdtype(cams.dtype, np.floating):
+        raise DataError(f"CAM file {path}: {key} has dtype {cams.dtype} (uint8 or float)")
+    return keys, cams
+
+
+def read_cam(path: PathLike, key: str = "cam") -> tuple[np.ndarray, np.ndarray]:
+    """``(keys int64 (K,), cams float32 K x h x w in [0, 1])`` of a CAM file of format 1 or 2
+    (``key``: ``cam`` or ``cam_strided``)."""
+    keys, cams = read_cam_arrays(path, key)
+    return keys, dequantise(cams) if cams.dtype == np.uint8 else cams.astype(np.float32)
+
+
+def find_cam_files(image_ids: Sequence[str], cam_dirs: Sequence[Path]) -> dict[str, Path]:
+    """``<dir>/<image_id>.npz`` of each image over the shard folders ``cam_dirs`` (the rule of
+    :func:`qaclims.artifacts.shards.index_files`); a missing one raises naming it."""
+    found = index_files(cam_dirs, ".npz", "CAM")
+    missing = [i for i in image_ids if i not in found]
+    if missing:
+        raise DataError(
+            f"no CAM file {missing[0]}.npz in {[str(d) for d in cam_dirs]} "
+            f"({len(missing)} images lack one)"
+        )
+    return {i: found[i] for i in image_ids}
