@@ -31,10 +31,10 @@ import yaml
 from qaclims.artifacts import camfile
 from qaclims.cam import eval_cam
 from qaclims.core import io
+from qaclims.core.config import from_mapping
 from qaclims.data.manifest import read_classes
 from qaclims.evaluation import eval_labels
 from qaclims.refine import cam_to_ir_label as c2i
-from qaclims.core.config import from_mapping
 
 
 def convert(src_dirs: list[Path], dst: Path) -> list[Path]:
@@ -137,7 +137,9 @@ def main() -> None:
             if not a.no_seeds:
                 s1 = seeds(a.run, dirs, cfg, tmp / "s1", a.split)
                 s2 = seeds(a.run, new, cfg, tmp / "s2", a.split)
-            ours, ref = time_eval(new, a.run, a.split, cfg.get("eval_cam", {}).get("threshold", 0.15))
+            ours, ref = time_eval(
+                new, a.run, a.split, cfg.get("eval_cam", {}).get("threshold", 0.15)
+            )
         rows.append({
             "cams": model_dir.name, "stored/ref bytes": round(b1 / bref, 3),
             "format 2/ref bytes": round(b2 / bref, 3),
