@@ -146,7 +146,8 @@ def main() -> None:
             "mIoU stored": round(m1[0], 2), "mIoU format 2": round(m2[0], 2),
             "best stored": round(m1[1], 2), "best format 2": round(m2[1], 2),
             "seeds stored": round(s1, 2), "seeds format 2": round(s2, 2),
-            "eval ms/img (ours)": round(1e3 * ours, 2), "eval ms/img (ref-style)": round(1e3 * ref, 2),
+            "eval ms/img (ours)": round(1e3 * ours, 2),
+            "eval ms/img (ref-style)": round(1e3 * ref, 2),
         })  # fmt: skip
     print(json.dumps({"machine": os.uname().machine, "cpus": os.cpu_count()}))
     cols = list(rows[0]) if rows else []
