@@ -1,12 +1,22 @@
-"""Time eval_cam on synthetic VOC-sized CAMs (500x375, 2 classes, 55-threshold sweep).
+"""Time eval_cam on synthetic VOC-sized CAMs (500x375, 2 classes of 20, 55-threshold sweep).
 
-Prints seconds per image for the in-memory scoring (fixed threshold + sweep) and for a
-full ``eval_cam.run`` including reading PNG/npz files. Usage:
-``python benchmarks/bench_eval_cam.py [n_images]``.
+Prints milliseconds per image, on the same CAMs and GT:
+
+- reference style at one threshold: a plain float32 ``.npy`` read (the reference stores
+  float32 ``high_res``), the threshold padded in front, argmax, key lookup, one bincount
+  confusion (IRN's ``eval_cam.py`` with chainercv's confusion written as a bincount);
+- this project at one threshold: the CAM file read (format 2: uint8 levels) and
+  :func:`qaclims.cam.eval_cam.score_image` (one argmax, level tables), without and with
+  the 55-threshold sweep it adds for free;
+- the older per-threshold path (``cam_to_label`` + ``confusion``) for comparison;
+- ``eval_cam.run`` end to end (PNG GT and CAM reads, fixed threshold and sweep).
+
+Usage: ``python benchmarks/bench_eval_cam.py [n_images]``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -15,60 +25,89 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qaclims.artifacts import camfile
 from qaclims.cam import eval_cam
 from qaclims.core import io
-from qaclims.evaluation.metrics import ConfusionAccumulator
+from qaclims.evaluation.metrics import confusion
 
 H, W, C = 375, 500, 20
+T = 0.15
 
 
 def make(root: Path, n: int, rng: np.random.Generator) -> Path:
+    """``n`` images: GT PNGs, format-2 CAM files and the same CAMs as float32 ``.npy``."""
     rows = []
     for i in range(n):
         keys = np.sort(rng.choice(C, size=2, replace=False)).astype(np.int16)
-        cam = rng.random((2, H, W)).astype(np.float16)
+        cam = rng.random((2, H, W)).astype(np.float32)
         gt = rng.integers(0, C + 1, size=(H, W)).astype(np.uint8)
-        io.write_npz(root / "cams" / f"{i:05d}.npz", {"keys": keys, "cam": cam})
+        strided = rng.random((2, 94, 125)).astype(np.float32)
+        camfile.write_cam(root / "cams" / f"{i:05d}.npz", camfile.cam_arrays(keys, cam, strided))
+        (root / "ref").mkdir(parents=True, exist_ok=True)
+        np.save(root / "ref" / f"{i:05d}.npy", camfile.read_cam(root / "cams" / f"{i:05d}.npz")[1])
+        np.save(root / "ref" / f"{i:05d}_keys.npy", keys.astype(np.int64))
         io.write_label_png(root / "gt" / f"{i:05d}.png", gt)
         rows.append({"image_id": f"{i:05d}", "gt_path": str(root / "gt" / f"{i:05d}.png")})
     io.write_parquet(root / "m.parquet", pd.DataFrame(rows))
     return root / "m.parquet"
 
 
+def per_image(fn, items: list) -> float:  # type: ignore[no-untyped-def,type-arg]
+    t = time.perf_counter()
+    for item in items:
+        fn(item)
+    return (time.perf_counter() - t) / len(items) * 1e3
+
+
 def main(n: int) -> None:
     rng = np.random.default_rng(0)
     cfg = eval_cam.EvalCamConfig()
-    keys = np.array([3, 7])
-    cam = rng.random((2, H, W)).astype(np.float16)
-    gt = rng.integers(0, C + 1, size=(H, W)).astype(np.uint8)
-    fixed, sweep = ConfusionAccumulator(C + 1), eval_cam.ThresholdSweep(cfg.thresholds, C + 1)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fixed.update(gt, eval_cam.cam_to_label(cam, keys, cfg.threshold))
-    t1 = time.perf_counter()
-    for _ in range(n):
-        sweep.update(gt, cam, keys)
-    sweep.confusions()
-    t2 = time.perf_counter()
-    print(f"fixed threshold: {(t1 - t0) / n * 1e3:.1f} ms/image")
-    print(f"55-threshold sweep: {(t2 - t1) / n * 1e3:.1f} ms/image")
     with tempfile.TemporaryDirectory() as d:
-        man = make(Path(d), n, rng)
-        o = Path(d) / "out"
-        t3 = time.perf_counter()
-        eval_cam.run(
-            man,
-            [Path(d) / "cams"],
-            [f"c{i}" for i in range(C)],
-            cfg,
-            o / "s.json",
-            o / "p.parquet",
-            o / "w.parquet",
-        )
-        t4 = time.perf_counter()
-    print(f"eval_cam.run with file I/O: {(t4 - t3) / n * 1e3:.1f} ms/image ({n} images)")
-    print(f"-> VOC train (1,464 images) ~ {(t4 - t3) / n * 1464:.0f} s")
+        root = Path(d)
+        man = make(root, n, rng)
+        ids = [f"{i:05d}" for i in range(n)]
+        gts = {i: io.read_label_png(root / "gt" / f"{i}.png") for i in ids}
+        k = C + 1
+
+        def reference(i: str) -> np.ndarray:
+            cams = np.load(root / "ref" / f"{i}.npy")
+            keys = np.load(root / "ref" / f"{i}_keys.npy")
+            cams = np.pad(cams, ((1, 0), (0, 0), (0, 0)), constant_values=T)
+            labels = np.pad(keys + 1, (1, 0))[np.argmax(cams, axis=0)]
+            gt = gts[i]
+            keep = gt != 255
+            return np.bincount(gt[keep] * k + labels[keep], minlength=k * k)
+
+        one = eval_cam.ThresholdSweep([T], k)
+        full = eval_cam.ThresholdSweep(cfg.thresholds, k)
+
+        def ours(i: str, sweep: eval_cam.ThresholdSweep = one) -> np.ndarray:
+            keys, cam = camfile.read_cam_arrays(root / "cams" / f"{i}.npz")
+            return eval_cam.score_image(gts[i], cam, keys, T, sweep)
+
+        def older(i: str) -> np.ndarray:
+            keys, cam = camfile.read_cam(root / "cams" / f"{i}.npz")
+            return confusion(gts[i], eval_cam.cam_to_label(cam, keys, T), k)
+
+        for i in ids[:3]:  # the three agree
+            a, b, c = reference(i).reshape(k, k), ours(i), older(i)
+            assert np.array_equal(a, b) and np.array_equal(b, c)
+        for label, fn in [
+            ("reference style, one threshold (float32 .npy)", reference),
+            ("this project, one threshold (format 2)", ours),
+            ("this project, one threshold + 55-threshold sweep", lambda i: ours(i, full)),
+            ("older path: cam_to_label + confusion (float)", older),
+        ]:
+            fn(ids[0])  # warm-up
+            print(f"{label}: {per_image(fn, ids):.2f} ms/image")
+        o = root / "out"
+        t = time.perf_counter()
+        eval_cam.run(man, [root / "cams"], [f"c{i}" for i in range(C)], cfg,
+                     o / "s.json", o / "p.parquet", o / "w.parquet")  # fmt: skip
+        run_ms = (time.perf_counter() - t) / n * 1e3
+    print(f"eval_cam.run with file I/O: {run_ms:.2f} ms/image ({n} images)")
+    print(f"machine: {os.uname().machine}, {os.cpu_count()} CPUs, one process")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 30)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 40)

@@ -458,7 +458,7 @@ def test_interrupted_run_resumes_to_identical_weights(
     assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 2
     _train(world, tmp_path)
     hist = io.read_parquet(tmp_path / "h.parquet")
-    assert hist["step"].tolist() == [0, 1, 2, 3, 4]
+    assert hist["step"].tolist() == [1, 2, 3, 4, 5]  # optimiser steps done
     assert not (tmp_path / "state.pt").exists()
     ref = io.read_parquet(trained / "h.parquet")
     np.testing.assert_allclose(hist["loss"], ref["loss"], rtol=1e-5)

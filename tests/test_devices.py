@@ -213,8 +213,12 @@ time.sleep(60)
 
 def _start_picker(tmp_path: Path, locks: Path) -> tuple[subprocess.Popen[bytes], Path]:
     marker = tmp_path / "child"
-    cmd = [sys.executable, "-m", "qaclims.core.devices", "--gpus", "1", "--",
-           sys.executable, "-c", CHILD, str(marker)]  # fmt: skip
+    # what the launcher does: hold 1 GPU, run the command as a child (run_child)
+    holder = (
+        "import sys\nfrom qaclims.core import devices\n"
+        "with devices.acquire_gpus(1):\n    sys.exit(devices.run_child(sys.argv[1:]))"
+    )
+    cmd = [sys.executable, "-c", holder, sys.executable, "-c", CHILD, str(marker)]
     env = _env(**{devices.LOCK_DIR_ENV: str(locks), "PATH": os.environ["PATH"]})
     smi = tmp_path / "bin" / "nvidia-smi"
     smi.parent.mkdir()

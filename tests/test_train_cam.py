@@ -101,7 +101,7 @@ def test_poly_learning_rate_per_step(tmp_path: Path) -> None:
     total = 2 * 3  # 8 images // batch 4, 3 epochs
     expected = [0.05 * (1 - t / total) ** 0.9 for t in range(total)]
     np.testing.assert_allclose(df["lr"], expected, rtol=1e-12)
-    assert df["step"].tolist() == list(range(total))
+    assert df["step"].tolist() == list(range(1, total + 1))  # optimiser steps done
     assert df["epoch"].tolist() == [0, 0, 1, 1, 2, 2]
 
 
@@ -148,7 +148,7 @@ def test_changed_config_ignores_stale_resume_state(tmp_path: Path) -> None:
     _, _, state = train(tmp_path, manifest, config(epochs=2), "cut", max_steps=3)
     assert torch.load(state, weights_only=True)["step"] == 3
     _, hist, _ = train(tmp_path, manifest, config(epochs=2, lr=0.05), "cut")
-    assert read_parquet(hist)["step"].tolist() == [0, 1, 2, 3]
+    assert read_parquet(hist)["step"].tolist() == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("labels, match", [([], "no class label"), ([1, 3], r"\[3\]")])

@@ -446,3 +446,15 @@ def test_outputs_follow_the_umask(smoke: tuple[Path, Path]) -> None:
     assert len(files) > 50
     other = [(p, oct(p.stat().st_mode & 0o777)) for p in files if p.stat().st_mode & 0o777 != want]
     assert not other, other[:5]
+
+
+def test_cam_folders_can_be_temporary(tmp_path: Path) -> None:
+    """``keep_cams: false``: make_cam's shard folders are temp() outputs, gone once their
+    readers (here eval_cam) are done; the scores stay."""
+    over = write_overlay(tmp_path / "k.yaml", {"keep_cams": False})
+    target = "results/demo/eval_cam/cam/val/summary.json"
+    snakemake(tmp_path, "--cores", "2", "--", target, configfiles=(CONFIG, SMOKE, over))
+    assert json.loads((tmp_path / target).read_text())["num_images"] > 0
+    cams = tmp_path / "results/demo/make_cam/cam/val"
+    assert not any(cams.glob("*/*.npz")), sorted(cams.rglob("*"))
+    assert (tmp_path / "logs/demo/make_cam/cam_val_000.log").is_file()  # it did run

@@ -38,7 +38,7 @@ rule make_cam:
         classes=R("data", "classes.json"),
         weights=cam_weights,
     output:
-        cams=directory(R("make_cam", "{model}", "{split}", "{shard}")),
+        cams=cam_output(R("make_cam", "{model}", "{split}", "{shard}")),
     log:
         LOG("make_cam", "{model}_{split}_{shard}.log"),
     benchmark:

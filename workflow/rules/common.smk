@@ -87,6 +87,12 @@ def RESUME(*parts):
     return os.path.join("results", RUN, ".resume", *parts)
 
 
+def cam_output(path):
+    """make_cam's shard folder: temp() when ``keep_cams`` is false."""
+    out = directory(path)
+    return out if config["keep_cams"] else temp(out)
+
+
 def code(script):
     """Content digests of the library files a rule's script imports (transitively), a
     param: editing one reruns that rule and what follows; touching one reruns nothing.
@@ -231,53 +237,65 @@ def eval_targets():
 METHOD_LABEL = {"cam": "CAM (baseline)", "ritc": "CAM (QA-CLIMS)"}
 
 
-def report_inputs(wildcards):
-    """Named inputs of the report job (summary_, per_class_, sweep_ + label, history_ +
-    stage, cams_ + label, masks_ + label, corpus, manifest; names sort in stage order).
+def report_plan():
+    """What the report shows, in order (a param of the report rule, so no order or label
+    is encoded in input names): ``stages`` (label, summary, per_class, sweep or None, in
+    the order of the stage table), ``histories`` (stage -> history table), ``cams`` and
+    ``masks`` (overlay column label -> shard folders), ``corpus``, ``manifest``.
     """
     ev = SPLITS["eval_cam"]
-    items = {}
-    for i, m in enumerate(METHODS):
-        key = f"{i}_{METHOD_LABEL[m]}"
-        base = R("eval_cam", m, ev)
-        items[f"summary_{key}"] = os.path.join(base, "summary.json")
-        items[f"per_class_{key}"] = os.path.join(base, "per_class.parquet")
-        items[f"sweep_{key}"] = os.path.join(base, "sweep.parquet")
-        items[f"cams_{key}"] = cam_dirs(m)
+    plan = {"stages": [], "histories": {}, "cams": {}, "masks": {}, "corpus": None}
+
+    def stage(label, base, sweep=False):
+        plan["stages"].append(
+            {
+                "label": label,
+                "summary": os.path.join(base, "summary.json"),
+                "per_class": os.path.join(base, "per_class.parquet"),
+                "sweep": os.path.join(base, "sweep.parquet") if sweep else None,
+            }
+        )
+
+    for m in METHODS:
+        stage(METHOD_LABEL[m], R("eval_cam", m, ev), sweep=True)
+        plan["cams"][METHOD_LABEL[m]] = cam_dirs(m)
     if not config["released"]["cam"]:
-        items["history_train_cam"] = R("train_cam", "history.parquet")
+        plan["histories"]["train_cam"] = R("train_cam", "history.parquet")
     if "ritc" in METHODS and not config["released"]["ritc"]:
-        items["history_train_ritc"] = R("train_ritc", "history.parquet")
-        items["corpus"] = R("corpus", "stats.parquet")
+        plan["histories"]["train_ritc"] = R("train_ritc", "history.parquet")
+        plan["corpus"] = R("corpus", "stats.parquet")
     src = refine_source()
     if config["refine"]["enabled"]:
-        for j, (stage, label) in enumerate(
-            [
-                ("eval_seeds", "seeds (CRF, confident)"),
-                ("eval_sem_seg", "pseudo masks (IRN)"),
-            ]
-        ):
-            base = R(stage, src, ev)
-            items[f"summary_{5 + j}_{label}"] = os.path.join(base, "summary.json")
-            items[f"per_class_{5 + j}_{label}"] = os.path.join(
-                base, "per_class.parquet"
-            )
-        items["history_train_irn"] = R("train_irn", src, "history.parquet")
-        items["masks_pseudo masks"] = expand(
+        stage("seeds (CRF, confident)", R("eval_seeds", src, ev))
+        stage("pseudo masks (IRN)", R("eval_sem_seg", src, ev))
+        plan["histories"]["train_irn"] = R("train_irn", src, "history.parquet")
+        plan["masks"]["pseudo masks"] = expand(
             R("make_sem_seg", src, "{split}", "{shard}"),
             split=SPLITS["cam"],
             shard=shard_ids(),
         )
     if config["deeplab"]["enabled"]:
         val = SPLITS["val"]
-        for j, v in enumerate(deeplab_variants()):
-            base = R("eval_deeplab", val, v)
-            label = f"{7 + j}_DeepLab {val} ({'CRF' if v == 'crf' else 'no CRF'})"
-            items[f"summary_{label}"] = os.path.join(base, "summary.json")
-            items[f"per_class_{label}"] = os.path.join(base, "per_class.parquet")
-        items["history_train_deeplab"] = R("train_deeplab", "history.parquet")
-    items["manifest"] = manifest(ev)
-    return items
+        for v in deeplab_variants():
+            label = f"DeepLab {val} ({'CRF' if v == 'crf' else 'no CRF'})"
+            stage(label, R("eval_deeplab", val, v))
+        if not config["released"]["deeplab"]:
+            plan["histories"]["train_deeplab"] = R("train_deeplab", "history.parquet")
+    plan["manifest"] = manifest(ev)
+    return plan
+
+
+def report_inputs(wildcards):
+    """Every file of :func:`report_plan`, once."""
+    plan = report_plan()
+    files = [plan["manifest"]] + list(plan["histories"].values())
+    for s in plan["stages"]:
+        files += [s["summary"], s["per_class"]] + ([s["sweep"]] if s["sweep"] else [])
+    for dirs in [*plan["cams"].values(), *plan["masks"].values()]:
+        files += list(dirs)
+    if plan["corpus"]:
+        files.append(plan["corpus"])
+    return list(dict.fromkeys(files))
 
 
 def all_targets():

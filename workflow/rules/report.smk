@@ -4,7 +4,7 @@
 
 rule report:
     input:
-        unpack(report_inputs),
+        report_inputs,
     output:
         table=report(
             R("report", "index.html"),
@@ -51,5 +51,6 @@ rule report:
         code=code("report"),
         cfg=result_cfg("report"),
         threshold=config["eval_cam"]["threshold"],
+        plan=report_plan(),
     script:
         "../scripts/report.py"

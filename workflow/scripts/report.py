@@ -4,32 +4,24 @@ from qaclims.report import build as report_build
 from qaclims.workflow.smk import job
 
 with job(snakemake):
-    inp = snakemake.input
-    keys = sorted(inp.keys())
-
-    def group(prefix):
-        return {k.removeprefix(prefix): inp[k] for k in keys if k.startswith(prefix)}
-
-    sweeps = group("sweep_")
-    evals = [
-        report_build.EvalItem(
-            label=name.split("_", 1)[1],  # names are "<order>_<label>"
-            summary=Path(path),
-            per_class=Path(inp["per_class_" + name]),
-            sweep=Path(sweeps[name]) if name in sweeps else None,
-        )
-        for name, path in group("summary_").items()
-    ]
-    overlays = report_build.OverlaySources(
-        manifest=Path(inp["manifest"]),
-        cam_dirs={k.split("_", 1)[1]: [Path(p) for p in v] for k, v in group("cams_").items()},
-        label_dirs={k: [Path(p) for p in v] for k, v in group("masks_").items()},
-    )
+    plan = snakemake.params.plan  # what to show, in order (workflow/rules/common.smk)
     report_build.run(
-        evals=evals,
-        histories={k: Path(v) for k, v in group("history_").items()},
-        corpus_stats=Path(inp["corpus"]) if "corpus" in keys else None,
-        overlays=overlays,
+        evals=[
+            report_build.EvalItem(
+                label=s["label"],
+                summary=Path(s["summary"]),
+                per_class=Path(s["per_class"]),
+                sweep=Path(s["sweep"]) if s["sweep"] else None,
+            )
+            for s in plan["stages"]
+        ],
+        histories={k: Path(v) for k, v in plan["histories"].items()},
+        corpus_stats=Path(plan["corpus"]) if plan["corpus"] else None,
+        overlays=report_build.OverlaySources(
+            manifest=Path(plan["manifest"]),
+            cam_dirs={k: [Path(p) for p in v] for k, v in plan["cams"].items()},
+            label_dirs={k: [Path(p) for p in v] for k, v in plan["masks"].items()},
+        ),
         out_dir=Path(snakemake.output.table).parent,
         num_overlays=snakemake.config["report"]["num_overlays"],
         fixed_threshold=snakemake.params.threshold,

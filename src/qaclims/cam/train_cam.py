@@ -290,7 +290,7 @@ class _Trainer:
             lr = float(self.optimizer.param_groups[0]["lr"])
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             loss = train_step(self.model, self.optimizer, x, y, self.cfg.amp)
-            self.history.add(step=step, epoch=step // self.per_epoch, loss=loss, lr=lr)
+            self.history.add(step=step + 1, epoch=step // self.per_epoch, loss=loss, lr=lr)
             self.window.append(loss)
             bar.update(1)
             self._after_step(step + 1, lr)

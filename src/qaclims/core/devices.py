@@ -13,16 +13,10 @@ when the last process holding them ends, even by a crash.
   deadlock. A waiting job logs what it waits for and who holds it.
 - **Every user.** The lock folder is world-writable with the sticky bit (like ``/tmp``) and the
   lock files are ``0666``, so jobs of several users on one machine share one set of locks.
-
-Command line (holds the GPUs for a command; SIGTERM is passed on to the command and the GPUs
-stay held until it has ended)::
-
-    python -m qaclims.core.devices --gpus 4 -- torchrun --nproc-per-node 4 ...
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import fcntl
@@ -32,7 +26,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -287,28 +280,3 @@ def run_child(
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def run_holding(cmd: Sequence[str], gpus: int) -> int:
-    """Run ``cmd`` holding ``gpus`` free GPUs (see :func:`run_child`); its exit status."""
-    with acquire_gpus(gpus) as ids:
-        if ids:
-            log.info("holding GPUs %s for: %s", ids, " ".join(cmd))
-        return run_child(cmd)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m qaclims.core.devices --gpus N -- CMD...``: run CMD holding N free GPUs."""
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--gpus", type=int, required=True)
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
-    a = p.parse_args(argv)
-    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
-    if not cmd:
-        p.error("no command given")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return run_holding(cmd, a.gpus)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -108,6 +108,15 @@ WORKFLOW: dict[str, Any] = {
         "many shard jobs run at once is Snakemake's scheduling (--cores, --resources gpu, "
         "SLURM), never a setting.",
     },
+    "keep_cams": {
+        "type": "boolean",
+        "default": True,
+        "x-result": False,
+        "description": "Keep make_cam's CAM folders. false: they are Snakemake temp() "
+        "outputs, deleted once every job that reads them (eval_cam, cam_to_ir_label, "
+        "make_sem_seg, the report) is done, and remade only if a later run needs them "
+        "(a COCO run's CAMs take hundreds of GB). Changes no result.",
+    },
     "gpus": {
         "type": "object",
         "additionalProperties": False,

@@ -473,7 +473,7 @@ def _loop(
             net, opt, x, y, run.units, cfg.loss, cfg.iter_size, cfg.amp, run.dist.world
         )
         loss = _sum_over_ranks(share, run.dist)
-        run.history.add(step=step, loss=loss, lr=lr)
+        run.history.add(step=step + 1, loss=loss, lr=lr)  # steps done (one convention)
         window.append(loss)
         bar.update(1)
         done = step + 1

@@ -236,7 +236,9 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
 
 
 class History:
-    """Rows of training figures (step, epoch, loss terms, lr) saved as a Parquet table."""
+    """Rows of training figures saved as a Parquet table. One convention for every stage:
+    ``step`` is the number of optimiser steps done when the row was recorded (1-based; a
+    row per step, or per log window with the window's last step), ``epoch`` 0-based."""
 
     def __init__(self, rows: list[dict[str, float]] | None = None):
         self.rows: list[dict[str, float]] = list(rows or [])
