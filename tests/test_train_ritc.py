@@ -358,3 +358,25 @@ def test_two_processes_give_the_weights_of_one(world: World, tmp_path: Path) -> 
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
     ha, hb = (pd.read_parquet(p) for p in (one[1], tmp_path / "two.parquet"))
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-4)
+
+
+def test_augmentation_and_data_order_draw_from_tagged_streams(world: World) -> None:
+    """Image e's augmentation in epoch 0 must not replay the stream that shuffles epoch e
+    (it did: both were ``default_rng([seed, 0, e])``); it is the tagged augmentation
+    stream, recomputed here from the image."""
+    from qaclims.core.io import read_image
+    from qaclims.data import augment
+    from qaclims.training import sampling
+
+    cfg = config()
+    df = pd.read_parquet(world.manifest).sort_values("image_id", ignore_index=True)
+    data = train_ritc.RitcSet(list(df["image_path"]), np.zeros((len(df), 2), np.float32), cfg)
+    for e in range(3):
+        order = augment.sample_rng(cfg.seed, sampling.ORDER_STREAM, e).random(8)
+        aug = augment.sample_rng(cfg.seed, sampling.AUGMENT_STREAM, 0, e).random(8)
+        assert not np.allclose(order, aug)
+        rng = augment.sample_rng(cfg.seed, sampling.AUGMENT_STREAM, 0, e)
+        want = augment.classification_sample(read_image(df["image_path"][e]), rng,
+                                             cfg.resize_long, cfg.crop, cfg.hflip, cfg.mean,
+                                             cfg.std)  # fmt: skip
+        torch.testing.assert_close(data[(0, e)][0], want)

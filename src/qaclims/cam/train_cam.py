@@ -42,12 +42,9 @@ from qaclims.training import (
     seed_everything,
     set_poly_lr,
 )
-from qaclims.training.sampling import StepBatches
+from qaclims.training.sampling import AUGMENT_STREAM, StepBatches
 
 log = logging.getLogger(__name__)
-
-# Stream tags of ``augment.sample_rng`` keys: shuffling vs per-sample augmentation draws.
-_SAMPLE = 1  # the augmentation stream (0 is the data order: training.sampling)
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,7 @@ def check_config(cfg: TrainCamConfig, where: str = "train_cam") -> None:
 
 class TrainSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Items keyed by ``(epoch, index)``: ``(3 x crop x crop float32, C float32 multi-hot)``,
-    augmented with the draws of ``sample_rng(seed, 1, epoch, index)``."""
+    augmented with the draws of ``sample_rng(seed, AUGMENT_STREAM, epoch, index)``."""
 
     def __init__(self, paths: Sequence[str], targets: np.ndarray, cfg: TrainCamConfig):
         self.paths = list(paths)
@@ -133,7 +130,7 @@ class TrainSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key
         c = self.cfg
-        rng = augment.sample_rng(c.seed, _SAMPLE, epoch, index)
+        rng = augment.sample_rng(c.seed, AUGMENT_STREAM, epoch, index)
         image = read_image(self.paths[index])
         x = augment.classification_sample(image, rng, c.resize_long, c.crop, c.hflip, c.mean, c.std)
         return x, torch.from_numpy(self.targets[index])

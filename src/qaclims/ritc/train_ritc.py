@@ -68,7 +68,7 @@ from qaclims.training import (
     set_poly_lr,
     unwrap,
 )
-from qaclims.training.sampling import StepBatches
+from qaclims.training.sampling import AUGMENT_STREAM, StepBatches
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,8 @@ class TextBank:
 
 class RitcSet(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
     """Items keyed by ``(epoch, index)``: ``(3 x crop x crop float32, C float32 multi-hot,
-    index)``, augmented with the draws of ``sample_rng(seed, epoch, index)``."""
+    index)``, augmented with the draws of ``sample_rng(seed, AUGMENT_STREAM, epoch, index)``
+    (train_cam's stream: the same image in the same epoch gets the same crop)."""
 
     def __init__(self, paths: Sequence[str], targets: np.ndarray, cfg: TrainRitcConfig):
         self.paths, self.targets, self.cfg = list(paths), targets, cfg
@@ -270,7 +271,7 @@ class RitcSet(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         epoch, index = key
         c = self.cfg
-        rng = augment.sample_rng(c.seed, epoch, index)
+        rng = augment.sample_rng(c.seed, AUGMENT_STREAM, epoch, index)
         x = augment.classification_sample(
             read_image(self.paths[index]), rng, c.resize_long, c.crop, c.hflip, c.mean, c.std
         )

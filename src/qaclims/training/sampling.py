@@ -13,8 +13,11 @@ from torch.utils.data import Sampler
 
 from qaclims.data import augment
 
-#: the stream tag of the data order in :func:`qaclims.data.augment.sample_rng`
+#: stream tags of :func:`qaclims.data.augment.sample_rng` keys: every draw of a training
+#: stage comes from ``sample_rng(seed, <tag>, ...)`` with one of these, so the data order of
+#: epoch ``e`` and the augmentation of image ``e`` never share a stream
 ORDER_STREAM = 0
+AUGMENT_STREAM = 1
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
