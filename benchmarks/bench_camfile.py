@@ -106,7 +106,8 @@ def time_eval(dirs: list[Path], run: Path, split: str, threshold: float) -> tupl
             cams = np.pad(cams, ((1, 0), (0, 0), (0, 0)), constant_values=threshold)
             labels = np.pad(keys + 1, (1, 0))[np.argmax(cams, axis=0)]
             keep = gt != 255
-            conf += np.bincount(gt[keep] * n + labels[keep], minlength=n * n).reshape(n, n)
+            g = gt[keep].astype(np.int64)
+            conf += np.bincount(g * n + labels[keep], minlength=n * n).reshape(n, n)
         ref = (time.perf_counter() - t0) / max(1, len(pairs))
     sweep = eval_cam.ThresholdSweep([threshold], n)
     t0 = time.perf_counter()

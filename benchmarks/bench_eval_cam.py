@@ -8,7 +8,7 @@ Prints milliseconds per image, on the same CAMs and GT:
 - this project at one threshold: the CAM file read (format 2: uint8 levels) and
   :func:`qaclims.cam.eval_cam.score_image` (one argmax, level tables), without and with
   the 55-threshold sweep it adds for free;
-- the older per-threshold path (``cam_to_label`` + ``confusion``) for comparison;
+- the older per-threshold path (``cam_to_label`` on the levels + ``confusion``);
 - ``eval_cam.run`` end to end (PNG GT and CAM reads, fixed threshold and sweep).
 
 Usage: ``python benchmarks/bench_eval_cam.py [n_images]``.
@@ -76,7 +76,7 @@ def main(n: int) -> None:
             labels = np.pad(keys + 1, (1, 0))[np.argmax(cams, axis=0)]
             gt = gts[i]
             keep = gt != 255
-            return np.bincount(gt[keep] * k + labels[keep], minlength=k * k)
+            return np.bincount(gt[keep].astype(np.int64) * k + labels[keep], minlength=k * k)
 
         one = eval_cam.ThresholdSweep([T], k)
         full = eval_cam.ThresholdSweep(cfg.thresholds, k)
@@ -86,7 +86,7 @@ def main(n: int) -> None:
             return eval_cam.score_image(gts[i], cam, keys, T, sweep)
 
         def older(i: str) -> np.ndarray:
-            keys, cam = camfile.read_cam(root / "cams" / f"{i}.npz")
+            keys, cam = camfile.read_cam_arrays(root / "cams" / f"{i}.npz")
             return confusion(gts[i], eval_cam.cam_to_label(cam, keys, T), k)
 
         for i in ids[:3]:  # the three agree

@@ -3,18 +3,22 @@
 Format 2 (written since issue 15), arrays:
 
 - ``keys``: ``int16 (K,)``, the present foreground class indices, distinct, ``0..C-1``;
-- ``cam``: ``uint8 (K, H, W)``, each channel max-normalised to [0, 1] and stored as
-  ``round(255 * v)``; the value it stands for is ``float32(q) / 255`` (:func:`dequantise`);
+- ``cam``: ``uint8 (K, H, W)``, each channel max-normalised to [0, 1] and stored as the
+  level ``q = ceil(200 v)`` (0..200): ``v`` lies in ``((q - 1) / 200, q / 200]`` and the
+  level stands for ``q / 200`` (:func:`dequantise`, :data:`LEVEL_VALUES`). Rounding up on a
+  0.005 grid keeps every comparison ``v > t`` with a threshold on the grid (0.15, the
+  sweep's 0.05..0.59) exactly as it was on the float CAM;
 - ``cam_strided``: ``float16 (K, ceil(H/4), ceil(W/4))`` in [0, 1], the same at stride 4 for
   the random walk (a sixteenth of the pixels, kept at half precision);
 - ``format``: ``int8`` scalar, 2.
 
-Per image that is ``K*H*W + 2*K*H*W/16 + 2K`` bytes: 0.26x the reference's float32 ``.npy``
+Per image that is ``K*H*W + 2*K*H*W/16 + 2K`` bytes: 0.27x the reference's float32 ``.npy``
 dictionaries (``high_res`` + ``cam``), against 0.50x for format 1, whose ``cam`` was
 ``float16`` and which :func:`read_cam` still reads.
 
-Quantising moves a CAM value by at most 1/510 (``benchmarks/bench_camfile.py`` measures
-what that does to eval_cam's mIoU on a run's CAMs).
+Quantising raises a CAM value by less than 1/200; thresholds on the grid decide exactly as
+before, and only the argmax between two classes within 0.005 of each other can change
+(``benchmarks/bench_camfile.py`` measures the effect on eval_cam and the seeds).
 """
 
 from __future__ import annotations
@@ -29,19 +33,27 @@ from qaclims.core.errors import DataError
 from qaclims.core.io import PathLike, read_npz, write_npz
 
 FORMAT = 2
-LEVELS = 255
+#: levels per unit: the grid step is 1 / LEVELS
+LEVELS = 200
 #: the arrays a CAM file may hold
 KEYS = ("keys", "cam", "cam_strided", "format")
 
 
 def quantise(cam: np.ndarray) -> np.ndarray:
-    """``float`` CAMs in [0, 1] -> ``uint8`` levels ``round(255 * v)`` (clipped to [0, 255])."""
-    return np.clip(np.rint(np.asarray(cam, dtype=np.float32) * LEVELS), 0, LEVELS).astype(np.uint8)
+    """``float`` CAMs in [0, 1] -> ``uint8`` levels ``ceil(200 v)`` (float32 product,
+    clipped to [0, 200]); make_cam computes the same on the device."""
+    scaled = np.asarray(cam, dtype=np.float32) * np.float32(LEVELS)
+    return np.clip(np.ceil(scaled), 0, LEVELS).astype(np.uint8)
+
+
+#: the value each ``uint8`` level stands for, ``q / 200`` in float64 (comparisons with
+#: thresholds use these; 256 entries so any stored byte can index it)
+LEVEL_VALUES = np.arange(256, dtype=np.float64) / LEVELS
 
 
 def dequantise(levels: np.ndarray) -> np.ndarray:
-    """``uint8`` levels -> the ``float32`` values ``q / 255`` they stand for."""
-    return levels.astype(np.float32) / np.float32(LEVELS)
+    """``uint8`` levels -> the ``float32`` values ``q / 200`` they stand for."""
+    return LEVEL_VALUES.astype(np.float32)[levels]
 
 
 def cam_arrays(
@@ -67,11 +79,12 @@ def read_cam_arrays(path: PathLike, key: str = "cam") -> tuple[np.ndarray, np.nd
     """``(keys int64 (K,), stored array K x h x w)`` of a CAM file, unconverted (``uint8``
     levels or float); a file without ``keys``/``key`` or with mismatched shapes raises
     :class:`DataError` naming it and the formats this reader knows."""
-    z = read_npz(path)
+    z = read_npz(path, only=("keys", key, "format"))
     fmt = int(z["format"]) if "format" in z else 1
     if fmt not in (1, FORMAT) or "keys" not in z or key not in z:
         raise DataError(
-            f"CAM file {path} is not a CAM file of format 1 or {FORMAT} (it holds {sorted(z)}, "
+            f"CAM file {path} is not a CAM file of format 1 or {FORMAT} (keys/{key}: "
+            f"{sorted(z)}, "
             f"format {fmt}; make_cam writes keys/cam/cam_strided/format): rerun make_cam"
         )
     keys, cams = z["keys"].astype(np.int64).reshape(-1), z[key]

@@ -151,8 +151,8 @@ class ThresholdSweep:
         return out
 
 
-#: the float64 value each uint8 CAM level stands for (``float32(q) / 255``)
-LEVEL_VALUES = camfile.dequantise(np.arange(256, dtype=np.uint8)).astype(np.float64)
+#: the float64 value each uint8 CAM level stands for (``q / 200``)
+LEVEL_VALUES = camfile.LEVEL_VALUES
 
 
 def top_and_peak(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,27 +169,35 @@ def top_and_peak(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndar
     if cam.shape[0] == 0:
         return np.zeros(cam.shape[1:], np.int64), np.zeros(cam.shape[1:], cam.dtype)
     labels = np.asarray(keys, dtype=np.int64) + 1
-    if cam.shape[0] == 1:
-        return np.full(cam.shape[1:], labels[0]), cam[0]
-    arg = np.argmax(cam, axis=0)
-    return labels[arg], np.take_along_axis(cam, arg[None], axis=0)[0]
+    # a running max over the channels: K passes over HxW, much faster than np.argmax along
+    # axis 0; a later channel wins only if strictly larger (np.argmax's tie rule)
+    peak = cam[0].copy()
+    top = np.full(cam.shape[1:], labels[0], dtype=np.int64)
+    for c in range(1, cam.shape[0]):
+        wins = cam[c] > peak
+        top[wins] = labels[c]
+        np.maximum(peak, cam[c], out=peak)
+    return top, peak
 
 
 def score_image(
     gt: np.ndarray, cam: np.ndarray, keys: np.ndarray, threshold: float, sweep: ThresholdSweep
 ) -> np.ndarray:
     """Add one image to ``sweep`` and return its confusion at ``threshold``: the
-    ``n x n int64`` confusion of :func:`cam_to_label`'s labels, computed from one argmax."""
-    keep = gt != IGNORE_INDEX
+    ``n x n int64`` confusion of :func:`cam_to_label`'s labels, computed from one pass over
+    the channels. ``gt``: ``HxW`` uint8 in ``[0, n)`` or 255 (checked by the caller)."""
     top, peak = top_and_peak(cam, keys)
-    g, top, peak = gt[keep].astype(np.int64), top[keep], peak[keep]
     if peak.dtype == np.uint8:
-        fg = (LEVEL_VALUES > threshold)[peak]
+        fg, below = (LEVEL_VALUES > threshold)[peak], sweep._below_level[peak]
     else:
-        fg = peak.astype(np.float64) > threshold
-    n = sweep.num_classes
-    fixed = np.bincount(g * n + np.where(fg, top, 0), minlength=n * n).reshape(n, n)
-    sweep.add(g, top, sweep.below(peak))
+        fg, below = peak.astype(np.float64) > threshold, sweep.below(peak)
+    n, t1 = sweep.num_classes, sweep.hist.shape[2]
+    # 255 (ignored) GT pixels land in bins past n*n, dropped: no masked copies
+    row = gt.astype(np.int64).ravel() * n
+    pred = np.where(fg, top, 0).ravel()
+    fixed = np.bincount(row + pred, minlength=256 * n)[: n * n].reshape(n, n)
+    idx = (row + top.ravel()) * t1 + below.ravel()
+    sweep.hist += np.bincount(idx, minlength=256 * n * t1)[: n * n * t1].reshape(n, n, t1)
     return fixed
 
 

@@ -203,7 +203,7 @@ def batch_cams(
 
     Only the union of the batch's classes is upsampled. Per image, the arrays of
     :mod:`qaclims.artifacts.camfile`: ``keys`` int16 (K,), ``cam`` uint8 KxHxW levels
-    ``round(255 v)`` of the max-normalised CAM (quantised on the device), ``cam_strided``
+    ``ceil(200 v)`` of the max-normalised CAM (quantised on the device), ``cam_strided``
     float16 Kx ceil(H/4) x ceil(W/4) in [0, 1], ``format``.
     """
     union = sorted({int(c) for labs in labels for c in labs})
@@ -219,7 +219,7 @@ def batch_cams(
         pos = torch.as_tensor([union.index(int(c)) for c in labs], dtype=torch.long)
         pos = pos.to(strided.device)
         cam = max_normalise(highres[b, pos], cfg.norm_eps).float() * LEVELS
-        levels = torch.round(cam).clamp_(0, LEVELS).to(torch.uint8).cpu().numpy()
+        levels = torch.ceil(cam).clamp_(0, LEVELS).to(torch.uint8).cpu().numpy()
         cst = max_normalise(strided[b, pos], cfg.norm_eps).half().cpu().numpy()
         out.append(cam_arrays(list(labs), levels, cst))
     return out

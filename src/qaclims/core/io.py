@@ -129,14 +129,15 @@ def write_npz(path: PathLike, arrays: Mapping[str, np.ndarray], compress: bool =
             save(f, **dict(arrays))  # type: ignore[arg-type]
 
 
-def read_npz(path: PathLike) -> dict[str, np.ndarray]:
-    """Read every array of an ``.npz`` file into memory (``allow_pickle=False``)."""
+def read_npz(path: PathLike, only: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Read the arrays of an ``.npz`` file into memory (``allow_pickle=False``): all, or
+    those of ``only`` that the file holds (the others are not read)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"missing array file: {p}")
     try:
         with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files if only is None or k in only}
     except (ValueError, OSError) as e:
         raise DataError(f"corrupt array file {p}: {e}") from e
 
