@@ -300,3 +300,19 @@ def test_errors_name_the_culprit(setup: dict[str, Path]) -> None:
         )
     with pytest.raises(ConfigError, match="make_cam.scales"):
         make(setup, "o", cfg(scales=[]))
+
+
+def test_store_float16_writes_format_1_and_levels_round_it_up(setup: dict[str, Path]) -> None:
+    """``store: float16`` keeps half precision (format 1); the default levels are the same
+    CAMs rounded up to the 0.005 grid (the float16 values differ by their own rounding)."""
+    half = make(setup, "half", cfg(store="float16"))
+    levels = make(setup, "levels", cfg())
+    for i in range(len(SIZES)):
+        a, b = read_npz(half / f"im{i}.npz"), read_npz(levels / f"im{i}.npz")
+        assert a["cam"].dtype == np.float16 and int(a["format"]) == 1
+        assert b["cam"].dtype == np.uint8 and int(b["format"]) == 2
+        diff = camfile.dequantise(b["cam"]) - a["cam"].astype(np.float32)
+        assert diff.size == 0 or (diff.min() > -1e-3 and diff.max() < 1 / 200 + 1e-3)
+        np.testing.assert_array_equal(a["cam_strided"], b["cam_strided"])
+    with pytest.raises(ConfigError, match="make_cam.store"):
+        cam_infer.check_config(cfg(store="int4"))

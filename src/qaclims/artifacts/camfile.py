@@ -59,14 +59,18 @@ def dequantise(levels: np.ndarray) -> np.ndarray:
 def cam_arrays(
     keys: Sequence[int], cam: np.ndarray, cam_strided: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The arrays of one CAM file: ``cam`` (``KxHxW`` in [0, 1], float or already ``uint8``
-    levels), ``cam_strided`` (``K x h x w`` in [0, 1])."""
-    q = cam if cam.dtype == np.uint8 else quantise(cam)
+    """The arrays of one CAM file: ``cam`` (``KxHxW`` in [0, 1]) as given if ``uint8``
+    levels (format 2) or ``float16`` (format 1, ``make_cam.store: float16``), else quantised
+    to levels; ``cam_strided`` (``K x h x w`` in [0, 1]) as float16."""
+    if cam.dtype == np.float16:
+        stored, fmt = cam, 1
+    else:
+        stored, fmt = (cam if cam.dtype == np.uint8 else quantise(cam)), FORMAT
     return {
         "keys": np.asarray(keys, dtype=np.int16).reshape(-1),
-        "cam": q,
+        "cam": stored,
         "cam_strided": np.asarray(cam_strided, dtype=np.float16),
-        "format": np.asarray(FORMAT, dtype=np.int8),
+        "format": np.asarray(fmt, dtype=np.int8),
     }
 
 

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 #: Stride of ``cam_strided`` -- fixed by the CAM file contract (docs/ARCHITECTURE.md).
 CAM_STRIDE = 4
 RESCALE_MODES: tuple[str, ...] = ("image", "tensor")
+STORES = ("levels", "float16")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class MakeCamConfig:
     scales: image scales whose CAMs are summed. flip: add each scale's mirror-image CAM.
     batch_size: images (of one size) per forward; the forward holds twice as many with flip.
     num_workers: image-loading processes. amp: bf16 autocast on GPU. norm_eps: added to each
-    class's maximum before dividing. mean/std: ImageNet normalisation.
+    class's maximum before dividing. mean/std: ImageNet normalisation. store: ``levels``
+    (CAM file format 2) or ``float16`` (format 1), see :mod:`qaclims.artifacts.camfile`.
     """
 
     scales: tuple[float, ...] = setting((1.0, 0.5, 1.5, 2.0), gt=0.0, min_items=1)
@@ -82,6 +84,13 @@ class MakeCamConfig:
         "normalised scale-1 tensor resized on the device (bicubic, antialiased; batched, "
         "cheaper on GPU; 4-scale CAMs differ from the reference's by up to ~0.1).",
     )
+    store: str = setting(
+        "levels",
+        choices=STORES,
+        doc="how the full-size CAMs are stored. levels: uint8 ceil(200 v), 0.27x the "
+        "reference's float32 bytes, every threshold on the 0.005 grid decides as on the float "
+        "CAM; float16: half precision (format 1), 0.5x.",
+    )
 
 
 def check_config(cfg: MakeCamConfig, where: str = "make_cam") -> None:
@@ -92,6 +101,8 @@ def check_config(cfg: MakeCamConfig, where: str = "make_cam") -> None:
         raise ConfigError(f"{where}.batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.num_workers < 0:
         raise ConfigError(f"{where}.num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.store not in STORES:
+        raise ConfigError(f"{where}.store: {cfg.store!r} is not one of {STORES}")
     if cfg.norm_eps <= 0:
         raise ConfigError(f"{where}.norm_eps must be > 0, got {cfg.norm_eps}")
     if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
@@ -210,7 +221,7 @@ def batch_cams(
     h, w = images.shape[-2:]
     if not union:
         st_size, _ = cam_sizes(h, w, model.output_stride)
-        return [_empty_arrays((h, w), st_size) for _ in labels]
+        return [_empty_arrays((h, w), st_size, cfg.store) for _ in labels]
     strided, highres = multiscale_cam(
         model, images, cfg.scales, cfg.flip, union, cfg.amp, pyramid=pyramid
     )
@@ -218,15 +229,21 @@ def batch_cams(
     for b, labs in enumerate(labels):
         pos = torch.as_tensor([union.index(int(c)) for c in labs], dtype=torch.long)
         pos = pos.to(strided.device)
-        cam = max_normalise(highres[b, pos], cfg.norm_eps).float() * LEVELS
-        levels = torch.ceil(cam).clamp_(0, LEVELS).to(torch.uint8).cpu().numpy()
+        cam = max_normalise(highres[b, pos], cfg.norm_eps).float()
+        if cfg.store == "levels":
+            stored = torch.ceil(cam * LEVELS).clamp_(0, LEVELS).to(torch.uint8).cpu().numpy()
+        else:
+            stored = cam.half().cpu().numpy()
         cst = max_normalise(strided[b, pos], cfg.norm_eps).half().cpu().numpy()
-        out.append(cam_arrays(list(labs), levels, cst))
+        out.append(cam_arrays(list(labs), stored, cst))
     return out
 
 
-def _empty_arrays(size: tuple[int, int], st_size: tuple[int, int]) -> dict[str, np.ndarray]:
-    cam, strided = np.zeros((0, *size), np.uint8), np.zeros((0, *st_size), np.float16)
+def _empty_arrays(
+    size: tuple[int, int], st_size: tuple[int, int], store: str
+) -> dict[str, np.ndarray]:
+    dtype = np.uint8 if store == "levels" else np.float16
+    cam, strided = np.zeros((0, *size), dtype), np.zeros((0, *st_size), np.float16)
     return cam_arrays([], cam, strided)
 
 
