@@ -20,12 +20,13 @@ from qaclims.models import clip as clip_models
 from qaclims.models.clip import (
     ClipConfig,
     TinyClipArch,
-    TinyClipConfig,
     encode_image_masked,
     load_clip,
     seeded_tiny,
 )
 from qaclims.ritc import text_features as clip_text
+from qaclims.ritc import train_tiny_clip as tiny_training
+from qaclims.ritc.train_tiny_clip import TinyClipConfig
 from qaclims.training import save_weights
 
 ARCH = TinyClipArch(embed_dim=16, image_size=32, patch_size=8, vision_width=16, vision_layers=3,
@@ -318,7 +319,7 @@ def test_text_feature_errors_name_key_or_file(tmp_path: Path, tiny_weights: Path
 def test_caption_clusters_join_synonyms_transitively() -> None:
     groups = [["a ball", "a sphere"], ["a sphere", "a globe"], ["grass"], ["a lawn", "grass"],
               ["a box"]]  # fmt: skip
-    texts, text_cluster, group_cluster = clip_models.caption_clusters(groups)
+    texts, text_cluster, group_cluster = tiny_training.caption_clusters(groups)
     cid = dict(zip(texts, text_cluster, strict=True))
     assert cid["a ball"] == cid["a sphere"] == cid["a globe"]
     assert cid["grass"] == cid["a lawn"] != cid["a ball"]
@@ -330,7 +331,7 @@ def test_perturbed_regions_keep_levels_away_from_edges() -> None:
     m = torch.zeros(2, 1, 24, 24)
     m[:, :, 6:18, 6:18] = 1
     cfg = TinyClipConfig(inside=(0.7, 0.7), outside=(0.1, 0.1), jitter=2)
-    w = clip_models.perturb_regions(m, torch.tensor([False, True]), cfg,
+    w = tiny_training.perturb_regions(m, torch.tensor([False, True]), cfg,
                                     torch.Generator().manual_seed(0))  # fmt: skip
     assert torch.allclose(w[0, 0, 10:14, 10:14], torch.tensor(0.7))
     assert torch.allclose(w[0, 0, :2, :2], torch.tensor(0.1))
@@ -371,9 +372,36 @@ def test_tiny_clip_learns_the_region_captions(tmp_path: Path) -> None:
     write_world(tmp_path)
     cfg = TinyClipConfig(epochs=40, batch_size=9, lr=0.005, log_every=1000)
     out = tmp_path / "tiny.safetensors"
-    stats = clip_models.train_tiny_clip(tmp_path, tmp_path / "captions.parquet", CLIP, cfg, out,
+    stats = tiny_training.train_tiny_clip(tmp_path, tmp_path / "captions.parquet", CLIP, cfg, out,
                                         "cpu")  # fmt: skip
     # 2 object captions, 2 backgrounds, 4 whole-image captions: chance is <= 1/2 per region
     assert stats["acc_fg"] == 1.0 and stats["acc_bg"] == 1.0, stats
     model, _, _ = load_clip(CLIP, "cpu", out)  # loads strictly, mask prompt included
     assert clip_models.mask_prompt(model) is not None
+
+
+def test_tiny_clip_training_resumes_to_the_uninterrupted_weights(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed mid-epoch (max_steps), rerun: the same weights as one uninterrupted run; a
+    state from other settings is discarded."""
+    write_world(tmp_path)
+    cfg = TinyClipConfig(epochs=3, batch_size=5, lr=0.005, log_every=2, resume_every=2)
+    cap = tmp_path / "captions.parquet"
+    full = tmp_path / "full.safetensors"
+    tiny_training.train_tiny_clip(tmp_path, cap, CLIP, cfg, full, "cpu", tmp_path / "a.pt")
+    assert not (tmp_path / "a.pt").exists()
+    out, state = tmp_path / "cut.safetensors", tmp_path / "b.pt"
+    assert tiny_training.train_tiny_clip(tmp_path, cap, CLIP, cfg, out, "cpu", state, 3) == {}
+    assert state.is_file() and not out.exists()
+    assert torch.load(state, weights_only=True)["step"] == 3
+    tiny_training.train_tiny_clip(tmp_path, cap, CLIP, cfg, out, "cpu", state)
+    a, b = load_file(str(full)), load_file(str(out))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    tiny_training.train_tiny_clip(tmp_path, cap, CLIP, cfg, out, "cpu", state, 3)
+    other = dataclasses.replace(cfg, lr=0.004)
+    with caplog.at_level("WARNING"):
+        tiny_training.train_tiny_clip(tmp_path, cap, CLIP, other, out, "cpu", state)
+    assert any("discarding resume state" in r.getMessage() for r in caplog.records)

@@ -26,16 +26,10 @@ from qaclims.core.io import read_image, write_image
 from qaclims.data import augment
 from qaclims.data.manifest import manifest_frame, write_manifest
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
-from qaclims.models.clip import (
-    ClipConfig,
-    TinyClipArch,
-    TinyClipConfig,
-    encode_image_masked,
-    load_clip,
-    train_tiny_clip,
-)
+from qaclims.models.clip import ClipConfig, TinyClipArch, encode_image_masked, load_clip
 from qaclims.ritc import text_features as clip_text
 from qaclims.ritc import train_ritc
+from qaclims.ritc.train_tiny_clip import TinyClipConfig, train_tiny_clip
 from qaclims.training import save_weights
 
 CLASSES = ["red", "blue"]

@@ -20,6 +20,7 @@ rule train_tiny_clip:
         code=code("train_tiny_clip"),
         cfg=result_cfg("train_tiny_clip"),
         clip=result_cfg("clip"),
+        resume=RESUME("train_tiny_clip", "state.pt"),
     script:
         "../scripts/train_tiny_clip.py"
 

@@ -28,7 +28,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "vqa": ("qaclims.qape.vqa", "VqaConfig", "QAPE: VQA questions and backend."),
     "corpus": ("qaclims.qape.corpus", "CorpusConfig", "QAPE: answers to fg/bg phrases."),
     "clip": ("qaclims.models.clip", "ClipConfig", "The CLIP model (text and masked image)."),
-    "train_tiny_clip": ("qaclims.models.clip", "TinyClipConfig", "Demo-only tiny CLIP."),
+    "train_tiny_clip": ("qaclims.ritc.train_tiny_clip", "TinyClipConfig", "Demo-only tiny CLIP."),
     "text_features": ("qaclims.ritc.text_features", "TextFeatureConfig", "CLIP text features."),
     "train_ritc": ("qaclims.ritc.train_ritc", "TrainRitcConfig", "QA-CLIMS RITC CAM training."),
     "cam_to_ir_label": ("qaclims.refine.cam_to_ir_label", "IrLabelConfig", "CRF-refined seeds."),

@@ -1,0 +1,446 @@
+"""train_tiny_clip (synthetic demo only): the tiny CLIP trained on the synthetic images
+and their region captions (whole image, object-only, background-only), so the demo's RITC
+has a CLIP that knows the synthetic world's objects and backgrounds. Resumable: a killed
+run continues from its resume state to the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qaclims.core.config import runtime, setting
+from qaclims.core.errors import ConfigError, DataError
+from qaclims.data import augment
+from qaclims.models.clip import (
+    ClipConfig,
+    ClipInput,
+    ClipModel,
+    Tokenizer,
+    encode_image_masked,
+    encode_texts,
+    seeded_tiny,
+    tiny_io,
+)
+
+if TYPE_CHECKING:
+    from qaclims.training import ResumeState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TinyClipConfig:
+    """Config slice ``train_tiny_clip`` (synthetic demo only): contrastive training of the
+    tiny CLIP on (whole image, image caption), (object region, object caption) and
+    (background region with the objects removed, background caption) pairs.
+
+    splits: synthetic splits whose images and captions are trained on.
+    epochs: passes over all (image, region) samples.
+    batch_size: region samples per step.
+    lr: AdamW peak learning rate (cosine decay to 0).
+    weight_decay: AdamW weight decay.
+    prompt: template each caption is put in, as text_features will put corpus phrases.
+    strip_articles: drop a leading a/an/the from captions before the prompt (corpus phrases
+        have none).
+    inside: range of the pixel weight inside a region (the CAM value RITC weights it by).
+    outside: range of the weight left outside a region (a CAM's leak onto the rest).
+    jitter: largest dilation/erosion of a region mask, in pixels at CLIP's input size.
+    alpha: tokens are masked (mask prompt) where the weight is below alpha x its maximum, as
+        train_ritc's mask adapter.
+    hflip: random horizontal flips.
+    seed: seed of the initialisation, order and augmentation.
+    log_every: steps per log line. resume_every: steps between resume-state saves.
+    """
+
+    splits: tuple[str, ...] = setting(("train",), min_items=1)
+    epochs: int = setting(10, ge=1)
+    batch_size: int = setting(64, ge=1)
+    lr: float = setting(0.002, gt=0.0)
+    weight_decay: float = setting(0.05, ge=0.0)
+    prompt: str = "a photo of {}."
+    strip_articles: bool = True
+    inside: tuple[float, ...] = setting((0.5, 1.0), ge=0.0, le=1.0, min_items=2)
+    outside: tuple[float, ...] = setting((0.0, 0.2), ge=0.0, le=1.0, min_items=2)
+    jitter: int = setting(2, ge=0)
+    alpha: float = setting(0.1, ge=0.0, le=1.0)
+    hflip: bool = True
+    seed: int = 0
+    log_every: int = runtime(50, ge=1)
+    resume_every: int = runtime(100, ge=1, doc="steps between resume-state saves.")
+
+
+REGION_IMAGE, REGION_FG, REGION_BG = 0, 1, 2
+ARTICLES = ("a ", "an ", "the ")
+
+
+@dataclass
+class RegionSet:
+    """Training data of the tiny CLIP, in memory.
+
+    images: ``N x 3 x S x S float32`` (ImageNet-normalised); labels: ``N x S x S int64`` label
+    maps; samples: ``(image, region kind, class index or -1)`` per sample; positives:
+    ``samples x T bool``, the texts that describe each sample; texts: the ``T`` prompts.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    samples: list[tuple[int, int, int]]
+    positives: torch.Tensor
+    texts: list[str]
+
+
+def _prompted(caption: str, cfg: TinyClipConfig) -> str:
+    text = caption.strip()
+    if cfg.strip_articles:
+        for art in ARTICLES:
+            if text.lower().startswith(art):
+                text = text[len(art) :]
+                break
+    return cfg.prompt.format(text)
+
+
+def _split_ids(root: Path, splits: Sequence[str]) -> list[str]:
+    ids: list[str] = []
+    for split in splits:
+        f = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not f.is_file():
+            raise DataError(f"missing split list of the synthetic tree: {f}")
+        ids += [line.strip() for line in f.read_text().splitlines() if line.strip()]
+    return ids
+
+
+def caption_clusters(
+    groups: Sequence[Sequence[str]],
+) -> tuple[list[str], list[int], list[int]]:
+    """Synonym clusters of captions: captions given to one region (one group) are
+    synonyms, and so, transitively, are captions sharing a group with a synonym.
+
+    Returns the distinct texts (sorted), each text's cluster id and each group's cluster id.
+    """
+    texts = sorted({t for g in groups for t in g})
+    tid = {t: i for i, t in enumerate(texts)}
+    parent = list(range(len(texts)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for g in groups:
+        for t in g[1:]:
+            parent[find(tid[t])] = find(tid[g[0]])
+    return texts, [find(i) for i in range(len(texts))], [find(tid[g[0]]) for g in groups]
+
+
+def _region_key(region: str, classes: list[str], path: Path) -> tuple[int, int]:
+    if region == "image":
+        return REGION_IMAGE, -1
+    if region == "bg":
+        return REGION_BG, -1
+    if region.startswith("fg:") and region[3:] in classes:
+        return REGION_FG, classes.index(region[3:])
+    raise DataError(f"captions {path}: unknown region {region!r}")
+
+
+def _resized_image(image: np.ndarray, size: int, mean: Sequence[float],
+                   std: Sequence[float]) -> torch.Tensor:  # fmt: skip
+    """``HxWx3 uint8`` -> ``3 x size x size`` normalised float32 (bilinear, antialiased)."""
+    x = augment.to_chw(augment.normalize(image, mean, std))[None]
+    return F.interpolate(x, (size, size), mode="bilinear", antialias=True)[0]
+
+
+def _resized_label(label: np.ndarray, size: int) -> torch.Tensor:
+    x = torch.from_numpy(label.astype(np.int64))[None, None].float()
+    return F.interpolate(x, (size, size), mode="nearest")[0, 0].long()
+
+
+def load_region_set(root: Path, captions: Path, classes: list[str], info: ClipInput,
+                    cfg: TinyClipConfig) -> RegionSet:  # fmt: skip
+    """Read the synthetic images, label maps and captions of ``cfg.splits`` at CLIP's size."""
+    from qaclims.core.io import read_image, read_label_png, read_parquet
+
+    ids = set(_split_ids(root, cfg.splits))
+    df = read_parquet(captions, columns=["image_id", "region", "caption"])
+    df = df[df["image_id"].isin(ids)]
+    if df.empty:
+        raise DataError(f"captions {captions} have no rows for splits {list(cfg.splits)}")
+    df = df.assign(text=[_prompted(str(c), cfg) for c in df["caption"]])
+    grouped = df.groupby(["image_id", "region"], sort=True)["text"].apply(list)
+    texts, text_cluster, group_cluster = caption_clusters(list(grouped))
+    order = sorted(set(df["image_id"]))
+    where = {i: n for n, i in enumerate(order)}
+    size = info.image_size
+    images = torch.stack([
+        _resized_image(read_image(root / "JPEGImages" / f"{i}.jpg"), size, info.mean, info.std)
+        for i in order])  # fmt: skip
+    labels = torch.stack([
+        _resized_label(read_label_png(root / "SegmentationClass" / f"{i}.png"), size)
+        for i in order])  # fmt: skip
+    samples = [(where[str(i)], *_region_key(str(r), classes, captions)) for i, r in grouped.index]
+    positives = torch.tensor(group_cluster)[:, None] == torch.tensor(text_cluster)[None, :]
+    return RegionSet(images, labels, samples, positives, texts)
+
+
+def region_masks(data: RegionSet, idx: Sequence[int]) -> torch.Tensor:
+    """``B x 1 x S x S float`` masks of samples ``idx``: ones (whole image), the object's
+    pixels (foreground) or the pixels of no object (background)."""
+    out = []
+    for i in idx:
+        image, kind, cls = data.samples[i]
+        lab = data.labels[image]
+        m = (
+            torch.ones_like(lab, dtype=torch.bool)
+            if kind == REGION_IMAGE
+            else (lab == cls + 1 if kind == REGION_FG else lab == 0)
+        )
+        out.append(m)
+    return torch.stack(out)[:, None].float()
+
+
+def perturb_regions(
+    masks: torch.Tensor, whole: torch.Tensor, cfg: TinyClipConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """CAM-like soft weights ``B x 1 x S x S`` in [0, 1] from binary region masks: each mask
+    dilated or eroded by up to ``jitter`` pixels, ``inside``/``outside`` weight levels drawn
+    per sample, edges smoothed by a 3x3 mean. Whole-image samples keep weight 1."""
+    b = masks.shape[0]
+    out = masks.clone()
+    radii = torch.randint(-cfg.jitter, cfg.jitter + 1, (b,), generator=gen)
+    for i, r in enumerate(radii.tolist()):
+        if r:
+            k = 2 * abs(r) + 1
+            m = out[i : i + 1] if r > 0 else -out[i : i + 1]
+            m = F.max_pool2d(m, k, 1, abs(r))
+            out[i : i + 1] = m if r > 0 else -m
+    lo_in, hi_in = cfg.inside
+    lo_out, hi_out = cfg.outside
+    w_in = lo_in + (hi_in - lo_in) * torch.rand(b, 1, 1, 1, generator=gen)
+    w_out = lo_out + (hi_out - lo_out) * torch.rand(b, 1, 1, 1, generator=gen)
+    soft = F.avg_pool2d(out * w_in + (1 - out) * w_out, 3, 1, 1, count_include_pad=False)
+    return torch.where(whole.view(b, 1, 1, 1), torch.ones_like(soft), soft)
+
+
+def contrastive_loss(
+    img: torch.Tensor, txt: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Multi-positive InfoNCE of ``BxE`` image features over all ``TxE`` texts: mean of
+    ``-log(sum_pos softmax)``; ``positives: BxT bool`` (>= 1 per row)."""
+    logits = scale * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
+    pos = logits.masked_fill(~positives, torch.finfo(logits.dtype).min)
+    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(pos, dim=1)).mean()
+
+
+def _batch(
+    data: RegionSet, idx: Sequence[int], cfg: TinyClipConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``weight * image`` and token masks (``weight >= alpha * max``) of samples."""
+    images = data.images[[data.samples[i][0] for i in idx]]
+    masks = region_masks(data, idx)
+    whole = torch.tensor([data.samples[i][1] == REGION_IMAGE for i in idx])
+    if cfg.hflip:
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        masks = torch.where(flip.view(-1, 1, 1, 1), masks.flip(-1), masks)
+    w = perturb_regions(masks, whole, cfg, gen)
+    top = w.flatten(1).amax(1).view(-1, 1, 1, 1)
+    return w * images, (w >= cfg.alpha * top).float()
+
+
+def _check_tiny_train(cfg: TinyClipConfig) -> None:
+    for key in ("epochs", "batch_size", "log_every"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"train_tiny_clip.{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.lr <= 0 or "{}" not in cfg.prompt or cfg.jitter < 0:
+        raise ConfigError(
+            "train_tiny_clip: lr must be > 0, prompt must contain '{}', jitter must be >= 0"
+        )
+    for key in ("inside", "outside"):
+        lo_hi = getattr(cfg, key)
+        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
+            raise ConfigError(f"train_tiny_clip.{key} must be [lo, hi] in [0, 1], got {lo_hi}")
+
+
+def train_tiny_clip(
+    root: Path,
+    captions: Path,
+    clip_cfg: ClipConfig,
+    cfg: TinyClipConfig,
+    out: Path,
+    device: str,
+    resume_path: Path | None = None,
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """Train the tiny CLIP ``clip_cfg.tiny`` on the synthetic tree at ``root`` (JPEGImages,
+    SegmentationClass, ImageSets/Segmentation, classes.json) and its ``captions.parquet``;
+    write its whole state dict (mask prompt included) to ``out`` (safetensors).
+
+    ``resume_path``: a resume state saved every ``cfg.resume_every`` steps and continued
+    from by a rerun on the same settings and data (by content), removed at the end.
+    ``max_steps`` (tests): stop after that many steps in all, saving the state, writing
+    nothing, as if killed. Returns (and logs) the final training loss and the top-1
+    retrieval accuracy per region kind on the training samples ({} when stopped early).
+    """
+    from qaclims.core.devices import torch_device
+    from qaclims.core.io import read_json
+    from qaclims.training import ResumeState, save_weights
+
+    _check_tiny_train(cfg)
+    if clip_cfg.name != "tiny":
+        raise ConfigError(f"clip.name must be 'tiny' to train the tiny CLIP, got {clip_cfg.name!r}")
+    classes = list(read_json(Path(root) / "classes.json")["classes"])
+    dev = torch.device(torch_device(device))
+    tokenizer, info = tiny_io(clip_cfg.tiny)
+    model = seeded_tiny(clip_cfg.tiny, cfg.seed).to(dev)
+    data = load_region_set(Path(root), Path(captions), classes, info, cfg)
+    log.info(
+        "train_tiny_clip: %d images, %d region samples, %d distinct texts",
+        data.images.shape[0],
+        len(data.samples),
+        len(data.texts),
+    )
+    resume = None
+    if resume_path is not None:
+        resume = ResumeState(Path(resume_path), _fingerprint(cfg, clip_cfg, data), cfg.resume_every)
+    loss = _fit(model, tokenizer(data.texts).to(dev), data, cfg, dev, resume, max_steps)
+    if loss is None:
+        return {}
+    stats = {"loss": loss, **retrieval_accuracy(model, tokenizer, data, cfg)}
+    log.info("train_tiny_clip: %s", json.dumps({k: round(v, 4) for k, v in stats.items()}))
+    save_weights(
+        out,
+        model.cpu(),
+        metadata={"arch": json.dumps(vars(clip_cfg.tiny)), "stats": json.dumps(stats)},
+    )
+    if resume is not None:
+        resume.clear()
+    return stats
+
+
+def _fingerprint(cfg: TinyClipConfig, clip_cfg: ClipConfig, data: RegionSet) -> str:
+    """Identity of a training: its settings and its samples by content."""
+    import dataclasses
+    import hashlib
+
+    from qaclims.core.config import to_dict
+    from qaclims.training import fingerprint
+
+    h = hashlib.sha256()
+    for t in (data.images, data.labels, data.positives):
+        h.update(t.contiguous().numpy().tobytes())
+    h.update(json.dumps([data.samples, data.texts]).encode())
+    keep = to_dict(dataclasses.replace(cfg, log_every=1, resume_every=1))
+    return fingerprint({"cfg": keep, "arch": vars(clip_cfg.tiny), "data": h.hexdigest()})
+
+
+def _fit(
+    model: ClipModel,
+    tokens: torch.Tensor,
+    data: RegionSet,
+    cfg: TinyClipConfig,
+    dev: torch.device,
+    resume: ResumeState | None,
+    max_steps: int | None,
+) -> float | None:
+    """AdamW with a one-cycle cosine schedule over ``epochs``; returns the last logged mean
+    loss, or None when stopped at ``max_steps`` before the end (the state is saved)."""
+    from tqdm import tqdm
+
+    model.requires_grad_(True).train()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    per_epoch = max(1, len(data.samples) // cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total, pct_start=0.05)
+    run = _FitState(gen=gen)
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        run = _FitState.restore(state, gen)
+    stop = total if max_steps is None else min(total, max_steps)
+    bar = tqdm(total=total, initial=run.step, desc="train_tiny_clip", unit="step",
+               dynamic_ncols=True)  # fmt: skip
+    for step in range(run.step, stop):
+        if step % per_epoch == 0:
+            run.order = torch.randperm(len(data.samples), generator=gen)
+        idx = run.order[(step % per_epoch) * cfg.batch_size :][: cfg.batch_size].tolist()
+        x, m = _batch(data, idx, cfg, gen)
+        img = encode_image_masked(model, x.to(dev), m.to(dev))
+        scale = model.logit_scale.exp().clamp(max=100.0)
+        loss = contrastive_loss(img, model.encode_text(tokens), data.positives[idx].to(dev), scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        run.window.append(float(loss.detach()))
+        run.step = step + 1
+        bar.update(1)
+        if run.step % cfg.log_every == 0 or run.step == total:
+            run.last = float(np.mean(run.window))
+            log.info("step %d/%d loss %.4f", run.step, total, run.last)
+            run.window = []
+        if (
+            resume is not None
+            and run.step < total
+            and (run.step % cfg.resume_every == 0 or run.step == stop)
+        ):
+            resume.save(run.step, model=model.state_dict(), optimizer=opt.state_dict(),
+                        scheduler=sched.state_dict(), **run.parts())  # fmt: skip
+    bar.close()
+    model.requires_grad_(False).eval()
+    return run.last if run.step == total else None
+
+
+@dataclass
+class _FitState:
+    """What a tiny-CLIP training carries from step to step besides the network."""
+
+    gen: torch.Generator
+    step: int = 0
+    order: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    window: list[float] = field(default_factory=list)
+    last: float = float("nan")
+
+    def parts(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "order": self.order,
+                "window": torch.tensor(self.window, dtype=torch.float64),
+                "last": self.last}  # fmt: skip
+
+    @classmethod
+    def restore(cls, state: dict[str, Any], gen: torch.Generator) -> _FitState:
+        gen.set_state(state["gen"])
+        return cls(gen, int(state["step"]), state["order"], state["window"].tolist(),
+                   float(state["last"]))  # fmt: skip
+
+
+@torch.no_grad()
+def retrieval_accuracy(
+    model: ClipModel, tokenizer: Tokenizer, data: RegionSet, cfg: TinyClipConfig
+) -> dict[str, float]:
+    """Top-1 text retrieval accuracy per region kind (``acc_image``, ``acc_fg``, ``acc_bg``)
+    with clean region masks (no jitter, weight 1 inside and 0 outside)."""
+    dev = next(model.parameters()).device
+    txt = encode_texts(model, tokenizer, data.texts).to(dev)
+    hits: dict[int, list[bool]] = {REGION_IMAGE: [], REGION_FG: [], REGION_BG: []}
+    for s in range(0, len(data.samples), 256):
+        idx = list(range(s, min(s + 256, len(data.samples))))
+        images = data.images[[data.samples[i][0] for i in idx]]
+        masks = region_masks(data, idx)
+        img = F.normalize(encode_image_masked(model, (images * masks).to(dev), masks.to(dev)),
+                          dim=-1)  # fmt: skip
+        best = (img @ txt.t()).argmax(dim=1).cpu()
+        for i, b in zip(idx, best.tolist(), strict=True):
+            hits[data.samples[i][1]].append(bool(data.positives[i, b]))
+    names = {REGION_IMAGE: "acc_image", REGION_FG: "acc_fg", REGION_BG: "acc_bg"}
+    return {names[k]: float(np.mean(v)) if v else float("nan") for k, v in hits.items()}
