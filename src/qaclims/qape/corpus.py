@@ -54,6 +54,7 @@ from pathlib import Path
 import lemminflect
 import pandas as pd
 
+from qaclims.artifacts.tables import ANSWER_COLUMNS, CORPUS_COLUMNS
 from qaclims.core.config import setting
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import read_parquet, write_parquet
@@ -61,8 +62,6 @@ from qaclims.data.manifest import raise_if_any
 
 log = logging.getLogger(__name__)
 
-ANSWER_COLUMNS: tuple[str, ...] = ("image_id", "class_name", "kind", "question", "answer")
-CORPUS_COLUMNS: tuple[str, ...] = ("image_id", "class_name", "kind", "phrase", "count")
 STATS_COLUMNS: tuple[str, ...] = ("section", "kind", "class_name", "phrase", "rank", "value")
 KINDS: tuple[str, ...] = ("fg", "bg")
 LEMMATIZE_MODES: tuple[str, ...] = ("head", "all", "none")

@@ -50,6 +50,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from qaclims.artifacts.tables import ANSWER_COLUMNS, CACHE_COLUMNS
 from qaclims.core.config import runtime, setting
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
@@ -70,8 +71,6 @@ DTYPES: dict[str, torch.dtype | None] = {
     "fp32": torch.float32,
 }
 PRECOMPUTED_FORMATS: tuple[str, ...] = ("qaclims_npy", "table")
-ANSWER_COLUMNS: tuple[str, ...] = ("image_id", "class_name", "kind", "question", "answer")
-CACHE_COLUMNS: tuple[str, ...] = ("image_id", "class_name", "question", "model", "answer")
 KEY = ["image_id", "class_name", "question"]
 # Throughput is logged every this many batches.
 LOG_EVERY_BATCHES = 20

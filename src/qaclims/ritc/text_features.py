@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from qaclims.artifacts import tables
 from qaclims.artifacts.weights import write_tensors
 from qaclims.core.config import runtime, setting
 from qaclims.core.devices import torch_device
@@ -49,8 +50,8 @@ from qaclims.models.clip import (
 
 log = logging.getLogger(__name__)
 
-CORPUS_COLUMNS = ["image_id", "class_name", "kind", "phrase", "count"]
-INDEX_COLUMNS = ["image_id", "class_index", "class_name", "kind", "row", "phrase"]
+CORPUS_COLUMNS = list(tables.CORPUS_COLUMNS)
+INDEX_COLUMNS = list(tables.TEXT_INDEX_COLUMNS)
 KINDS = ("fg", "bg")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 

@@ -72,6 +72,8 @@ from qaclims.training.sampling import AUGMENT_STREAM, StepBatches
 
 log = logging.getLogger(__name__)
 
+#: the columns of text_features' index (:data:`qaclims.artifacts.tables.TEXT_INDEX_COLUMNS`)
+#: that the text bank reads
 INDEX_COLUMNS = ["image_id", "class_index", "kind", "row"]
 METRICS = ("loss", "frc", "brc", "area", "pairs", "skipped")
 
