@@ -71,6 +71,24 @@ def test_history_plot(tmp_path: Path) -> None:
         report.plot_history(hist[["step", "lr"]], tmp_path / "h2.png")
 
 
+def test_one_loss_panel_per_stage_with_only_its_loss_terms(tmp_path: Path) -> None:
+    """train_ritc logs pairs, skipped and img/s beside its losses: they get no loss line;
+    each stage has its own panel (titled by the stage), in the given order."""
+    s = np.arange(1, 11)
+    ritc = pd.DataFrame({"step": s * 2, "epoch": s // 6, "loss": 3 / s, "frc": 1 / s,
+                         "brc": 1 / s, "area": 0.1 + 0 * s, "pairs": 12.0 + 0 * s,
+                         "skipped": 0.0 * s, "lr": 0.01 / s, "img_per_s": 110.0 + s})  # fmt: skip
+    cam = pd.DataFrame({"step": s, "epoch": s // 5, "loss": 1 / s, "lr": 0.1 / s})
+    fig = report.plot_histories({"train_cam": cam, "train_ritc": ritc, "empty": cam[[]]},
+                                tmp_path / "l.png")  # fmt: skip
+    png(tmp_path / "l.png")
+    panels = [ax for ax in fig.axes if ax.get_title(loc="left")]
+    assert [ax.get_title(loc="left") for ax in panels] == ["train_cam", "train_ritc"]
+    lines = [[ln.get_label() for ln in ax.get_lines()] for ax in panels]
+    assert lines == [["loss"], ["loss", "frc", "brc", "area"]]
+    assert len(fig.axes) == 4  # each panel has its lr twin axis
+
+
 def test_blend_by_hand() -> None:
     img = np.full((2, 2, 3), 100, np.uint8)
     lab = np.array([[0, 1], [255, 0]], np.uint8)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from matplotlib.figure import Figure
 
 from qaclims.core.io import (
@@ -138,16 +137,8 @@ def write_losses(histories: Mapping[str, Path], out_png: Path) -> None:
     if not frames:
         _placeholder(out_png, "no training history")
         return
-    merged = []
-    for name, df in frames.items():
-        loss_cols = [c for c in df.columns if c not in report.NON_LOSS_COLUMNS]
-        if "step" not in df.columns:
-            continue
-        merged.append(
-            df[["step", *loss_cols]].rename(columns={c: f"{name}:{c}" for c in loss_cols})
-        )
-    if not merged:
-        _placeholder(out_png, "no training history with a step column")
+    frames = {k: df for k, df in frames.items() if report.loss_columns(df) and len(df)}
+    if not frames:
+        _placeholder(out_png, "no training history with a loss column")
         return
-    out = pd.concat(merged, ignore_index=True)
-    report.plot_history(out, out_png, "Training losses")
+    report.plot_histories(frames, out_png)

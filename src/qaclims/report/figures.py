@@ -25,7 +25,18 @@ from qaclims.core.io import PathLike, atomic_path, voc_palette
 log = logging.getLogger(__name__)
 
 DPI = 100
-NON_LOSS_COLUMNS = ("step", "epoch", "lr", "iter", "time")
+#: history columns that are not loss terms: the step axis, the schedule, throughput and
+#: counts (train_ritc logs its pairs per step and images per second beside its losses)
+NON_LOSS_COLUMNS = ("step", "epoch", "lr", "iter", "time", "pairs", "skipped", "img_per_s")
+
+
+def loss_columns(history: pd.DataFrame) -> list[str]:
+    """The numeric columns of a training history that are loss terms."""
+    return [
+        c
+        for c in history.columns
+        if c not in NON_LOSS_COLUMNS and pd.api.types.is_numeric_dtype(history[c])
+    ]
 
 
 def _save(fig: Figure, out_png: PathLike) -> None:
@@ -135,11 +146,7 @@ def plot_history(history: pd.DataFrame, out_png: PathLike, title: str = "") -> N
         out_png: PNG path.
         title: figure title.
     """
-    losses = [
-        c
-        for c in history.columns
-        if c not in NON_LOSS_COLUMNS and pd.api.types.is_numeric_dtype(history[c])
-    ]
+    losses = loss_columns(history)
     if not losses:
         raise ValueError(f"history has no loss column; it has {list(history.columns)}")
     x = history["step"] if "step" in history.columns else pd.Series(np.arange(len(history)))
@@ -156,6 +163,40 @@ def plot_history(history: pd.DataFrame, out_png: PathLike, title: str = "") -> N
         axes[1].set_ylabel("lr")
     axes[-1].set_xlabel("step" if "step" in history.columns else "logged row")
     _save(fig, out_png)
+
+
+def plot_histories(histories: dict[str, pd.DataFrame], out_png: PathLike) -> Figure:
+    """One panel per training stage, stacked: that stage's loss terms only (each stage on
+    its own y scale) against ``step`` (optimiser steps done), its learning rate dashed on
+    a right-hand axis when logged. Stages without a loss column are skipped.
+
+    Args:
+        histories: stage name -> table of :class:`qaclims.training.History`, in order.
+        out_png: PNG path.
+
+    Returns:
+        The figure (also written to ``out_png``).
+    """
+    panels = [(k, df) for k, df in histories.items() if loss_columns(df) and len(df)]
+    if not panels:
+        raise ValueError("no training history with a loss column")
+    fig = Figure(figsize=(7, 2.4 * len(panels) + 0.4))
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (name, df) in zip(axes, panels, strict=True):
+        x = df["step"] if "step" in df.columns else pd.Series(np.arange(len(df)))
+        for c in loss_columns(df):
+            ax.plot(x, df[c], label=c)
+        ax.set_title(name, fontsize="medium", loc="left")
+        ax.set_ylabel("loss")
+        ax.set_xlabel("step" if "step" in df.columns else "logged row")
+        ax.legend(fontsize="small", loc="upper right")
+        if "lr" in df.columns:
+            twin = ax.twinx()
+            twin.plot(x, df["lr"], color="0.4", linestyle="--", linewidth=1)
+            twin.set_ylabel("lr (dashed)", fontsize="small")
+    fig.tight_layout()
+    _save(fig, out_png)
+    return fig
 
 
 # ---------------------------------------------------------------- overlays
