@@ -31,10 +31,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from qaclims import augment  # noqa: E402
 from qaclims.cam.make_cam import MakeCamConfig, batch_cams, cam_sizes, flip_cam  # noqa: E402
 from qaclims.core.config import from_mapping  # noqa: E402
 from qaclims.core.devices import torch_device  # noqa: E402
+from qaclims.data import augment  # noqa: E402
 from qaclims.models.cam_resnet import CamModelConfig, CamNet  # noqa: E402
 
 SCALES = (1.0, 0.5, 1.5, 2.0)

@@ -23,15 +23,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from qaclims import vqa  # noqa: E402
 from qaclims.core.config import from_mapping  # noqa: E402
 from qaclims.core.devices import torch_device  # noqa: E402
+from qaclims.core.questions import BG_QUESTIONS, FG_QUESTIONS
+from qaclims.qape import blip, vqa  # noqa: E402
 
 CLASSES = ["dog", "cat", "dining table", "tv monitor", "potted plant", "person"]
 WORDS = sorted(
     {
         w.strip("?").lower()
-        for q in vqa.FG_QUESTIONS + vqa.BG_QUESTIONS
+        for q in FG_QUESTIONS + BG_QUESTIONS
         for w in q.replace("{}", " ".join(CLASSES)).split()
     }
     | {"grass", "sky", "?"}
@@ -71,7 +72,7 @@ def reference_loop(ans: vqa.BlipAnswerer, pairs: list[tuple[np.ndarray, str]]) -
         pix = ans.processor.image_processor(img, size=size, return_tensors="pt")["pixel_values"]
         pix = pix.to(ans.device, ans.dtype)
         interp = ans.image_size != ans.model.config.vision_config.image_size
-        for t in vqa.FG_QUESTIONS + vqa.BG_QUESTIONS:
+        for t in FG_QUESTIONS + BG_QUESTIONS:
             ids = ans.processor.tokenizer(t.format(cls), return_tensors="pt")["input_ids"]
             gen = ans.model.generate(
                 input_ids=ids.to(ans.device),
@@ -88,9 +89,7 @@ def reference_loop(ans: vqa.BlipAnswerer, pairs: list[tuple[np.ndarray, str]]) -
 def batched(ans: vqa.BlipAnswerer, pairs: list[tuple[np.ndarray, str]], bs: int) -> list[str]:
     """The backend: ``bs`` questions per call, each distinct image encoded once per call."""
     items = [
-        (i, t.format(cls))
-        for i, (_, cls) in enumerate(pairs)
-        for t in vqa.FG_QUESTIONS + vqa.BG_QUESTIONS
+        (i, t.format(cls)) for i, (_, cls) in enumerate(pairs) for t in FG_QUESTIONS + BG_QUESTIONS
     ]
     out: list[str] = []
     for s in range(0, len(items), bs):
@@ -120,7 +119,9 @@ def main() -> None:
     device = torch_device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model or str(
-            vqa.write_tiny_blip(Path(tmp) / "tiny", WORDS, hidden=a.hidden, image_size=a.image_size)
+            blip.write_tiny_blip(
+                Path(tmp) / "tiny", WORDS, hidden=a.hidden, image_size=a.image_size
+            )
         )
         cfg = from_mapping(
             vqa.VqaConfig,

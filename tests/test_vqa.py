@@ -13,8 +13,9 @@ import torch
 from qaclims.core.config import from_mapping
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import read_image, write_image
+from qaclims.core.questions import BG_QUESTIONS, FG_QUESTIONS
 from qaclims.data.manifest import manifest_frame, write_manifest
-from qaclims.qape import vqa
+from qaclims.qape import blip, vqa
 
 CLASSES = ["dog", "cat", "dining table"]
 WORDS = (
@@ -28,7 +29,7 @@ NEW_Q = "What is another name for this {}?"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return vqa.write_tiny_blip(tmp_path_factory.mktemp("blip") / "tiny", WORDS, seed=0)
+    return blip.write_tiny_blip(tmp_path_factory.mktemp("blip") / "tiny", WORDS, seed=0)
 
 
 def make_manifest(root: Path, n: int, name: str = "manifest.parquet") -> Path:
@@ -80,7 +81,7 @@ def test_batched_answers_equal_one_at_a_time(
     assert ans.pad_masked
     ans.pad_masked = pad_masked
     index = [0, 0, 1, 2, 1, 2, 0, 2]
-    qs = [t.format(c) for t, c in zip(vqa.BG_QUESTIONS, CLASSES * 3, strict=False)][:8]
+    qs = [t.format(c) for t, c in zip(BG_QUESTIONS, CLASSES * 3, strict=False)][:8]
     lengths = {len(ans.processor.tokenizer(q)["input_ids"]) for q in qs}
     assert len(lengths) > 1  # the batch is padded
     batched = ans.answer(images, index, qs)
@@ -104,7 +105,7 @@ def test_run_end_to_end_with_shards(
         (f"im{i}", CLASSES[c], t.format(CLASSES[c]))
         for i in range(5)
         for c in sorted({i % 3, 2})
-        for t in vqa.FG_QUESTIONS
+        for t in FG_QUESTIONS
     ]
     assert (
         list(df[["image_id", "class_name", "question"]].itertuples(index=False, name=None))
@@ -134,9 +135,9 @@ def test_padding_probe_detects_unmasked_decoder(tiny: Path) -> None:
     from transformers import BlipForQuestionAnswering
 
     model = BlipForQuestionAnswering.from_pretrained(str(tiny)).eval()
-    assert not vqa.padding_is_masked(model)
-    hooks = vqa.mask_cross_attention(model)
-    assert len(hooks) == 2 and vqa.padding_is_masked(model)
+    assert not blip.padding_is_masked(model)
+    hooks = blip.mask_cross_attention(model)
+    assert len(hooks) == 2 and blip.padding_is_masked(model)
 
 
 class Counter:
@@ -227,7 +228,7 @@ def test_another_model_asks_again(
 ) -> None:
     manifest = make_manifest(tmp_path, 2)
     cache, out = tmp_path / "cache", tmp_path / "out.parquet"
-    other = vqa.write_tiny_blip(tmp_path / "other", WORDS, seed=1)
+    other = blip.write_tiny_blip(tmp_path / "other", WORDS, seed=1)
     q = {"fg": FG2}
     count = Counter(monkeypatch)
     vqa.run(manifest, CLASSES, blip_cfg(tiny, questions=q), "fg", out, 0, 1, "cpu", cache)
@@ -296,7 +297,7 @@ def test_config_errors(tiny: Path, tmp_path: Path) -> None:
 def authors_npy(path: Path, images: list[str], labels: dict[str, list[str]]) -> dict[str, Any]:
     """A file in the authors' format: all 16 questions, lemmatised answers
     '<image>-<class>-<q index>' beside raw ones with a trailing 's'."""
-    qs = [*vqa.FG_QUESTIONS, *vqa.BG_QUESTIONS]
+    qs = [*FG_QUESTIONS, *BG_QUESTIONS]
     data = {
         im: {
             c.replace(" ", ""): {
@@ -316,7 +317,7 @@ def test_precomputed_authors_npy(tmp_path: Path, field: str) -> None:
     manifest = make_manifest(tmp_path, 5)
     labels = {f"im{i}": [CLASSES[c] for c in sorted({i % 3, 2})] for i in range(5)}
     authors_npy(tmp_path / "bg.npy", [f"im{i}" for i in range(6)], labels | {"im5": ["dog"]})
-    bg = [vqa.BG_QUESTIONS[3], vqa.BG_QUESTIONS[0]]
+    bg = [BG_QUESTIONS[3], BG_QUESTIONS[0]]
     cfg = from_mapping(
         vqa.VqaConfig,
         {
@@ -331,7 +332,7 @@ def test_precomputed_authors_npy(tmp_path: Path, field: str) -> None:
     df = pd.read_parquet(out)
     tail = "" if field == "answers" else "s"  # the reference reads the lemmatised field
     want = [
-        (f"im{i}", c, t.format(c), f"im{i}-{c}-{6 + vqa.BG_QUESTIONS.index(t)}{tail}")
+        (f"im{i}", c, t.format(c), f"im{i}-{c}-{6 + BG_QUESTIONS.index(t)}{tail}")
         for i in (1, 3)
         for c in labels[f"im{i}"]
         for t in bg
@@ -377,12 +378,10 @@ def test_precomputed_table(tmp_path: Path) -> None:
     for i in range(3):
         for c in sorted({i % 3, 2}):
             name = CLASSES[c]
-            rows += [
-                (f"im{i}", name, "fg", t, f"fg{i}{c}{j}") for j, t in enumerate(vqa.FG_QUESTIONS)
-            ]
+            rows += [(f"im{i}", name, "fg", t, f"fg{i}{c}{j}") for j, t in enumerate(FG_QUESTIONS)]
             rows += [
                 (f"im{i}", name, "bg", t.format(name), f"bg{i}{c}{j}")
-                for j, t in enumerate(vqa.BG_QUESTIONS)
+                for j, t in enumerate(BG_QUESTIONS)
             ]
     table = pd.DataFrame(rows, columns=list(vqa.ANSWER_COLUMNS))
     table.to_parquet(tmp_path / "answers.parquet")
@@ -426,7 +425,7 @@ def test_released_answer_files_give_the_references_phrase_sets(tmp_path: Path) -
     rng = np.random.default_rng(5)
     words = ["husky", "dogs", "dog", "table", "wooden", "grass", "sky", "dining table",
              "kitchen", "cat", "tabby", "hot dog", "floor", "catamaran"]  # fmt: skip
-    qs = [*vqa.FG_QUESTIONS, *vqa.BG_QUESTIONS]
+    qs = [*FG_QUESTIONS, *BG_QUESTIONS]
     data: dict[str, Any] = {}
     for im, cls in labels.items():
         data[im] = {}
@@ -453,10 +452,10 @@ def test_released_answer_files_give_the_references_phrase_sets(tmp_path: Path) -
     for im, cls in labels.items():
         for c in cls:
             answers = data[im][c]["answers"]
-            fg = answers[: len(vqa.FG_QUESTIONS)]
+            fg = answers[: len(FG_QUESTIONS)]
             exp_label = {"dining table": ["table", "dining table"]}.get(c, [c])  # supply_cat
             want_fg = Counter(a if any(e in a for e in exp_label) else f"{a} {c}" for a in fg)
-            want_bg = set(answers[len(vqa.FG_QUESTIONS) :]) - {c}
+            want_bg = set(answers[len(FG_QUESTIONS) :]) - {c}
             sel = got[(got.image_id == im) & (got.class_name == c)]
             fg_rows = sel[sel.kind == "fg"]
             assert dict(zip(fg_rows.phrase, fg_rows["count"], strict=True)) == want_fg, (im, c)

@@ -11,7 +11,9 @@ with job(snakemake) as j:
         root=root,
         captions=root / "captions.parquet",
         clip_cfg=from_mapping(ClipConfig, snakemake.config["clip"], "clip"),
-        cfg=from_mapping(tiny.TinyClipConfig, snakemake.config["train_tiny_clip"], "train_tiny_clip"),
+        cfg=from_mapping(
+            tiny.TinyClipConfig, snakemake.config["train_tiny_clip"], "train_tiny_clip"
+        ),
         out=Path(snakemake.output.model),
         device=j.device,
         resume_path=Path(snakemake.params.resume),
