@@ -40,6 +40,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from qaclims.artifacts import camfile
 from qaclims.core import io
 from tests.workflow_util import copy_repo, fake_checkpoints, fake_voc, user_env
 
@@ -360,8 +361,9 @@ def test_workflow_outputs_are_complete_and_sane(runs: Runs) -> None:
         assert len(manifest) == len(VOC_IDS[split])
         cams = sorted((work / f"results/{RUN}/make_cam/cam/{split}").glob("*/*.npz"))
         assert sorted(p.stem for p in cams) == sorted(manifest["image_id"])
-        cam = io.read_npz(cams[0])["cam"]
-        assert cam.dtype == np.float16 and 0.0 <= cam.min() and cam.max() <= 1.0
+        assert io.read_npz(cams[0])["cam"].dtype == np.uint8  # CAM file format 2
+        _, cam = camfile.read_cam(cams[0])
+        assert cam.dtype == np.float32 and 0.0 <= cam.min() and cam.max() <= 1.0
 
 
 def rule_of(comment: str) -> str:

@@ -311,7 +311,7 @@ def test_changing_a_vqa_question_reruns_qape_and_after(smoke: tuple[Path, Path])
         list(yaml.safe_load(SMOKE.read_text()).get("vqa", {}).get("questions", {}).get("fg", []))
         or None
     )
-    from qaclims.qape.vqa import FG_QUESTIONS
+    from qaclims.core.questions import FG_QUESTIONS
 
     jobs = _jobs(smoke, {"vqa": {"questions": {"fg": [*(fg or FG_QUESTIONS), q]}}})
     assert {"vqa", "corpus", "text_features", "train_ritc", "make_cam", "eval_cam"} <= jobs
@@ -354,7 +354,7 @@ def test_report_holds_tables_and_figures(smoke: tuple[Path, Path]) -> None:
 
 def test_editing_library_code_reruns_its_stage(smoke: tuple[Path, Path]) -> None:
     repo, _ = smoke
-    src = repo / "src" / "qaclims" / "eval_cam.py"
+    src = repo / "src" / "qaclims" / "cam" / "eval_cam.py"
     original = src.read_text()
     try:
         src.write_text(original + "\n# edited\n")
@@ -423,7 +423,7 @@ def test_touching_library_code_reruns_nothing(smoke: tuple[Path, Path]) -> None:
     """Only content counts: a newer mtime (git checkout, editor save without change)
     reruns nothing."""
     repo, _ = smoke
-    src = repo / "src" / "qaclims" / "metrics.py"
+    src = repo / "src" / "qaclims" / "evaluation" / "metrics.py"
     st = src.stat()
     os.utime(src, (st.st_atime + 3600, st.st_mtime + 3600))
     assert _jobs(smoke) == set()
