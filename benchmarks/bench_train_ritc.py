@@ -1,0 +1,170 @@
+"""Time one RITC training step: this project's batched step against a reference-style one.
+
+Both variants train the same networks on the same inputs (random images, 2 classes per
+image, a text bank of 1 foreground and 10 background phrases per pair) and compute the
+same loss:
+
+- ``ours``: :func:`qaclims.ritc.train_ritc.ritc_loss` (pairs gathered with one indexing
+  op, one CLIP call per region kind, the InfoNCE losses of all pairs in one batched call);
+- ``reference-style``: QA-CLIMS ``step/train_qa_clims.py``'s structure: a Python loop over
+  the (image, class) pairs that builds the masked inputs one by one, one CLIP call per
+  region kind on their stack, then a Python loop computing each pair's two losses.
+
+Prints images/s and peak memory of each (each variant in its own process: peak RSS on the
+CPU, ``torch.cuda.max_memory_allocated`` on a GPU). CPU (default): the tiny CAM network
+and tiny CLIP. ``--gpu``: ResNet-50 CAM network and an untrained ViT-L/14 CLIP (open_clip
+architecture, no download) at the paper's batch of 8, 512-px crops.
+
+Usage: ``python benchmarks/bench_train_ritc.py [--steps 5] [--gpu]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def build(gpu: bool) -> dict[str, Any]:
+    from qaclims.core.config import from_mapping
+    from qaclims.models.cam_resnet import CamModelConfig, CamNet
+    from qaclims.models.clip import ClipConfig, ClipInput, TinyClipArch, load_clip
+    from qaclims.ritc import train_ritc
+
+    torch.manual_seed(0)
+    dev = torch.device("cuda" if gpu else "cpu")
+    if gpu:
+        model_cfg = from_mapping(
+            CamModelConfig, {"backbone": {"arch": "resnet50", "weights": "none"}}, "m"
+        )
+        clip_cfg = ClipConfig(name="ViT-L-14", pretrained="")
+        batch, crop, classes = 8, 512, 20
+    else:
+        model_cfg = from_mapping(
+            CamModelConfig, {"backbone": {"arch": "tiny", "weights": "none"}}, "m"
+        )
+        arch = TinyClipArch(embed_dim=32, image_size=32, patch_size=8, vision_width=32,
+                            vision_layers=2, vision_heads=2, text_width=32, text_layers=1,
+                            text_heads=2, context_length=16, mask_prompt_depth=2)  # fmt: skip
+        clip_cfg = ClipConfig(name="tiny", tiny=arch)
+        batch, crop, classes = 8, 64, 6
+    clip, info, _ = load_clip(clip_cfg, str(dev), None)
+    assert isinstance(info, ClipInput)
+    net = train_ritc.RitcNet(CamNet(model_cfg, classes)).to(dev).train()
+    cfg = from_mapping(
+        train_ritc.TrainRitcConfig, {"batch_size": batch, "crop": crop}, "train_ritc"
+    )
+    x = torch.randn(batch, 3, crop, crop, device=dev)
+    y = torch.zeros(batch, classes, device=dev)
+    for b in range(batch):
+        y[b, [b % classes, (b + 1) % classes]] = 1
+    ids = [f"im{b}" for b in range(batch)]
+    width = int(clip.text_projection.shape[-1])
+    keys = [(ids[b], c) for b in range(batch) for c in range(classes) if y[b, c] > 0]
+    feats = F.normalize(torch.randn(len(keys) * 11 + classes, width, device=dev), dim=-1)
+    fg = {k: i * 11 for i, k in enumerate(keys)}
+    bg = {k: [i * 11 + j for j in range(1, 11)] for i, k in enumerate(keys)}
+    bank = train_ritc.TextBank(feats, fg, bg, list(range(len(keys) * 11, len(keys) * 11 + classes)))
+    ctx = train_ritc.StepContext(clip, info, bank, cfg, cfg.loss_images / batch)
+    opt = train_ritc.build_optimizer(net, cfg)
+    return {"net": net, "ctx": ctx, "x": x, "y": y, "ids": ids, "opt": opt, "dev": dev}
+
+
+def reference_style_loss(
+    net: Any, ctx: Any, x: torch.Tensor, y: torch.Tensor, ids: list[str]
+) -> torch.Tensor:
+    """The reference step's structure with the project's pieces (same loss value)."""
+    from qaclims.models.clip import region_features
+    from qaclims.ritc import train_ritc
+    from qaclims.ritc.losses import ritc_pair_losses
+
+    cfg, size = ctx.cfg, ctx.clip_input.image_size
+    cams = net(x)
+    cam_s = F.interpolate(cams, (size, size), mode="bilinear", align_corners=True)
+    img_s = F.interpolate(x, (size, size), mode="bilinear", align_corners=True)
+    fg_in, bg_in, fg_m, bg_m, keys = [], [], [], [], []
+    for b, c in (y > 0).nonzero().tolist():  # the reference's per-pair loop
+        cam = cam_s[b, c][None]
+        m = train_ritc.mask_adapter(cam[None], cfg.alpha)[0]
+        img = train_ritc.to_clip_space(img_s[b][None], cfg, ctx.clip_input)[0]
+        fg_in.append(cam * img)
+        bg_in.append((1 - cam) * img)
+        fg_m.append(m)
+        bg_m.append(1 - m)
+        keys.append((ids[b], c))
+    fg_feat = region_features(ctx.clip, torch.stack(fg_in), torch.stack(fg_m), cfg.region_encoding)
+    bg_feat = region_features(ctx.clip, torch.stack(bg_in), torch.stack(bg_m), cfg.region_encoding)
+    frc = brc = torch.zeros((), device=x.device)
+    for i, k in enumerate(keys):  # the reference's per-pair loss loop
+        fg_text, bg_text, valid = ctx.bank.gather([k])
+        pl = ritc_pair_losses(fg_feat[i : i + 1], bg_feat[i : i + 1], fg_text, bg_text, valid,
+                              cfg.temperature)  # fmt: skip
+        frc, brc = frc + pl.frc.sum(), brc + pl.brc.sum()
+    frc, brc = frc * ctx.scale, brc * ctx.scale
+    return cfg.w_fg * frc + cfg.w_bg * brc + cfg.w_area * cams.mean()
+
+
+def measure(variant: str, gpu: bool, steps: int, out: Any) -> None:
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    from qaclims.ritc import train_ritc
+
+    s = build(gpu)
+    net, ctx, x, y, ids, opt = s["net"], s["ctx"], s["x"], s["y"], s["ids"], s["opt"]
+
+    def step() -> float:
+        if variant == "ours":
+            loss, _ = train_ritc.ritc_loss(net, ctx, x, y, ids)
+        else:
+            loss = reference_style_loss(net, ctx, x, y, ids)
+        train_ritc.optimizer_step(opt, loss)
+        return float(loss.detach())
+
+    first = step()  # warm-up (and the loss both variants must agree on)
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if gpu:
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / steps
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if gpu
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+    out.put({"variant": variant, "first_loss": first, "img_per_s": x.shape[0] / dt,
+             "peak_mib": peak})  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--gpu", action="store_true", help="ResNet-50 + ViT-L/14 at batch 8 on CUDA")
+    a = ap.parse_args()
+    ctx = mp.get_context("spawn")
+    rows = []
+    for variant in ("reference-style", "ours"):
+        q = ctx.Queue()
+        p = ctx.Process(target=measure, args=(variant, a.gpu, a.steps, q))
+        p.start()
+        rows.append(q.get())
+        p.join()
+    assert abs(rows[0]["first_loss"] - rows[1]["first_loss"]) <= 1e-4 * max(
+        1.0, abs(rows[1]["first_loss"])
+    )
+    threads = os.environ.get("BENCH_THREADS", "2")
+    print(json.dumps({"device": "cuda" if a.gpu else "cpu", "threads": threads, "steps": a.steps}))
+    print("| variant | images/s | peak memory (MiB) |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['img_per_s']:.2f} | {r['peak_mib']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
