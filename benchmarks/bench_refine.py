@@ -129,23 +129,24 @@ def bench_walk(n: int, h: int, w: int, device: str) -> None:
 def bench_irn(device: str, batch: int, steps: int, size: tuple[int, int]) -> None:
     """IRN (ResNet-50, random weights: nothing downloaded) training steps at crop 512 and
     make_sem_seg's per-image work (boundary inference + sparse walk) on ``device``."""
+    from qaclims.models import irn as irn_model
     from qaclims.models.backbone import BackboneConfig
-    from qaclims.refine import irn, make_sem_seg
+    from qaclims.refine import make_sem_seg, train_irn
 
     dev = torch.device(device)
-    model_cfg = irn.IrnModelConfig(backbone=BackboneConfig(weights="none"))
+    model_cfg = irn_model.IrnModelConfig(backbone=BackboneConfig(weights="none"))
     for amp in (False, True):
-        cfg = irn.TrainIrnConfig(model=model_cfg, batch_size=batch, amp=amp)
-        net = irn.build_model(model_cfg).to(dev).train()
-        opt = irn.build_optimizer(net, cfg)
+        cfg = train_irn.TrainIrnConfig(model=model_cfg, batch_size=batch, amp=amp)
+        net = irn_model.build_model(model_cfg).to(dev).train()
+        opt = train_irn.build_optimizer(net, cfg)
         img = torch.randn(batch, 3, 512, 512)
         lab = torch.randint(0, 3, (batch, 128, 128), dtype=torch.uint8)
-        irn.train_step(net, opt, (img, lab), cfg, 0, steps + 1)
+        train_irn.train_step(net, opt, (img, lab), cfg, 0, steps + 1)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for i in range(steps):
-            irn.train_step(net, opt, (img, lab), cfg, i + 1, steps + 1)
+            train_irn.train_step(net, opt, (img, lab), cfg, i + 1, steps + 1)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / steps

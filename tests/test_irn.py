@@ -1,5 +1,5 @@
-"""IRN (qaclims.refine.irn): affinity labels, model shapes, loss values, augmentation and a
-resumable tiny training run on CPU."""
+"""IRN (qaclims.models.irn, qaclims.refine.train_irn): affinity labels, model shapes, loss
+values, augmentation and a resumable tiny training run on CPU."""
 
 from __future__ import annotations
 
@@ -15,18 +15,19 @@ from safetensors.torch import load_file
 
 from qaclims.core.errors import DataError
 from qaclims.core.io import read_label_png, write_image, write_label_png, write_parquet
+from qaclims.models import irn as irn_model
 from qaclims.models.backbone import BackboneConfig
-from qaclims.refine import irn
 from qaclims.refine import random_walk as rw
+from qaclims.refine import train_irn
 
 torch.set_num_threads(1)
 
-TINY = irn.IrnModelConfig(
+TINY = irn_model.IrnModelConfig(
     backbone=BackboneConfig(arch="tiny", weights="none", widths=(8, 16, 16, 32)),
     edge_width=8,
     disp_width=16,
 )
-CFG = irn.TrainIrnConfig(
+CFG = train_irn.TrainIrnConfig(
     model=TINY,
     crop=48,
     batch_size=2,
@@ -77,7 +78,7 @@ def test_pair_displacement_of_a_coordinate_field_is_minus_the_offset() -> None:
 
 
 def test_model_shapes_and_frozen_backbone() -> None:
-    net = irn.build_model(TINY).train()
+    net = irn_model.build_model(TINY).train()
     edge, disp = net(torch.randn(2, 3, 48, 64))
     assert edge.shape == (2, 1, 12, 16) and disp.shape == (2, 2, 12, 16)
     assert not any(p.requires_grad for p in net.backbone.parameters())
@@ -90,8 +91,8 @@ def test_loss_values_for_saturated_boundaries() -> None:
     lab = torch.from_numpy(hand_label())[None].long()
     g = rw.pair_geometry(3)
     disp = torch.zeros(1, 2, 8, 9)
-    no_edge = irn.irn_losses(torch.full((1, 1, 8, 9), -50.0), disp, lab, g)
-    all_edge = irn.irn_losses(torch.full((1, 1, 8, 9), 50.0), disp, lab, g)
+    no_edge = train_irn.irn_losses(torch.full((1, 1, 8, 9), -50.0), disp, lab, g)
+    all_edge = train_irn.irn_losses(torch.full((1, 1, 8, 9), 50.0), disp, lab, g)
     # affinity 1 everywhere: positives cost -log(1 + eps) ~ 0, negatives -log(eps)
     assert float(no_edge["pos"]) == pytest.approx(0.0, abs=1e-4)
     assert float(no_edge["neg"]) == pytest.approx(-math.log(1e-5), rel=1e-3)
@@ -111,7 +112,7 @@ def test_augmentation_keeps_image_and_label_aligned() -> None:
     img = np.where(lab[..., None] == 1, [200, 10, 10], [10, 10, 200]).astype(np.uint8)
     cfg = replace(CFG, rescale=(1.0, 1.0), crop=48)
     for seed in range(8):
-        x, y = irn._augment(img, lab, cfg, np.random.default_rng(seed))
+        x, y = train_irn._augment(img, lab, cfg, np.random.default_rng(seed))
         assert x.shape == (48, 48, 3) and y.shape == (48, 48)
         red = x[..., 0] > x[..., 2]
         inside = y != 255
@@ -152,7 +153,7 @@ def train(root: Path, tag: str, max_steps: int | None = None) -> tuple[Path, Pat
         root / tag / "history.parquet",
         root / tag / "state.pt",
     )
-    irn.run_train(
+    train_irn.run_train(
         root / "manifest.parquet",
         [root / "ir0", root / "ir1"],
         CFG,
@@ -181,7 +182,7 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path: Path) -> None
     assert list(ha["step"]) == [1, 2, 3, 4, 5, 6]  # 6 images / batch 2 * 2 epochs
     pd.testing.assert_frame_equal(ha, hb, atol=1e-6)
     # the saved network loads into a fresh model (weights "none": nothing downloaded)
-    net = irn.build_model(TINY, for_inference=True)
+    net = irn_model.build_model(TINY, for_inference=True)
     net.load_state_dict(a)
 
 

@@ -18,10 +18,11 @@ from qaclims.core.io import (
     write_npz,
     write_parquet,
 )
+from qaclims.models import irn as irn_model
 from qaclims.models.backbone import BackboneConfig
 from qaclims.models.crf import CrfConfig, crf_labels
 from qaclims.refine import cam_to_ir_label as c2i
-from qaclims.refine import irn, make_sem_seg
+from qaclims.refine import make_sem_seg
 from qaclims.training import save_weights
 
 torch.set_num_threads(1)
@@ -170,14 +171,14 @@ def test_masks_from_walk_by_hand() -> None:
     assert (mask[:, 14:18] == 0).all()
 
 
-def tiny_irn(root: Path, edge_bias: float) -> tuple[Path, irn.IrnModelConfig]:
+def tiny_irn(root: Path, edge_bias: float) -> tuple[Path, irn_model.IrnModelConfig]:
     """A random tiny IRN whose boundary output is the constant ``sigmoid(edge_bias)``."""
-    cfg = irn.IrnModelConfig(
+    cfg = irn_model.IrnModelConfig(
         backbone=BackboneConfig(arch="tiny", weights="none", widths=(8, 8, 16, 16)),
         edge_width=8,
         disp_width=16,
     )
-    net = irn.build_model(cfg)
+    net = irn_model.build_model(cfg)
     with torch.no_grad():
         net.edge.out.weight.zero_()
         net.edge.out.bias.fill_(edge_bias)
@@ -207,7 +208,7 @@ def test_make_sem_seg_without_and_with_boundaries(tmp_path: Path, edge_bias: flo
 def test_make_sem_seg_rejects_bad_inputs(tmp_path: Path) -> None:
     manifest = make_inputs(tmp_path)
     weights, icfg = tiny_irn(tmp_path, 0.0)
-    other = irn.IrnModelConfig(backbone=BackboneConfig(arch="tiny", weights="none"))
+    other = irn_model.IrnModelConfig(backbone=BackboneConfig(arch="tiny", weights="none"))
     cfg = make_sem_seg.SemSegConfig(num_workers=0)
     with pytest.raises(DataError, match="does not fit"):
         make_sem_seg.run(

@@ -1,7 +1,8 @@
 from pathlib import Path
 
 from qaclims.core.config import from_mapping
-from qaclims.refine import irn, make_sem_seg
+from qaclims.models import irn as irn_model
+from qaclims.refine import make_sem_seg
 from qaclims.workflow.smk import job
 
 with job(snakemake) as j:
@@ -9,7 +10,7 @@ with job(snakemake) as j:
         manifest=Path(snakemake.input.manifest),
         cam_dirs=[Path(d) for d in snakemake.input.cams],
         irn_weights=Path(snakemake.input.irn),
-        irn_cfg=from_mapping(irn.IrnModelConfig, snakemake.params.irn, "train_irn.model"),
+        irn_cfg=from_mapping(irn_model.IrnModelConfig, snakemake.params.irn, "train_irn.model"),
         cfg=from_mapping(
             make_sem_seg.SemSegConfig, snakemake.config["make_sem_seg"], "make_sem_seg"
         ),

@@ -32,7 +32,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "text_features": ("qaclims.ritc.text_features", "TextFeatureConfig", "CLIP text features."),
     "train_ritc": ("qaclims.ritc.train_ritc", "TrainRitcConfig", "QA-CLIMS RITC CAM training."),
     "cam_to_ir_label": ("qaclims.refine.cam_to_ir_label", "IrLabelConfig", "CRF-refined seeds."),
-    "train_irn": ("qaclims.refine.irn", "TrainIrnConfig", "Inter-pixel relation network."),
+    "train_irn": ("qaclims.refine.train_irn", "TrainIrnConfig", "Inter-pixel relation network."),
     "make_sem_seg": ("qaclims.refine.make_sem_seg", "SemSegConfig", "Random-walk pseudo masks."),
     "train_deeplab": (
         "qaclims.seg.train_deeplab",

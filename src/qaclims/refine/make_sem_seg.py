@@ -31,7 +31,7 @@ from qaclims.core.config import runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import files_digest, read_image, read_parquet, write_label_png
-from qaclims.refine import irn
+from qaclims.models import irn as irn_model
 from qaclims.refine.cam_to_ir_label import check_images, select_shard
 from qaclims.refine.random_walk import propagate
 from qaclims.training import load_weights
@@ -110,9 +110,9 @@ class _Images(torch.utils.data.Dataset[dict[str, Any]]):
 
 
 def segment(
-    model: irn.IrnNet,
+    model: irn_model.IrnNet,
     item: dict[str, Any],
-    irn_cfg: irn.IrnModelConfig,
+    irn_cfg: irn_model.IrnModelConfig,
     cfg: SemSegConfig,
     device: torch.device,
 ) -> np.ndarray:
@@ -120,7 +120,7 @@ def segment(
     image, keys = item["image"], item["keys"]
     if keys.shape[0] == 0:
         return np.zeros(image.shape[:2], dtype=np.uint8)
-    edge = irn.infer_edge(model, image, irn_cfg, cfg.pad_to, device)
+    edge = irn_model.infer_edge(model, image, irn_cfg, cfg.pad_to, device)
     cams = torch.from_numpy(item["cams"]).to(device)
     walked = propagate(cams, edge, cfg.radius, cfg.beta, cfg.exp_times, cfg.method)
     return masks_from_walk(walked, keys, image.shape[:2], cfg.sem_seg_bg_thres)
@@ -131,9 +131,11 @@ def _as_is(item: Any) -> Any:
     return item
 
 
-def load_irn(path: Path, irn_cfg: irn.IrnModelConfig, device: torch.device) -> irn.IrnNet:
+def load_irn(
+    path: Path, irn_cfg: irn_model.IrnModelConfig, device: torch.device
+) -> irn_model.IrnNet:
     """The trained IRN of ``path`` (safetensors) built with ``irn_cfg``, in eval mode."""
-    model = irn.build_model(irn_cfg, for_inference=True)
+    model = irn_model.build_model(irn_cfg, for_inference=True)
     load_weights(path, model)  # a DataError names the file and the keys that do not fit
     return model.to(device).eval()
 
@@ -149,7 +151,7 @@ def run(
     manifest: Path,
     cam_dirs: list[Path],
     irn_weights: Path,
-    irn_cfg: irn.IrnModelConfig,
+    irn_cfg: irn_model.IrnModelConfig,
     cfg: SemSegConfig,
     out_dir: Path,
     shard: int,
