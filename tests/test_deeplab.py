@@ -19,7 +19,7 @@ from qaclims.core.config import from_mapping
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.data.manifest import write_manifest
 from qaclims.models import deeplab as dlm
-from qaclims.seg import infer_deeplab, train_deeplab
+from qaclims.seg import infer_deeplab, train_deeplab, training_data
 from qaclims.seg import loss as seg_loss
 from qaclims.training import load_weights
 
@@ -344,7 +344,7 @@ def test_augmentation_pads_with_mean_and_ignore() -> None:
     cfg = tiny_train_cfg(crop=40, scales=[1.0], flip=False)
     img = np.random.default_rng(0).integers(0, 255, (20, 30, 3)).astype(np.uint8)
     lab = np.random.default_rng(1).integers(0, K, (20, 30)).astype(np.uint8)
-    x, y = train_deeplab.augment_pair(img, lab, cfg, np.random.default_rng(5))
+    x, y = training_data.augment_pair(img, lab, cfg, np.random.default_rng(5))
     assert x.shape == (3, 40, 40) and y.shape == (40, 40) and y.dtype == np.int64
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     want = ((img / 255 - mean) / std).transpose(2, 0, 1)
@@ -360,23 +360,23 @@ def test_augmentation_flip_and_scale_keep_image_and_mask_aligned() -> None:
     lab[:, 30:] = 2  # right half is class 2, and bright in the image
     img = np.where(lab[..., None] == 2, 250, 10).astype(np.uint8).repeat(3, axis=2)
     for seed in range(6):
-        x, y = train_deeplab.augment_pair(img, lab, cfg, np.random.default_rng(seed))
+        x, y = training_data.augment_pair(img, lab, cfg, np.random.default_rng(seed))
         assert x.shape == (3, 16, 16) and set(np.unique(y)) <= {0, 2}
         np.testing.assert_array_equal(x[0] > 0, y == 2)
 
 
 def test_rank_samples_partition_each_step() -> None:
-    a = list(train_deeplab.RankSamples(3, 6, batch=4, rank=0, per_rank=2))
-    b = list(train_deeplab.RankSamples(3, 6, batch=4, rank=1, per_rank=2))
+    a = list(training_data.RankSamples(3, 6, batch=4, rank=0, per_rank=2))
+    b = list(training_data.RankSamples(3, 6, batch=4, rank=1, per_rank=2))
     assert sorted(a + b) == list(range(12, 24)) and not set(a) & set(b)
 
 
 def test_missing_and_bad_pseudo_masks_are_named(world: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"3 of 6 images .* im1\.png"):
-        train_deeplab.read_train_rows(world["manifest"], [world["pseudo"][0]])
+        training_data.read_train_rows(world["manifest"], [world["pseudo"][0]])
     io.write_label_png(tmp_path / "bad.png", np.full((4, 4), 9, np.uint8))
     with pytest.raises(DataError, match="bad.png holds label 9"):
-        train_deeplab.checked_label(str(tmp_path / "bad.png"), (4, 4), K)
+        training_data.checked_label(str(tmp_path / "bad.png"), (4, 4), K)
 
 
 # ---------------------------------------------------------------- inference
