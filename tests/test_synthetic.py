@@ -14,7 +14,7 @@ from PIL import Image
 from qaclims.core.config import from_mapping
 from qaclims.core.errors import ConfigError
 from qaclims.data import dataset as datasets
-from qaclims.data import synthetic
+from qaclims.data import synthetic, synthetic_text, synthetic_world
 from qaclims.data.manifest import read_classes, read_manifest
 
 SMALL = {"image_size": 64, "num_images": {"train": 30, "val": 10}}
@@ -120,7 +120,7 @@ def test_context_bias_and_two_class_rate_follow_the_config(p_context: float) -> 
 
 def _words(kind: synthetic.ObjectKind) -> set[str]:
     phrases = {kind.name, *kind.synonyms, *kind.subtypes}
-    return phrases | {synthetic.plural(p) for p in phrases}
+    return phrases | {synthetic_text.plural(p) for p in phrases}
 
 
 def _mentions(text: str, phrases: set[str]) -> bool:
@@ -133,7 +133,7 @@ def test_answers_cover_every_question_and_only_present_classes(world: Path) -> N
     present = scene.groupby("image_id").class_name.apply(set).to_dict()
     pairs = set(zip(scene.image_id, scene.class_name, strict=True))
     assert set(zip(ans.image_id, ans.class_name, strict=True)) == pairs
-    questions = synthetic.DEFAULT_QUESTIONS
+    questions = synthetic_world.DEFAULT_QUESTIONS
     per_pair = ans.groupby(["image_id", "class_name", "kind"]).question.apply(list)
     for (_, cls, kind), qs in per_pair.items():
         assert qs == [q.format(cls) for q in questions[kind]]
@@ -142,7 +142,7 @@ def test_answers_cover_every_question_and_only_present_classes(world: Path) -> N
         for name, kind in synthetic.OBJECTS.items():
             if name not in present[row.image_id]:
                 assert not _mentions(row.answer, _words(kind)), row
-    noise = ans.answer.isin(synthetic.UNINFORMATIVE).mean()
+    noise = ans.answer.isin(synthetic_world.UNINFORMATIVE).mean()
     assert abs(noise - 0.1) < 4 * math.sqrt(0.1 * 0.9 / len(ans))
 
 
