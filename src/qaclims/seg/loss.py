@@ -74,15 +74,17 @@ class Units:
 def group_counts(labels: Sequence[torch.Tensor], units: Units, kind: str) -> torch.Tensor:
     """Pixels per (unit, output, group): ``units.count x len(labels) x G float64``.
 
-    ``labels``: one ``BxHxW int64`` tensor per network output (already resized to it).
+    ``labels``: one ``BxHxW int64`` tensor per network output (already resized to it). The
+    counts live on the labels' device, so they can be all-reduced there (NCCL needs CUDA
+    tensors) and are never copied back to the host.
     """
     n_groups = len(group_masks(labels[0][:1], kind))
-    counts = torch.zeros(units.count, len(labels), n_groups, dtype=torch.float64)
-    idx = units.index.to(counts.device)
+    dev = labels[0].device
+    counts = torch.zeros(units.count, len(labels), n_groups, dtype=torch.float64, device=dev)
+    idx = units.index.to(dev)
     for o, lab in enumerate(labels):
         for g, mask in enumerate(group_masks(lab, kind)):
-            per_image = mask.flatten(1).sum(1).to(torch.float64).cpu()
-            counts[:, o, g].index_add_(0, idx, per_image)
+            counts[:, o, g].index_add_(0, idx, mask.flatten(1).sum(1).to(torch.float64))
     return counts
 
 
