@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qaclims.artifacts.shards import index_files
+from qaclims.artifacts.shards import files_for
 from qaclims.core.errors import DataError
 from qaclims.core.io import PathLike, read_npz, write_npz
 
@@ -109,11 +109,4 @@ def read_cam(path: PathLike, key: str = "cam") -> tuple[np.ndarray, np.ndarray]:
 def find_cam_files(image_ids: Sequence[str], cam_dirs: Sequence[Path]) -> dict[str, Path]:
     """``<dir>/<image_id>.npz`` of each image over the shard folders ``cam_dirs`` (the rule of
     :func:`qaclims.artifacts.shards.index_files`); a missing one raises naming it."""
-    found = index_files(cam_dirs, ".npz", "CAM")
-    missing = [i for i in image_ids if i not in found]
-    if missing:
-        raise DataError(
-            f"no CAM file {missing[0]}.npz in {[str(d) for d in cam_dirs]} "
-            f"({len(missing)} images lack one)"
-        )
-    return {i: found[i] for i in image_ids}
+    return dict(zip(image_ids, files_for(image_ids, cam_dirs, ".npz", "CAM"), strict=True))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from qaclims.core.errors import DataError
 
+NAMES_IN_ERROR = 5
+
 
 def index_files(dirs: Sequence[Path], suffix: str, what: str) -> dict[str, Path]:
     """``image_id -> <dir>/<image_id><suffix>`` over ``dirs``.
@@ -37,3 +39,22 @@ def index_files(dirs: Sequence[Path], suffix: str, what: str) -> dict[str, Path]
                     )
                 found[stem] = Path(e.path)
     return found
+
+
+def files_for(
+    ids: Sequence[str], dirs: Sequence[Path], suffix: str, what: str, images: str = "images"
+) -> list[Path]:
+    """``<dir>/<id><suffix>`` of each id of ``ids`` over the shard folders ``dirs``, in order
+    (:func:`index_files`). Ids without a file raise :class:`DataError` counting them and
+    naming the first few: ``"3 of 6 images have no pseudo mask (.png) in [...], e.g. ..."``.
+    """
+    index = index_files(dirs, suffix, what)
+    missing = [i for i in ids if i not in index]
+    if missing:
+        where = ", ".join(map(str, dirs))
+        eg = ", ".join(f"{m}{suffix}" for m in missing[:NAMES_IN_ERROR])
+        raise DataError(
+            f"{len(missing)} of {len(ids)} {images} have no {what} ({suffix}) in [{where}], "
+            f"e.g. {eg}"
+        )
+    return [index[i] for i in ids]

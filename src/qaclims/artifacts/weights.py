@@ -66,11 +66,34 @@ def read_tensors(path: PathLike) -> dict[str, torch.Tensor]:
         raise DataError(f"weights file {p} is not a readable safetensors file: {e}") from e
 
 
+def read_pth_state(path: PathLike, what: str = "weights file") -> dict[str, torch.Tensor]:
+    """The tensors of a ``.pth`` state dict, read with ``weights_only=True`` (a
+    ``{"state_dict": ...}`` wrapper and a DDP ``module.`` prefix are removed). A missing
+    file, a corrupt one, pickled code or anything but a dict of tensors raises
+    :class:`DataError` naming ``what`` and the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"missing {what} {p}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt zip, a pickle naming code, ...
+        raise DataError(f"{what} {p}: not a tensor state dict ({e})") from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataError(f"{what} {p}: expected a dict of tensors, got {type(obj).__name__}")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
 def check_fit(
-    state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], where: str
+    state: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    where: str,
+    what: str = "weights file",
+    network: str = "network",
 ) -> None:
-    """Raise :class:`DataError` naming ``where`` if ``state`` does not have exactly
-    ``target``'s keys and shapes (``num_batches_tracked`` may be absent)."""
+    """Raise :class:`DataError` naming ``what where`` and ``network`` if ``state`` does not
+    have exactly ``target``'s keys and shapes (``num_batches_tracked`` may be absent)."""
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in target]
     bad = [
@@ -81,7 +104,7 @@ def check_fit(
     if missing or unexpected or bad:
         n = NAMES_IN_ERROR
         raise DataError(
-            f"weights file {where} does not fit the network: missing {len(missing)} "
+            f"{what} {where} does not fit the {network}: missing {len(missing)} "
             f"{missing[:n]}, unexpected {len(unexpected)} {unexpected[:n]}, shape "
             f"mismatches {bad[:n]}"
         )

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from qaclims.artifacts.shards import index_files
+from qaclims.artifacts.shards import files_for
 from qaclims.core import io
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.evaluation.metrics import (
@@ -98,15 +98,7 @@ def evaluated_rows(manifest: Path) -> tuple[pd.DataFrame, int]:
 
 def match_files(ids: Sequence[str], dirs: Sequence[Path], suffix: str) -> list[Path]:
     """The file of each image id, in order; a :class:`DataError` lists missing ones."""
-    index = index_files(dirs, suffix, "prediction")
-    missing = [i for i in ids if i not in index]
-    if missing:
-        where = ", ".join(map(str, dirs))
-        raise DataError(
-            f"{len(missing)} of {len(ids)} evaluated images have no {suffix} file in "
-            f"[{where}], e.g. {', '.join(f'{m}{suffix}' for m in missing[:MAX_LISTED])}"
-        )
-    return [index[i] for i in ids]
+    return files_for(ids, dirs, suffix, "prediction", "evaluated images")
 
 
 def read_gt(path: str | Path, num_classes: int) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from qaclims.core.config import setting
-from qaclims.core.errors import ConfigError, DataError
+from qaclims.core.errors import ConfigError
 
 #: Backbone architectures :func:`build_backbone` knows.
 ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "tiny")
@@ -165,22 +165,11 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     Any error (missing, truncated or garbage file, pickled code, no state dict) raises
     :class:`DataError` naming the file.
     """
-    from qaclims.artifacts.weights import read_tensors
+    from qaclims.artifacts.weights import read_pth_state, read_tensors
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"missing weights file: {p}")
-    if p.suffix == ".safetensors":
-        return read_tensors(p)
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt zip, a pickle naming code, ...
-        raise DataError(f"weights file {p} is not a tensor state dict ({e})") from e
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DataError(f"weights file {p} holds {type(obj).__name__}, not a state dict")
-    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+    if Path(path).suffix == ".safetensors":
+        return read_tensors(path)
+    return read_pth_state(path)
 
 
 #: torchvision ResNet tensors a backbone init file may leave out or hold in another shape

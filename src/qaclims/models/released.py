@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from qaclims.core.errors import DataError
+from qaclims.artifacts.weights import check_fit, read_pth_state
 from qaclims.core.io import write_parquet
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
 from qaclims.models.deeplab import DeeplabModelConfig
@@ -49,18 +49,9 @@ ALIASES: tuple[str, ...] = ("stage1.", "stage2.", "stage3.", "stage4.", "backbon
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.pth`` state dict (``weights_only=True``); errors name the file."""
-    if not Path(path).is_file():
-        raise DataError(f"missing released model {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt zip, a pickle naming code, ...
-        raise DataError(f"released model {path}: not a tensor state dict ({e})") from e
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DataError(f"released model {path}: expected a dict of tensors")
-    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+    """The tensors of a released ``.pth`` state dict (``weights_only=True``); errors name
+    the file (:func:`qaclims.artifacts.weights.read_pth_state`)."""
+    return read_pth_state(path, "released model")
 
 
 def map_strict(
@@ -78,27 +69,11 @@ def map_strict(
     unexpected keys (renamed to no target key) and shape mismatches.
     """
     out: dict[str, torch.Tensor] = {}
-    unexpected = []
     for key, value in state.items():
         new = rename(key)
-        if new is None:
-            continue
-        if new not in target:
-            unexpected.append(key)
-            continue
-        out[new] = value
-    missing = [k for k in target if k not in out and not k.endswith("num_batches_tracked")]
-    bad = [
-        f"{k}: {tuple(out[k].shape)} vs {tuple(target[k].shape)}"
-        for k in out
-        if out[k].shape != target[k].shape
-    ]
-    if missing or unexpected or bad:
-        raise DataError(
-            f"released model {where} does not fit the {network}: "
-            f"missing {len(missing)} {missing[:6]}, unexpected {len(unexpected)} "
-            f"{unexpected[:6]}, shape mismatches {bad[:6]}"
-        )
+        if new is not None:  # a key renamed to no target key is reported under its own name
+            out[new if new in target else key] = value
+    check_fit(out, target, where, "released model", network)
     for k in target:
         out.setdefault(k, target[k].clone())  # num_batches_tracked (unused in eval)
     return {k: out[k].to(target[k].dtype) for k in target}

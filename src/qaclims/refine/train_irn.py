@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from qaclims.artifacts.shards import index_files
+from qaclims.artifacts.shards import files_for
 from qaclims.core.config import runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
@@ -243,17 +243,11 @@ def training_items(manifest: Path, ir_label_dirs: Sequence[Path]) -> list[tuple[
     image raises :class:`DataError` naming it.
     """
     df = read_parquet(manifest, columns=["image_id", "image_path"]).sort_values("image_id")
-    found = index_files(ir_label_dirs, ".png", "ir label")
-    items = []
-    for image_id, image_path in zip(df["image_id"], df["image_path"], strict=True):
-        if image_id not in found:
-            raise DataError(
-                f"no ir label {image_id}.png (manifest {manifest}) in {list(ir_label_dirs)}"
-            )
+    labels = files_for(list(df["image_id"]), ir_label_dirs, ".png", "ir label")
+    for image_path in df["image_path"]:
         if not Path(image_path).is_file():
             raise DataError(f"missing image: {image_path} (manifest {manifest})")
-        items.append((Path(image_path), found[image_id]))
-    return items
+    return [(Path(p), lab) for p, lab in zip(df["image_path"], labels, strict=True)]
 
 
 def _check(cfg: TrainIrnConfig) -> None:

@@ -32,6 +32,7 @@ from qaclims.models.deeplab import (
     build_model,
     normalise,
 )
+from qaclims.seg.train_deeplab import require_positive
 from qaclims.training import (
     autocast,
     load_weights,
@@ -93,20 +94,14 @@ class InferDeeplabConfig:
 # ---------------------------------------------------------------- config checks
 
 
-def _positive(cfg: Any, names: Sequence[str], where: str) -> None:
-    for name in names:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{where}.{name} must be >= 1, got {getattr(cfg, name)}")
-
-
 def check_infer_config(cfg: InferDeeplabConfig, where: str = "infer_deeplab") -> None:
     """Raise :class:`ConfigError` naming the key of an impossible value."""
     if not cfg.scales or min(cfg.scales) <= 0:
         raise ConfigError(f"{where}.scales: need positive factors, got {list(cfg.scales)}")
     if cfg.fusion not in FUSIONS:
         raise ConfigError(f"{where}.fusion: {cfg.fusion!r} is not one of {FUSIONS}")
-    _positive(cfg, ("batch_size",), where)
-    _positive(cfg.crf, ("iterations",), f"{where}.crf")
+    require_positive(cfg, ("batch_size",), where)
+    require_positive(cfg.crf, ("iterations",), f"{where}.crf")
 
 
 # ---------------------------------------------------------------- inference

@@ -144,7 +144,8 @@ class TrainDeeplabConfig:
 # ---------------------------------------------------------------- config checks
 
 
-def _positive(cfg: Any, names: Sequence[str], where: str) -> None:
+def require_positive(cfg: Any, names: Sequence[str], where: str) -> None:
+    """Raise :class:`ConfigError` naming ``where.<name>`` for a value of ``names`` below 1."""
     for name in names:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where}.{name} must be >= 1, got {getattr(cfg, name)}")
@@ -154,7 +155,7 @@ def check_train_config(cfg: TrainDeeplabConfig, where: str = "train_deeplab") ->
     """Raise :class:`ConfigError` naming the key of an impossible value."""
     check_model_config(cfg.model, f"{where}.model")
     names = ("batch_size", "iter_size", "crop", "iterations", "log_every", "resume_every")
-    _positive(cfg, names, where)
+    require_positive(cfg, names, where)
     if not cfg.scales or min(cfg.scales) <= 0:
         raise ConfigError(f"{where}.scales: need positive factors, got {list(cfg.scales)}")
     if any(s <= 0 for s in cfg.msc_scales):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from qaclims.artifacts.shards import index_files
+from qaclims.artifacts.shards import files_for
 from qaclims.core.errors import DataError
 from qaclims.core.io import read_image, read_label_png, read_parquet
 from qaclims.evaluation.metrics import IGNORE_INDEX
@@ -32,15 +32,7 @@ NAMES_IN_ERROR = 5
 
 def pseudo_label_paths(ids: Sequence[str], dirs: Sequence[Path]) -> list[Path]:
     """The pseudo-mask PNG of each image id, in order; a :class:`DataError` lists missing ones."""
-    index = index_files(dirs, ".png", "pseudo-mask")
-    missing = [i for i in ids if i not in index]
-    if missing:
-        where = ", ".join(map(str, dirs))
-        eg = ", ".join(f"{m}.png" for m in missing[:NAMES_IN_ERROR])
-        raise DataError(
-            f"{len(missing)} of {len(ids)} images have no pseudo mask in [{where}], e.g. {eg}"
-        )
-    return [index[i] for i in ids]
+    return files_for(ids, dirs, ".png", "pseudo mask")
 
 
 def read_train_rows(manifest: Path, pseudo_dirs: Sequence[Path]) -> pd.DataFrame:
