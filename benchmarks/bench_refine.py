@@ -141,12 +141,12 @@ def bench_irn(device: str, batch: int, steps: int, size: tuple[int, int]) -> Non
         opt = train_irn.build_optimizer(net, cfg)
         img = torch.randn(batch, 3, 512, 512)
         lab = torch.randint(0, 3, (batch, 128, 128), dtype=torch.uint8)
-        train_irn.train_step(net, opt, (img, lab), cfg, 0, steps + 1)
+        train_irn.train_step(net, opt, (img, lab), cfg)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for i in range(steps):
-            train_irn.train_step(net, opt, (img, lab), cfg, i + 1, steps + 1)
+        for _ in range(steps):
+            train_irn.train_step(net, opt, (img, lab), cfg)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / steps

@@ -4,7 +4,7 @@ Both variants train the same networks on the same inputs (random images, 2 class
 image, a text bank of 1 foreground and 10 background phrases per pair) and compute the
 same loss:
 
-- ``ours``: :func:`qaclims.ritc.train_ritc.ritc_loss` (pairs gathered with one indexing
+- ``ours``: :func:`qaclims.ritc.objective.ritc_loss` (pairs gathered with one indexing
   op, one CLIP call per region kind, the InfoNCE losses of all pairs in one batched call);
 - ``reference-style``: QA-CLIMS ``step/train_qa_clims.py``'s structure: a Python loop over
   the (image, class) pairs that builds the masked inputs one by one, one CLIP call per
@@ -36,7 +36,7 @@ def build(gpu: bool) -> dict[str, Any]:
     from qaclims.core.config import from_mapping
     from qaclims.models.cam_resnet import CamModelConfig, CamNet
     from qaclims.models.clip import ClipConfig, ClipInput, TinyClipArch, load_clip
-    from qaclims.ritc import train_ritc
+    from qaclims.ritc import objective, train_ritc
 
     torch.manual_seed(0)
     dev = torch.device("cuda" if gpu else "cpu")
@@ -57,7 +57,7 @@ def build(gpu: bool) -> dict[str, Any]:
         batch, crop, classes = 8, 64, 6
     clip, info, _ = load_clip(clip_cfg, str(dev), None)
     assert isinstance(info, ClipInput)
-    net = train_ritc.RitcNet(CamNet(model_cfg, classes)).to(dev).train()
+    net = objective.RitcNet(CamNet(model_cfg, classes)).to(dev).train()
     cfg = from_mapping(
         train_ritc.TrainRitcConfig, {"batch_size": batch, "crop": crop}, "train_ritc"
     )
@@ -72,7 +72,7 @@ def build(gpu: bool) -> dict[str, Any]:
     fg = {k: i * 11 for i, k in enumerate(keys)}
     bg = {k: [i * 11 + j for j in range(1, 11)] for i, k in enumerate(keys)}
     bank = train_ritc.TextBank(feats, fg, bg, list(range(len(keys) * 11, len(keys) * 11 + classes)))
-    ctx = train_ritc.StepContext(clip, info, bank, cfg, cfg.loss_images / batch)
+    ctx = objective.StepContext(clip, info, bank, cfg, cfg.loss_images / batch)
     opt = train_ritc.build_optimizer(net, cfg)
     return {"net": net, "ctx": ctx, "x": x, "y": y, "ids": ids, "opt": opt, "dev": dev}
 
@@ -82,7 +82,7 @@ def reference_style_loss(
 ) -> torch.Tensor:
     """The reference step's structure with the project's pieces (same loss value)."""
     from qaclims.models.clip import region_features
-    from qaclims.ritc import train_ritc
+    from qaclims.ritc import objective
     from qaclims.ritc.losses import ritc_pair_losses
 
     cfg, size = ctx.cfg, ctx.clip_input.image_size
@@ -92,8 +92,8 @@ def reference_style_loss(
     fg_in, bg_in, fg_m, bg_m, keys = [], [], [], [], []
     for b, c in (y > 0).nonzero().tolist():  # the reference's per-pair loop
         cam = cam_s[b, c][None]
-        m = train_ritc.mask_adapter(cam[None], cfg.alpha)[0]
-        img = train_ritc.to_clip_space(img_s[b][None], cfg, ctx.clip_input)[0]
+        m = objective.mask_adapter(cam[None], cfg.alpha)[0]
+        img = objective.to_clip_space(img_s[b][None], cfg, ctx.clip_input)[0]
         fg_in.append(cam * img)
         bg_in.append((1 - cam) * img)
         fg_m.append(m)
@@ -113,17 +113,17 @@ def reference_style_loss(
 
 def measure(variant: str, gpu: bool, steps: int, out: Any) -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    from qaclims.ritc import train_ritc
+    from qaclims.ritc import objective
 
     s = build(gpu)
     net, ctx, x, y, ids, opt = s["net"], s["ctx"], s["x"], s["y"], s["ids"], s["opt"]
 
     def step() -> float:
         if variant == "ours":
-            loss, _ = train_ritc.ritc_loss(net, ctx, x, y, ids)
+            loss, _ = objective.ritc_loss(net, ctx, x, y, ids)
         else:
             loss = reference_style_loss(net, ctx, x, y, ids)
-        train_ritc.optimizer_step(opt, loss)
+        objective.optimizer_step(opt, loss)
         return float(loss.detach())
 
     first = step()  # warm-up (and the loss both variants must agree on)

@@ -22,6 +22,7 @@ from qaclims.models import deeplab as dlm
 from qaclims.seg import infer_deeplab, train_deeplab, training_data
 from qaclims.seg import loss as seg_loss
 from qaclims.training import load_weights
+from qaclims.training.sampling import StepBatches
 
 K = 4  # background + 3 classes
 TINY = {"arch": "tiny", "weights": "none", "widths": [8, 8, 16, 16]}
@@ -365,10 +366,19 @@ def test_augmentation_flip_and_scale_keep_image_and_mask_aligned() -> None:
         np.testing.assert_array_equal(x[0] > 0, y == 2)
 
 
-def test_rank_samples_partition_each_step() -> None:
-    a = list(training_data.RankSamples(3, 6, batch=4, rank=0, per_rank=2))
-    b = list(training_data.RankSamples(3, 6, batch=4, rank=1, per_rank=2))
-    assert sorted(a + b) == list(range(12, 24)) and not set(a) & set(b)
+def test_endless_batches_partition_each_step_and_visit_every_image_per_epoch() -> None:
+    # 5 images in batches of 4 over 2 processes: the stream wraps across epochs
+    one = list(StepBatches(5, 4, seed=3, start=0, stop=5, wrap=True))
+    ranks = [list(StepBatches(5, 4, seed=3, start=0, stop=5, rank=r, world=2, wrap=True))
+             for r in (0, 1)]  # fmt: skip
+    for s in range(5):  # each step: rank 0 the first half, rank 1 the second
+        assert ranks[0][s] + ranks[1][s] == one[s]
+    stream = [k for batch in one for k in batch]  # 20 samples = 4 epochs of 5
+    for e in range(4):
+        keys = stream[5 * e : 5 * e + 5]
+        assert {k[0] for k in keys} == {e} and sorted(k[1] for k in keys) == list(range(5))
+    resumed = list(StepBatches(5, 4, seed=3, start=2, stop=5, wrap=True))
+    assert resumed == one[2:]
 
 
 def test_missing_and_bad_pseudo_masks_are_named(world: dict[str, Path], tmp_path: Path) -> None:
@@ -453,9 +463,9 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def test_interrupted_run_resumes_to_identical_weights(
     world: dict[str, Path], trained: Path, tmp_path: Path
 ) -> None:
-    _train(world, tmp_path, max_steps=3)  # killed after step 3; last save after step 2
+    _train(world, tmp_path, max_steps=3)  # stopped after step 3 (state saved there)
     assert not (tmp_path / "m.st").exists()
-    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 2
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 3
     _train(world, tmp_path)
     hist = io.read_parquet(tmp_path / "h.parquet")
     assert hist["step"].tolist() == [1, 2, 3, 4, 5]  # optimiser steps done

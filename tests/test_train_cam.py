@@ -127,13 +127,14 @@ def test_resume_continues_and_matches_uninterrupted(
     model, hist, state = train(tmp_path, manifest, cfg, "cut", max_steps=6)
     assert not model.exists() and not hist.exists()
     saved = torch.load(state, weights_only=True)
-    assert saved["step"] == 6 and saved["epoch"] == 1
+    assert saved["step"] == 6 and saved["history"]["values"][-1, 1] == 1  # epoch of step 6
 
     caplog.set_level(logging.INFO, logger="qaclims")
     # a different worker count must not change the data or invalidate the state
     train(tmp_path, manifest, dataclasses.replace(cfg, num_workers=1), "cut")
     assert "continuing from step 6" in caplog.text
-    trained = [r.getMessage().split()[1] for r in caplog.records if r.msg.startswith("step ")]
+    lines = [r.getMessage().split() for r in caplog.records]
+    trained = [w[2] for w in lines if w[:2] == ["train_cam", "step"]]
     assert trained == ["7/8", "8/8"]
     assert not state.exists()
     pd.testing.assert_frame_equal(read_parquet(hist), read_parquet(ref_hist))

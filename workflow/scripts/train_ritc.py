@@ -1,4 +1,4 @@
-# Multi-GPU: one job holding its GPUs, torchrun started once (qaclims.workflow.launch).
+# One job in a worker process (one per GPU under torchrun): qaclims.workflow.launch.
 from qaclims.ritc import train_ritc
 from qaclims.workflow import launch
 

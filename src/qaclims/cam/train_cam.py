@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from qaclims.core.config import runtime, setting, to_dict
+from qaclims.core.config import from_mapping, runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import read_image
@@ -34,15 +32,14 @@ from qaclims.data import augment
 from qaclims.data.manifest import multi_hot, read_labelled_manifest
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
 from qaclims.training import (
-    History,
     ResumeState,
     autocast,
     fingerprint,
     save_weights,
     seed_everything,
-    set_poly_lr,
 )
-from qaclims.training.sampling import AUGMENT_STREAM, StepBatches
+from qaclims.training.loop import Plan, Trainer, loader_kwargs, stop_step, to_device
+from qaclims.training.sampling import StepBatches, augment_rng
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +114,7 @@ def check_config(cfg: TrainCamConfig, where: str = "train_cam") -> None:
 
 class TrainSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Items keyed by ``(epoch, index)``: ``(3 x crop x crop float32, C float32 multi-hot)``,
-    augmented with the draws of ``sample_rng(seed, AUGMENT_STREAM, epoch, index)``."""
+    augmented with the draws of :func:`~qaclims.training.sampling.augment_rng`."""
 
     def __init__(self, paths: Sequence[str], targets: np.ndarray, cfg: TrainCamConfig):
         self.paths = list(paths)
@@ -130,7 +127,7 @@ class TrainSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key
         c = self.cfg
-        rng = augment.sample_rng(c.seed, AUGMENT_STREAM, epoch, index)
+        rng = augment_rng(c.seed, epoch, index)
         image = read_image(self.paths[index])
         x = augment.classification_sample(image, rng, c.resize_long, c.crop, c.hflip, c.mean, c.std)
         return x, torch.from_numpy(self.targets[index])
@@ -155,29 +152,6 @@ def _fingerprint(cfg: TrainCamConfig, num_classes: int, df: pd.DataFrame) -> str
     return fingerprint({"cfg": keep, "num_classes": num_classes, "data": data.hexdigest()})
 
 
-def _restore(
-    resume: ResumeState, model: CamNet, optimizer: torch.optim.Optimizer, history: History
-) -> int:
-    """Load the resume state if there is one; returns the number of steps already done."""
-    state = resume.restore_training(optimizer, history)
-    if state is None:
-        return 0
-    model.load_state_dict(state["model"])
-    log.info("train_cam: continuing from step %d (epoch %d)", state["step"], state["epoch"])
-    return int(state["step"])
-
-
-def _save(
-    resume: ResumeState,
-    step: int,
-    epoch: int,
-    model: CamNet,
-    opt: torch.optim.Optimizer,
-    history: History,
-) -> None:
-    resume.save_training(step, model.state_dict(), opt, history, epoch=epoch)
-
-
 def train_step(
     model: CamNet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, amp: bool
 ) -> float:
@@ -189,26 +163,6 @@ def train_step(
     loss.backward()
     optimizer.step()
     return float(loss.detach())
-
-
-def _loader(
-    df: pd.DataFrame,
-    num_classes: int,
-    cfg: TrainCamConfig,
-    start: int,
-    total: int,
-    device: torch.device,
-) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
-    targets = multi_hot(list(df["labels"]), num_classes)
-    data = TrainSet(list(df["image_path"]), targets, cfg)
-    batches = StepBatches(len(df), cfg.batch_size, cfg.seed, start, total)
-    return DataLoader(
-        data,
-        batch_sampler=batches,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
 
 
 def run(
@@ -231,83 +185,50 @@ def run(
     """
     check_config(cfg)
     df = read_labelled_manifest(Path(manifest), num_classes)
-    per_epoch = len(df) // cfg.batch_size
-    if per_epoch == 0:
+    if len(df) < cfg.batch_size:
         raise DataError(f"manifest {manifest}: {len(df)} images < batch_size {cfg.batch_size}")
     dev = torch.device(torch_device(device))
     seed_everything(cfg.seed)
     model = CamNet(cfg.model, num_classes).to(dev)
-    resume = ResumeState(Path(resume_path), _fingerprint(cfg, num_classes, df), cfg.resume_every)
-    trainer = _Trainer(model, build_optimizer(model, cfg), cfg, resume, per_epoch)
-    start = _restore(resume, model, trainer.optimizer, trainer.history)
-    stop = trainer.total if max_steps is None else min(trainer.total, max_steps)
-    log.info(
-        "train_cam: %d images, %d steps/epoch, %d steps, device %s",
-        len(df),
-        per_epoch,
-        trainer.total,
-        dev,
+    optimizer = build_optimizer(model, cfg)
+    resume = ResumeState(Path(resume_path), _fingerprint(cfg, num_classes, df))
+    per_epoch = len(df) // cfg.batch_size
+    plan = Plan("train_cam", per_epoch * cfg.epochs, per_epoch, cfg.batch_size, cfg.log_every,
+                cfg.resume_every, cfg.poly_power)  # fmt: skip
+    trainer = Trainer(plan, model, optimizer, resume)
+    start = trainer.restore()
+    stop = stop_step(plan.total, max_steps)
+    log.info("train_cam: %d images, %d steps/epoch, %d steps, device %s",
+             len(df), per_epoch, plan.total, dev)  # fmt: skip
+    data = TrainSet(list(df["image_path"]), multi_hot(list(df["labels"]), num_classes), cfg)
+    batches = StepBatches(len(df), cfg.batch_size, cfg.seed, start, stop)
+    loader = DataLoader(data, batch_sampler=batches, **loader_kwargs(cfg.num_workers, dev))
+
+    def step(batch: list[torch.Tensor]) -> dict[str, float]:
+        x, y = to_device(batch, dev)
+        return {"loss": train_step(model, optimizer, x, y, cfg.amp)}
+
+    trainer.fit(loader, step, start, stop)
+
+    def write() -> None:
+        save_weights(out_model, model, metadata={"num_classes": str(num_classes)})
+        log.info("train_cam: wrote %s and %s", out_model, out_history)
+
+    trainer.finish(stop, write, out_history)
+
+
+def worker(job: dict[str, Any], device: str) -> None:
+    """Entry point of the rule's worker process (:mod:`qaclims.workflow.launch`); ``job`` is
+    :func:`qaclims.workflow.launch.job_args`: named inputs and outputs, config, resume path."""
+    from qaclims.data.manifest import read_classes
+
+    inp, out = job["input"], job["output"]
+    run(
+        manifest=Path(inp["manifest"]),
+        num_classes=len(read_classes(inp["classes"])),
+        out_model=Path(out["model"]),
+        out_history=Path(out["history"]),
+        cfg=from_mapping(TrainCamConfig, job["config"]["train_cam"], "train_cam"),
+        device=device,
+        resume_path=Path(job["resume"]),
     )
-    trainer.fit(_loader(df, num_classes, cfg, start, stop, dev), start)
-    if stop < trainer.total:
-        log.info("train_cam: stopped at step %d of %d (max_steps)", stop, trainer.total)
-        return
-    save_weights(out_model, model, metadata={"num_classes": str(num_classes)})
-    trainer.history.save(out_history)
-    resume.clear()
-    log.info("train_cam: wrote %s and %s", out_model, out_history)
-
-
-class _Trainer:
-    """The training loop: poly lr per step, history, log lines, resume-state saves."""
-
-    def __init__(
-        self,
-        model: CamNet,
-        optimizer: torch.optim.Optimizer,
-        cfg: TrainCamConfig,
-        resume: ResumeState,
-        per_epoch: int,
-    ):
-        self.model, self.optimizer, self.cfg, self.resume = model, optimizer, cfg, resume
-        self.per_epoch, self.total = per_epoch, per_epoch * cfg.epochs
-        self.history = History()
-        self.window: list[float] = []
-        self.tick = time.perf_counter()
-
-    def fit(self, loader: DataLoader[tuple[torch.Tensor, torch.Tensor]], start: int) -> None:
-        """Run the loader's batches as global steps ``start, start + 1, ...``."""
-        self.model.train()
-        dev = next(self.model.parameters()).device
-        bar = tqdm(
-            total=self.total, initial=start, desc="train_cam", unit="step", dynamic_ncols=True
-        )
-        for step, (x, y) in enumerate(loader, start=start):
-            set_poly_lr(self.optimizer, step, self.total, self.cfg.poly_power)
-            lr = float(self.optimizer.param_groups[0]["lr"])
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            loss = train_step(self.model, self.optimizer, x, y, self.cfg.amp)
-            self.history.add(step=step + 1, epoch=step // self.per_epoch, loss=loss, lr=lr)
-            self.window.append(loss)
-            bar.update(1)
-            self._after_step(step + 1, lr)
-        bar.close()
-
-    def _after_step(self, done: int, lr: float) -> None:
-        """Log every ``log_every`` steps; save the resume state periodically / per epoch."""
-        if done % self.cfg.log_every == 0 or done == self.total:
-            secs = max(time.perf_counter() - self.tick, 1e-9)
-            log.info(
-                "step %d/%d epoch %d loss %.4f lr %.5f %.1f img/s",
-                done,
-                self.total,
-                (done - 1) // self.per_epoch,
-                float(np.mean(self.window)),
-                lr,
-                len(self.window) * self.cfg.batch_size / secs,
-            )
-            self.window, self.tick = [], time.perf_counter()
-        if done % self.cfg.resume_every == 0 or done % self.per_epoch == 0:
-            _save(
-                self.resume, done, done // self.per_epoch, self.model, self.optimizer, self.history
-            )

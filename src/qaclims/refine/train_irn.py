@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,22 +24,22 @@ from PIL import Image
 from tqdm import tqdm
 
 from qaclims.artifacts.shards import files_for
-from qaclims.core.config import runtime, setting, to_dict
+from qaclims.core.config import from_mapping, runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import read_image, read_label_png, read_parquet
 from qaclims.models.irn import EPS, STRIDE, IrnModelConfig, IrnNet, build_model, normalize
 from qaclims.refine import random_walk as rw
 from qaclims.training import (
-    History,
     ResumeState,
     autocast,
     files_digest,
     fingerprint,
     save_weights,
     seed_everything,
-    set_poly_lr,
 )
+from qaclims.training.loop import Plan, Trainer, loader_kwargs, stop_step, to_device
+from qaclims.training.sampling import StepBatches, augment_rng
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,10 @@ def _augment(
 
 
 class AffinityDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """(image, ir label) pairs. Items are addressed by ``(index, seed)``; ``seed < 0`` means
-    no augmentation (top-left crop). Yields ``3 x crop x crop float32`` and
+    """(image, ir label) pairs. Items are addressed by ``(epoch, index)`` keys of
+    :class:`~qaclims.training.sampling.StepBatches`, augmented with the draws of
+    :func:`~qaclims.training.sampling.augment_rng`; ``epoch < 0`` means no augmentation
+    (top-left crop). Yields ``3 x crop x crop float32`` and
     ``crop/4 x crop/4 uint8`` (the label at stride 4: PIL-nearest, pixel ``4i+2``)."""
 
     def __init__(self, items: Sequence[tuple[Path, Path]], cfg: TrainIrnConfig):
@@ -190,49 +192,28 @@ class AffinityDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]
         return len(self.items)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        i, seed = key
+        epoch, i = key
         img_path, lab_path = self.items[i]
         img, lab = read_image(img_path), read_label_png(lab_path)
         if img.shape[:2] != lab.shape:
             raise DataError(f"ir label {lab_path} is {lab.shape}, image {img_path} {img.shape[:2]}")
-        rng = np.random.default_rng(seed) if seed >= 0 else None
+        rng = augment_rng(self.cfg.seed, epoch, i) if epoch >= 0 else None
         x, lab = _augment(img, lab, self.cfg, rng)
         half = STRIDE // 2
         small = np.ascontiguousarray(lab[half::STRIDE, half::STRIDE])
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), torch.from_numpy(small)
 
 
-class EpochBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
-    """Batches of ``(index, augmentation seed)`` of one epoch, from batch ``start`` on.
-
-    Order and seeds depend only on ``(seed, epoch)``, so a resumed run sees the same data
-    as an uninterrupted one. The last incomplete batch is dropped.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0):
-        super().__init__()
-        self.n, self.bs, self.seed, self.epoch, self.start = n, batch_size, seed, epoch, start
-
-    def __len__(self) -> int:
-        return max(0, self.n // self.bs - self.start)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch]))
-        perm = rng.permutation(self.n)
-        seeds = rng.integers(0, 2**62, size=self.n)
-        for b in range(self.start, self.n // self.bs):
-            sl = slice(b * self.bs, (b + 1) * self.bs)
-            yield [(int(i), int(s)) for i, s in zip(perm[sl], seeds[sl], strict=True)]
-
-
 def _loader(
     ds: AffinityDataset,
     cfg: TrainIrnConfig,
-    batches: torch.utils.data.Sampler[Any],
+    batches: Iterable[list[tuple[int, int]]],
     dev: torch.device,
 ) -> torch.utils.data.DataLoader[Any]:
     return torch.utils.data.DataLoader(
-        ds, batch_sampler=batches, num_workers=cfg.num_workers, pin_memory=dev.type == "cuda"
+        ds,
+        batch_sampler=batches,
+        **loader_kwargs(cfg.num_workers, dev),
     )
 
 
@@ -273,41 +254,12 @@ def build_optimizer(model: IrnNet, cfg: TrainIrnConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _head_state(model: IrnNet) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
-
-
-def _save_state(
-    resume: ResumeState, step: int, model: IrnNet, opt: torch.optim.SGD, hist: History
-) -> None:
-    resume.save_training(step, _head_state(model), opt, hist)
-
-
-def _restore(resume: ResumeState, model: IrnNet, opt: torch.optim.SGD) -> tuple[int, History]:
-    history = History()
-    state = resume.restore_training(opt, history)
-    if state is None:
-        return 0, history
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if unexpected or any(not k.startswith("backbone.") for k in missing):
-        raise DataError(
-            f"resume state {resume.path} does not fit the model: {unexpected or missing}"
-        )
-    return int(state["step"]), history
-
-
 def train_step(
-    model: IrnNet,
-    opt: torch.optim.SGD,
-    batch: Sequence[torch.Tensor],
-    cfg: TrainIrnConfig,
-    step: int,
-    total: int,
+    model: IrnNet, opt: torch.optim.SGD, batch: Sequence[torch.Tensor], cfg: TrainIrnConfig
 ) -> dict[str, float]:
-    """One SGD step at poly-lr position ``step / total``; returns the loss terms and lr."""
+    """One SGD step (at the optimizer's current lr); returns the loss terms."""
     dev = next(model.edge.parameters()).device
-    img, lab = (t.to(dev, non_blocking=True) for t in batch)
-    set_poly_lr(opt, step, total, cfg.poly_power)
+    img, lab = to_device(batch, dev)
     with autocast(dev, cfg.amp):
         edge, disp = model(img)
     losses = irn_losses(edge, disp, lab.long(), rw.pair_geometry(cfg.radius))
@@ -315,41 +267,7 @@ def train_step(
     losses["total"].backward()
     opt.step()
     vals = torch.stack([v.detach() for v in losses.values()]).tolist()
-    return {**dict(zip(losses, vals, strict=True)), "lr": float(opt.param_groups[0]["lr"])}
-
-
-def _train_loop(
-    model: IrnNet,
-    opt: torch.optim.SGD,
-    ds: AffinityDataset,
-    cfg: TrainIrnConfig,
-    resume: ResumeState,
-    hist: History,
-    span: tuple[int, int, int],
-) -> int:
-    """Steps ``start .. stop`` of ``total``; returns the step reached."""
-    step, stop, total = span
-    dev = next(model.edge.parameters()).device
-    per_epoch = len(ds) // cfg.batch_size
-    bar = tqdm(total=stop, initial=step, desc="train_irn", unit="step")
-    while step < stop:
-        epoch, start = divmod(step, per_epoch)
-        batches = EpochBatches(len(ds), cfg.batch_size, cfg.seed, epoch, start)
-        for batch in _loader(ds, cfg, batches, dev):
-            row = train_step(model, opt, batch, cfg, step, total)
-            step += 1
-            hist.add(step=step, epoch=epoch, **row)
-            bar.update()
-            if step % cfg.log_every == 0 or step == stop:
-                log.info(
-                    "step %d/%d %s", step, total, " ".join(f"{k} {v:.4f}" for k, v in row.items())
-                )
-            if step % cfg.resume_every == 0 and step < total:
-                _save_state(resume, step, model, opt, hist)
-            if step >= stop:
-                break
-    bar.close()
-    return step
+    return dict(zip(losses, vals, strict=True))
 
 
 @torch.no_grad()
@@ -358,11 +276,11 @@ def mean_displacement(model: IrnNet, ds: AffinityDataset, cfg: TrainIrnConfig) -
     dev = next(model.edge.parameters()).device
     model.eval()
     keys = [
-        [(i, -1) for i in range(j, min(j + cfg.batch_size, len(ds)))]
+        [(-1, i) for i in range(j, min(j + cfg.batch_size, len(ds)))]
         for j in range(0, len(ds), cfg.batch_size)
     ]
     total, count = torch.zeros(2, device=dev), 0
-    for img, _ in tqdm(_loader(ds, cfg, keys, dev), desc="train_irn mean displacement"):  # type: ignore[arg-type]
+    for img, _ in tqdm(_loader(ds, cfg, keys, dev), desc="train_irn mean displacement"):
         img = img.to(dev)
         with autocast(dev, cfg.amp):
             d = model.disp(model.features(img)).float()
@@ -392,8 +310,7 @@ def run_train(
     """
     _check(cfg)
     items = training_items(Path(manifest), ir_label_dirs)
-    per_epoch = len(items) // cfg.batch_size
-    if per_epoch == 0:
+    if len(items) < cfg.batch_size:
         raise ConfigError(f"train_irn.batch_size: {cfg.batch_size} exceeds the {len(items)} images")
     dev = torch.device(torch_device(device))
     seed_everything(cfg.seed)
@@ -402,19 +319,39 @@ def run_train(
     ids = sorted(Path(p).name for p, _ in items)
     labels = files_digest([lab for _, lab in items])
     key = fingerprint({"cfg": to_dict(cfg), "images": ids, "labels": labels})
-    resume = ResumeState(Path(resume_path), key, cfg.resume_every)
-    step, hist = _restore(resume, model, opt)
-    total = per_epoch * cfg.epochs
-    stop = total if max_steps is None else min(total, max_steps)
+    per_epoch = len(items) // cfg.batch_size
+    plan = Plan("train_irn", per_epoch * cfg.epochs, per_epoch, cfg.batch_size, cfg.log_every,
+                cfg.resume_every, cfg.poly_power)  # fmt: skip
+    # the backbone is frozen and rebuilt from its weights: the resume state holds the head
+    trainer = Trainer(plan, model, opt, ResumeState(Path(resume_path), key),
+                      keep_key=lambda k: not k.startswith("backbone."))  # fmt: skip
+    start = trainer.restore()
+    stop = stop_step(plan.total, max_steps)
     ds = AffinityDataset(items, cfg)
-    step = _train_loop(model, opt, ds, cfg, resume, hist, (step, stop, total))
-    if step < total:
-        _save_state(resume, step, model, opt, hist)
-        log.info("stopped at step %d of %d; a rerun continues from %s", step, total, resume.path)
-        return
-    model.disp_mean.copy_(mean_displacement(model, ds, cfg))
-    save_weights(out_model, model, metadata={"model_config": json.dumps(to_dict(cfg.model))})
-    hist.save(out_history)
-    resume.clear()
-    mean = ", ".join(f"{v:.4f}" for v in model.disp_mean.flatten().tolist())
-    log.info("IRN saved to %s (mean displacement %s)", out_model, mean)
+    batches = StepBatches(len(items), cfg.batch_size, cfg.seed, start, stop)
+    trainer.fit(_loader(ds, cfg, batches, dev), lambda b: train_step(model, opt, b, cfg), start,
+                stop)  # fmt: skip
+
+    def write() -> None:
+        model.disp_mean.copy_(mean_displacement(model, ds, cfg))
+        save_weights(out_model, model, metadata={"model_config": json.dumps(to_dict(cfg.model))})
+        mean = ", ".join(f"{v:.4f}" for v in model.disp_mean.flatten().tolist())
+        log.info("IRN saved to %s (mean displacement %s)", out_model, mean)
+
+    trainer.finish(stop, write, out_history)
+
+
+def worker(job: dict[str, Any], device: str) -> None:
+    """Entry point of the rule's worker process (:mod:`qaclims.workflow.launch`); ``job`` is
+    :func:`qaclims.workflow.launch.job_args`: named inputs and outputs, config, resume path."""
+    inp, out = job["input"], job["output"]
+    labels = inp["labels"]
+    run_train(
+        manifest=Path(inp["manifest"]),
+        ir_label_dirs=[Path(d) for d in ([labels] if isinstance(labels, str) else labels)],
+        cfg=from_mapping(TrainIrnConfig, job["config"]["train_irn"], "train_irn"),
+        out_model=Path(out["model"]),
+        out_history=Path(out["history"]),
+        device=device,
+        resume_path=Path(job["resume"]),
+    )

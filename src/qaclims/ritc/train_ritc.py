@@ -30,8 +30,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Dataset
 
 from qaclims.core.config import from_mapping, runtime, setting, to_dict
 from qaclims.core.devices import torch_device
@@ -51,28 +48,29 @@ from qaclims.core.io import read_image
 from qaclims.data import augment
 from qaclims.data.manifest import multi_hot, read_labelled_manifest
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
-from qaclims.models.clip import ClipConfig, ClipInput, load_clip, region_features
-from qaclims.ritc.losses import ritc_pair_losses
+from qaclims.models.clip import ClipConfig, load_clip
+from qaclims.ritc.objective import (
+    RitcNet,
+    StepContext,
+    camnet,
+    optimizer_step,
+    ritc_loss,
+)
 from qaclims.ritc.text_bank import TextBank, check_text_width
 from qaclims.training import (
     DistInfo,
-    History,
     ResumeState,
-    autocast,
     fingerprint,
     init_distributed,
     inputs_digest,
     per_rank_batch,
     save_weights,
     seed_everything,
-    set_poly_lr,
-    unwrap,
 )
-from qaclims.training.sampling import AUGMENT_STREAM, StepBatches
+from qaclims.training.loop import Plan, Trainer, loader_kwargs, stop_step, to_device
+from qaclims.training.sampling import StepBatches, augment_rng
 
 log = logging.getLogger(__name__)
-
-METRICS = ("loss", "frc", "brc", "area", "pairs", "skipped")
 
 
 @dataclass(frozen=True)
@@ -170,34 +168,6 @@ def check_config(cfg: TrainRitcConfig, where: str = "train_ritc") -> None:
 # ----------------------------------------------------------------------------- pieces
 
 
-def mask_adapter(cam: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Binary masks of ``Nx1xHxW`` CAMs: 1 where ``cam >= alpha * max(cam)`` (per map),
-    else 0; same dtype, no gradient. A map of zeros gives ones (as the reference)."""
-    cam = cam.detach()
-    top = cam.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
-    return (cam >= alpha * top).to(cam.dtype)
-
-
-def camnet(model: nn.Module) -> CamNet:
-    """The :class:`CamNet` inside a (DDP-wrapped) :class:`RitcNet`."""
-    inner = unwrap(model)
-    if not isinstance(inner, RitcNet):
-        raise TypeError(f"expected a RitcNet, got {type(inner).__name__}")
-    return inner.net
-
-
-class RitcNet(nn.Module):
-    """``forward(x: Bx3xHxW) -> B x C x h x w`` sigmoid CAMs in (0, 1) of a :class:`CamNet`
-    (wrapped so DistributedDataParallel sees one forward)."""
-
-    def __init__(self, net: CamNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net.classifier(self.net.features(x)))
-
-
 class RitcSet(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
     """Items keyed by ``(epoch, index)``: ``(3 x crop x crop float32, C float32 multi-hot,
     index)``, augmented with the draws of ``sample_rng(seed, AUGMENT_STREAM, epoch, index)``
@@ -212,90 +182,11 @@ class RitcSet(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         epoch, index = key
         c = self.cfg
-        rng = augment.sample_rng(c.seed, AUGMENT_STREAM, epoch, index)
+        rng = augment_rng(c.seed, epoch, index)
         x = augment.classification_sample(
             read_image(self.paths[index]), rng, c.resize_long, c.crop, c.hflip, c.mean, c.std
         )
         return x, torch.from_numpy(self.targets[index]), index
-
-
-class RankBatches(Sampler[list[tuple[int, int]]]):
-    """This rank's share (every ``world``-th item) of each global batch of ``batches``."""
-
-    def __init__(self, batches: StepBatches, rank: int, world: int):
-        self.batches, self.rank, self.world = batches, rank, world
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for batch in self.batches:
-            yield batch[self.rank :: self.world]
-
-
-# ----------------------------------------------------------------------------- the step
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """What every step needs besides the batch."""
-
-    clip: nn.Module
-    clip_input: ClipInput
-    bank: TextBank
-    cfg: TrainRitcConfig
-    scale: float  # loss_images / per-rank batch
-
-
-def to_clip_space(x: torch.Tensor, cfg: TrainRitcConfig, info: ClipInput) -> torch.Tensor:
-    """``Bx3xSxS`` images from the CAM network's normalisation to CLIP's (if asked for)."""
-    if not cfg.clip_normalize:
-        return x
-
-    def col(v: Sequence[float]) -> torch.Tensor:
-        return torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-
-    return (x * col(cfg.std) + col(cfg.mean) - col(info.mean)) / col(info.std)
-
-
-def ritc_loss(
-    model: nn.Module, ctx: StepContext, x: torch.Tensor, y: torch.Tensor, ids: Sequence[str]
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The RITC loss of one batch ``x: Bx3xHxW``, ``y: BxC`` multi-hot, image ids ``ids``;
-    returns the loss and its terms (loss, frc, brc, area, pairs, skipped)."""
-    cfg, size = ctx.cfg, ctx.clip_input.image_size
-    with autocast(x.device, cfg.amp):
-        cams = model(x)  # B x C x h x w in (0, 1)
-        cam_s = F.interpolate(cams, (size, size), mode="bilinear", align_corners=True)
-        img_s = F.interpolate(x, (size, size), mode="bilinear", align_corners=True)
-        b_idx, c_idx = (y > 0).nonzero(as_tuple=True)
-        cam_p = cam_s[b_idx, c_idx].unsqueeze(1)  # P x 1 x S x S
-        mask = mask_adapter(cam_p, cfg.alpha)
-        img_p = to_clip_space(img_s[b_idx], cfg, ctx.clip_input)
-        fg_feat = region_features(ctx.clip, cam_p * img_p, mask, cfg.region_encoding)
-        bg_feat = region_features(ctx.clip, (1 - cam_p) * img_p, 1 - mask, cfg.region_encoding)
-    keys = [(ids[int(b)], int(c)) for b, c in zip(b_idx.tolist(), c_idx.tolist(), strict=True)]
-    fg_text, bg_text, valid = ctx.bank.gather(keys)
-    pl = ritc_pair_losses(fg_feat, bg_feat, fg_text, bg_text, valid, cfg.temperature)
-    frc, brc = pl.frc.sum() * ctx.scale, pl.brc.sum() * ctx.scale
-    area = cams.float().mean()
-    loss = cfg.w_fg * frc + cfg.w_bg * brc + cfg.w_area * area
-    terms = {
-        "loss": float(loss.detach()),
-        "frc": float(frc.detach()),
-        "brc": float(brc.detach()),
-        "area": float(area.detach()),
-        "pairs": float(len(keys)),
-        "skipped": float((~pl.has_bg).sum()),
-    }
-    return loss, terms
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """Zero the gradients, back-propagate ``loss`` and step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -367,20 +258,6 @@ def _fingerprint(
 # ----------------------------------------------------------------------------- run
 
 
-@dataclass
-class Loop:
-    """The mutable state of a training loop."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    ctx: StepContext
-    dist: DistInfo
-    resume: ResumeState
-    history: History
-    total: int
-    per_epoch: int
-
-
 def run(
     manifest: Path,
     num_classes: int,
@@ -398,8 +275,8 @@ def run(
     max_steps: int | None = None,
 ) -> None:
     """Train the QA-CLIMS CAM network; write ``out_model`` (a CamNet safetensors state dict)
-    and ``out_history`` (Parquet: one row per ``log_every`` steps with step, epoch, loss,
-    frc, brc, area, pairs, skipped, lr, img_per_s).
+    and ``out_history`` (Parquet: one row per step with step, epoch, loss, frc, brc, area,
+    pairs, skipped, lr).
 
     manifest: training split; cam_weights / model_cfg: train_cam's network; corpus_index /
     text_features: text_features' outputs; clip_cfg / clip_weights: the frozen CLIP (weights:
@@ -416,8 +293,7 @@ def run(
     missing = [str(p) for p in inputs if not p.is_file()]
     if missing:
         raise DataError(f"train_ritc: missing input files {missing}")
-    per_epoch = len(df) // cfg.batch_size
-    if per_epoch == 0:
+    if len(df) < cfg.batch_size:
         raise DataError(f"manifest {manifest}: {len(df)} images < batch_size {cfg.batch_size}")
     dist = init_distributed(torch_device(device))
     try:
@@ -429,147 +305,37 @@ def run(
     clip, info, _ = load_clip(clip_cfg, str(dist.device), clip_weights)
     check_text_width(bank, Path(text_features), clip, clip_cfg.name)
     model = build_network(Path(cam_weights), model_cfg, num_classes, cfg, dist)
+    optimizer = build_optimizer(model, cfg)
     key = _fingerprint(cfg, model_cfg, clip_cfg, num_classes, df, inputs)
     ctx = StepContext(clip, info, bank, cfg, cfg.loss_images / per_rank)
-    loop = Loop(model, build_optimizer(model, cfg), ctx, dist,
-                ResumeState(Path(resume_path), key, cfg.resume_every), History(),
-                per_epoch * cfg.epochs, per_epoch)  # fmt: skip
-    start = _restore(loop)
-    stop = loop.total if max_steps is None else min(loop.total, max_steps)
+    per_epoch = len(df) // cfg.batch_size
+    plan = Plan("train_ritc", per_epoch * cfg.epochs, per_epoch, cfg.batch_size, cfg.log_every,
+                cfg.resume_every, cfg.poly_power, sum_terms=("pairs", "skipped"))  # fmt: skip
+    trainer = Trainer(plan, model, optimizer, ResumeState(Path(resume_path), key), dist)
+    start = trainer.restore()
+    stop = stop_step(plan.total, max_steps)
     log.info("train_ritc: %d images, %d steps/epoch, %d steps, %d process(es) x %d images, %s",
-             len(df), per_epoch, loop.total, dist.world, per_rank, dist.device)  # fmt: skip
-    _loop(loop, _loader(df, num_classes, cfg, start, stop, dist), df, start)
-    _finish(loop, stop, out_model, out_history, num_classes)
-
-
-def _loader(
-    df: pd.DataFrame,
-    num_classes: int,
-    cfg: TrainRitcConfig,
-    start: int,
-    stop: int,
-    dist: DistInfo,
-) -> DataLoader[tuple[torch.Tensor, torch.Tensor, int]]:
+             len(df), per_epoch, plan.total, dist.world, per_rank, dist.device)  # fmt: skip
     data = RitcSet(list(df["image_path"]), multi_hot(list(df["labels"]), num_classes), cfg)
-    steps = StepBatches(len(df), cfg.batch_size, cfg.seed, start, stop)
-    return DataLoader(
-        data,
-        batch_sampler=RankBatches(steps, dist.rank, dist.world),
-        num_workers=cfg.num_workers,
-        pin_memory=dist.device.type == "cuda",
-    )
-
-
-def _restore(loop: Loop) -> int:
-    """Load the resume state if there is one; returns the number of steps already done."""
-    state = loop.resume.restore_training(loop.optimizer, loop.history)
-    if state is None:
-        return 0
-    unwrap(loop.model).load_state_dict(state["model"])
-    log.info("train_ritc: continuing from step %d", state["step"])
-    return int(state["step"])
-
-
-def _save(loop: Loop, step: int) -> None:
-    if loop.dist.main:
-        loop.resume.save_training(
-            step, unwrap(loop.model).state_dict(), loop.optimizer, loop.history
-        )
-
-
-def _reduce(values: list[dict[str, float]], dist: DistInfo) -> dict[str, float]:
-    """Mean of each term over the window's steps; over the processes, the mean of the loss
-    terms (each already a global-batch figure) and the sum of the pair counts."""
-    vec = torch.tensor([[v[k] for k in METRICS] for v in values], dtype=torch.float64).mean(0)
-    if dist.world > 1:
-        vec = vec.to(dist.device)
-        torch.distributed.all_reduce(vec)
-        vec = vec.cpu()
-        counts = torch.tensor([k in ("pairs", "skipped") for k in METRICS])
-        vec = torch.where(counts, vec, vec / dist.world)
-    return dict(zip(METRICS, vec.tolist(), strict=True))
-
-
-def _loop(
-    loop: Loop,
-    loader: DataLoader[tuple[torch.Tensor, torch.Tensor, int]],
-    df: pd.DataFrame,
-    start: int,
-) -> None:
-    """Run the loader's steps (global steps ``start, start+1, ...``), logging and saving."""
-    loop.model.train()
+    batches = StepBatches(len(df), cfg.batch_size, cfg.seed, start, stop, dist.rank, dist.world)
+    loader = DataLoader(data, batch_sampler=batches, **loader_kwargs(cfg.num_workers, dist.device))
     ids = list(df["image_id"].astype(str))
-    window: list[dict[str, float]] = []
-    tick = time.perf_counter()
-    bar = tqdm(
-        total=loop.total,
-        initial=start,
-        desc="train_ritc",
-        unit="step",
-        dynamic_ncols=True,
-        disable=not loop.dist.main,
-    )
-    for step, (x, y, index) in enumerate(loader, start=start):
-        set_poly_lr(loop.optimizer, step, loop.total, loop.ctx.cfg.poly_power)
-        dev = loop.dist.device
-        loss, terms = ritc_loss(
-            loop.model,
-            loop.ctx,
-            x.to(dev, non_blocking=True),
-            y.to(dev),
-            [ids[int(i)] for i in index],
-        )
-        optimizer_step(loop.optimizer, loss)
-        window.append(terms)
-        bar.update(1)
-        done = step + 1
-        if done % loop.ctx.cfg.log_every == 0 or done == loop.total:
-            _log_window(loop, window, done, time.perf_counter() - tick)
-            window, tick = [], time.perf_counter()
-        if done % loop.ctx.cfg.resume_every == 0 or done % loop.per_epoch == 0:
-            _save(loop, done)
-    bar.close()
 
+    def step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        x, y, index = batch
+        x, y = to_device([x, y], dist.device)
+        loss, terms = ritc_loss(model, ctx, x, y, [ids[int(i)] for i in index])
+        optimizer_step(optimizer, loss)
+        return terms
 
-def _log_window(loop: Loop, window: list[dict[str, float]], done: int, seconds: float) -> None:
-    row = _reduce(window, loop.dist)
-    lr = float(loop.optimizer.param_groups[0]["lr"])
-    rate = len(window) * loop.ctx.cfg.batch_size / max(seconds, 1e-9)
-    epoch = (done - 1) // loop.per_epoch
-    loop.history.add(step=done, epoch=epoch, **row, lr=lr, img_per_s=rate)
-    if loop.dist.main:
-        log.info(
-            "step %d/%d epoch %d loss %.4f frc %.4f brc %.4f area %.4f pairs %.1f "
-            "skipped %.1f lr %.6f %.1f img/s",
-            done,
-            loop.total,
-            epoch,
-            row["loss"],
-            row["frc"],
-            row["brc"],
-            row["area"],
-            row["pairs"],
-            row["skipped"],
-            lr,
-            rate,
-        )
+    trainer.fit(loader, step, start, stop)
 
-
-def _finish(loop: Loop, stop: int, out_model: Path, out_history: Path, num_classes: int) -> None:
-    """Write the outputs (rank 0), or only the resume state when stopped early."""
-    if stop < loop.total:
-        _save(loop, stop)
-        log.info("train_ritc: stopped at step %d of %d (max_steps)", stop, loop.total)
-    elif loop.dist.main:
-        net = camnet(loop.model)
-        save_weights(
-            out_model, net, metadata={"num_classes": str(num_classes), "method": "qa-clims"}
-        )
-        loop.history.save(out_history)
-        loop.resume.clear()
+    def write() -> None:
+        meta = {"num_classes": str(num_classes), "method": "qa-clims"}
+        save_weights(out_model, camnet(model), metadata=meta)
         log.info("train_ritc: wrote %s and %s", out_model, out_history)
-    if loop.dist.world > 1:
-        torch.distributed.barrier()
+
+    trainer.finish(stop, write, out_history)
 
 
 def worker(job: dict[str, Any], device: str) -> None:

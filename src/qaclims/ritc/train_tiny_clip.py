@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -310,19 +310,16 @@ def train_tiny_clip(
     )
     resume = None
     if resume_path is not None:
-        resume = ResumeState(Path(resume_path), _fingerprint(cfg, clip_cfg, data), cfg.resume_every)
-    loss = _fit(model, tokenizer(data.texts).to(dev), data, cfg, dev, resume, max_steps)
-    if loss is None:
-        return {}
-    stats = {"loss": loss, **retrieval_accuracy(model, tokenizer, data, cfg)}
-    log.info("train_tiny_clip: %s", json.dumps({k: round(v, 4) for k, v in stats.items()}))
-    save_weights(
-        out,
-        model.cpu(),
-        metadata={"arch": json.dumps(vars(clip_cfg.tiny)), "stats": json.dumps(stats)},
-    )
-    if resume is not None:
-        resume.clear()
+        resume = ResumeState(Path(resume_path), _fingerprint(cfg, clip_cfg, data))
+    stats: dict[str, float] = {}
+
+    def write(loss: float) -> None:
+        stats.update(loss=loss, **retrieval_accuracy(model, tokenizer, data, cfg))
+        log.info("train_tiny_clip: %s", json.dumps({k: round(v, 4) for k, v in stats.items()}))
+        meta = {"arch": json.dumps(vars(clip_cfg.tiny)), "stats": json.dumps(stats)}
+        save_weights(out, model, metadata=meta)
+
+    _fit(model, tokenizer(data.texts).to(dev), data, cfg, dev, resume, max_steps, write)
     return stats
 
 
@@ -350,31 +347,31 @@ def _fit(
     dev: torch.device,
     resume: ResumeState | None,
     max_steps: int | None,
-) -> float | None:
-    """AdamW with a one-cycle cosine schedule over ``epochs``; returns the last logged mean
-    loss, or None when stopped at ``max_steps`` before the end (the state is saved)."""
-    from tqdm import tqdm
+    write: Callable[[float], None],
+) -> bool:
+    """AdamW with a one-cycle cosine schedule over ``epochs``, on the one training loop;
+    when complete, ``write(mean loss of the last log window)`` and return True; when
+    stopped at ``max_steps`` before the end, save the state and return False."""
+    from qaclims.training.loop import Plan, Trainer, stop_step
+    from qaclims.training.sampling import StepBatches, step_rng
 
     model.requires_grad_(True).train()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    per_epoch = max(1, len(data.samples) // cfg.batch_size)
+    batch = min(cfg.batch_size, len(data.samples))
+    per_epoch = len(data.samples) // batch
     total = per_epoch * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total, pct_start=0.05)
-    run = _FitState(gen=gen)
-    state = resume.load() if resume is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        run = _FitState.restore(state, gen)
-    stop = total if max_steps is None else min(total, max_steps)
-    bar = tqdm(total=total, initial=run.step, desc="train_tiny_clip", unit="step",
-               dynamic_ncols=True)  # fmt: skip
-    for step in range(run.step, stop):
-        if step % per_epoch == 0:
-            run.order = torch.randperm(len(data.samples), generator=gen)
-        idx = run.order[(step % per_epoch) * cfg.batch_size :][: cfg.batch_size].tolist()
+    plan = Plan("train_tiny_clip", total, per_epoch, batch, cfg.log_every, cfg.resume_every,
+                poly_power=None)  # fmt: skip
+    trainer = Trainer(plan, model, opt, resume, scheduler=sched)
+    start = trainer.restore()
+    stop = stop_step(total, max_steps)
+    keys = StepBatches(len(data.samples), batch, cfg.seed, start, stop)
+
+    def step(item: tuple[int, list[tuple[int, int]]]) -> dict[str, float]:
+        s, batch_keys = item
+        idx = [i for _, i in batch_keys]
+        gen = torch.Generator().manual_seed(int(step_rng(cfg.seed, s).integers(2**62)))
         x, m = _batch(data, idx, cfg, gen)
         img = encode_image_masked(model, x.to(dev), m.to(dev))
         scale = model.logit_scale.exp().clamp(max=100.0)
@@ -382,46 +379,12 @@ def _fit(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
-        run.window.append(float(loss.detach()))
-        run.step = step + 1
-        bar.update(1)
-        if run.step % cfg.log_every == 0 or run.step == total:
-            run.last = float(np.mean(run.window))
-            log.info("step %d/%d loss %.4f", run.step, total, run.last)
-            run.window = []
-        if (
-            resume is not None
-            and run.step < total
-            and (run.step % cfg.resume_every == 0 or run.step == stop)
-        ):
-            resume.save(run.step, model=model.state_dict(), optimizer=opt.state_dict(),
-                        scheduler=sched.state_dict(), **run.parts())  # fmt: skip
-    bar.close()
+        return {"loss": float(loss.detach())}
+
+    trainer.fit(enumerate(keys, start), step, start, stop)
     model.requires_grad_(False).eval()
-    return run.last if run.step == total else None
-
-
-@dataclass
-class _FitState:
-    """What a tiny-CLIP training carries from step to step besides the network."""
-
-    gen: torch.Generator
-    step: int = 0
-    order: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
-    window: list[float] = field(default_factory=list)
-    last: float = float("nan")
-
-    def parts(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state(), "order": self.order,
-                "window": torch.tensor(self.window, dtype=torch.float64),
-                "last": self.last}  # fmt: skip
-
-    @classmethod
-    def restore(cls, state: dict[str, Any], gen: torch.Generator) -> _FitState:
-        gen.set_state(state["gen"])
-        return cls(gen, int(state["step"]), state["order"], state["window"].tolist(),
-                   float(state["last"]))  # fmt: skip
+    last = total % cfg.log_every or cfg.log_every
+    return trainer.finish(stop, lambda: write(trainer.window_mean(last)["loss"]))
 
 
 @torch.no_grad()
@@ -444,3 +407,21 @@ def retrieval_accuracy(
             hits[data.samples[i][1]].append(bool(data.positives[i, b]))
     names = {REGION_IMAGE: "acc_image", REGION_FG: "acc_fg", REGION_BG: "acc_bg"}
     return {names[k]: float(np.mean(v)) if v else float("nan") for k, v in hits.items()}
+
+
+def worker(job: dict[str, Any], device: str) -> None:
+    """Entry point of the rule's worker process (:mod:`qaclims.workflow.launch`); ``job`` is
+    :func:`qaclims.workflow.launch.job_args`: named inputs and outputs, config, resume path."""
+    from qaclims.core.config import from_mapping
+
+    root = Path(job["input"]["root"])
+    config = job["config"]
+    train_tiny_clip(
+        root=root,
+        captions=root / "captions.parquet",
+        clip_cfg=from_mapping(ClipConfig, config["clip"], "clip"),
+        cfg=from_mapping(TinyClipConfig, config["train_tiny_clip"], "train_tiny_clip"),
+        out=Path(job["output"]["model"]),
+        device=device,
+        resume_path=Path(job["resume"]),
+    )

@@ -20,18 +20,15 @@ import dataclasses
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from qaclims.core.config import from_mapping, runtime, setting, to_dict
 from qaclims.core.devices import torch_device
@@ -46,10 +43,9 @@ from qaclims.models.deeplab import (
     param_groups,
 )
 from qaclims.seg.loss import LOSSES, Units, group_counts, resize_labels, unit_loss
-from qaclims.seg.training_data import RankSamples, SegTrainSet, read_train_rows
+from qaclims.seg.training_data import SegTrainSet, read_train_rows
 from qaclims.training import (
     DistInfo,
-    History,
     ResumeState,
     autocast,
     files_digest,
@@ -58,8 +54,9 @@ from qaclims.training import (
     per_rank_batch,
     save_weights,
     seed_everything,
-    set_poly_lr,
 )
+from qaclims.training.loop import Plan, Trainer, loader_kwargs, stop_step, to_device
+from qaclims.training.sampling import StepBatches
 
 log = logging.getLogger(__name__)
 
@@ -203,23 +200,6 @@ def _fingerprint(cfg: TrainDeeplabConfig, num_classes: int, df: pd.DataFrame) ->
     return fingerprint({"cfg": keep, "num_classes": num_classes, "data": data, "labels": labels})
 
 
-def _restore(
-    resume: ResumeState, model: DeepLab, opt: torch.optim.Optimizer, history: History
-) -> int:
-    """Load the resume state if there is one; returns the number of steps already done."""
-    state = resume.restore_training(opt, history)
-    if state is None:
-        return 0
-    model.load_state_dict(state["model"])
-    return int(state["step"])
-
-
-def _save_state(
-    resume: ResumeState, step: int, model: DeepLab, opt: torch.optim.Optimizer, history: History
-) -> None:
-    resume.save_training(step, model.state_dict(), opt, history)
-
-
 def _wrap(model: DeepLab, cfg: TrainDeeplabConfig, dist: DistInfo) -> nn.Module:
     """The multi-scale training net, inside DDP when there are several ranks."""
     net: nn.Module = MultiScaleNet(model, cfg.msc_scales)
@@ -285,93 +265,6 @@ def rank_units(cfg: TrainDeeplabConfig, rank: int, per_rank: int) -> Units:
     return Units.of_positions(rank * per_rank, per_rank, unit, cfg.batch_size)
 
 
-def _sum_over_ranks(value: torch.Tensor, dist: DistInfo) -> float:
-    if dist.world > 1:
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-    return float(value)
-
-
-@dataclass
-class _Run:
-    """What the loop needs besides the network."""
-
-    cfg: TrainDeeplabConfig
-    dist: DistInfo
-    resume: ResumeState
-    history: History
-    units: Units
-
-
-def _loop(
-    net: nn.Module,
-    model: DeepLab,
-    opt: torch.optim.Optimizer,
-    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
-    run: _Run,
-    start: int,
-) -> None:
-    """Run global steps ``start, start+1, ...`` from ``loader``, logging and saving state."""
-    cfg, dev = run.cfg, run.dist.device
-    net.train()
-    tick, window = time.perf_counter(), []
-    bar = tqdm(
-        total=cfg.iterations,
-        initial=start,
-        desc="train_deeplab",
-        unit="step",
-        dynamic_ncols=True,
-        disable=not run.dist.main,
-    )
-    for step, (x, y) in enumerate(loader, start=start):
-        set_poly_lr(opt, step, cfg.iterations, cfg.poly_power)
-        lr = opt.param_groups[0]["lr"]
-        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        share = train_step(
-            net, opt, x, y, run.units, cfg.loss, cfg.iter_size, cfg.amp, run.dist.world
-        )
-        loss = _sum_over_ranks(share, run.dist)
-        run.history.add(step=step + 1, loss=loss, lr=lr)  # steps done (one convention)
-        window.append(loss)
-        bar.update(1)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.iterations:
-            rate = len(window) * cfg.batch_size / max(time.perf_counter() - tick, 1e-9)
-            log.info(
-                "step %d/%d loss %.4f lr %.2e %.1f img/s",
-                done,
-                cfg.iterations,
-                float(np.mean(window)),
-                lr,
-                rate,
-            )
-            tick, window = time.perf_counter(), []
-        if done % cfg.resume_every == 0 and done < cfg.iterations and run.dist.main:
-            _save_state(run.resume, done, model, opt, run.history)
-    bar.close()
-
-
-def _loader(
-    df: pd.DataFrame,
-    cfg: TrainDeeplabConfig,
-    num_classes: int,
-    start: int,
-    stop: int,
-    dist: DistInfo,
-    per_rank: int,
-) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
-    data = SegTrainSet(df, cfg, num_classes)
-    samples = RankSamples(start, stop, cfg.batch_size, dist.rank, per_rank)
-    return DataLoader(
-        data,
-        batch_size=per_rank,
-        sampler=samples,
-        num_workers=cfg.num_workers,
-        pin_memory=dist.device.type == "cuda",
-        drop_last=False,
-    )
-
-
 def _rank_batch(cfg: TrainDeeplabConfig, world: int) -> int:
     try:
         return per_rank_batch(cfg.batch_size, world)
@@ -399,7 +292,7 @@ def train_run(
         num_classes: classes INCLUDING background (21 on VOC).
         cfg: :class:`TrainDeeplabConfig`.
         out_model: safetensors state dict of :class:`DeepLab` (written by rank 0).
-        out_history: Parquet table ``step, loss, lr`` per step.
+        out_history: Parquet table ``step, epoch, loss, lr`` per step.
         device: ``auto|cpu|cuda``; under torchrun each rank uses ``cuda:LOCAL_RANK``.
         resume_path: resume state, saved every ``cfg.resume_every`` steps, continued from
             on a re-run, removed once the outputs exist.
@@ -415,37 +308,38 @@ def train_run(
     seed_everything(cfg.seed)
     model = build_model(cfg.model, num_classes).to(dist.device)
     opt = build_optimizer(model, cfg)
-    run = _Run(
-        cfg,
-        dist,
-        ResumeState(Path(resume_path), _fingerprint(cfg, num_classes, df), cfg.resume_every),
-        History(),
-        rank_units(cfg, dist.rank, per_rank),
-    )
-    start = _restore(run.resume, model, opt, run.history)
-    stop = cfg.iterations if max_steps is None else min(cfg.iterations, max_steps)
-    log.info(
-        "train_deeplab: %d images, steps %d..%d of %d, %d rank(s) x %d images, %s",
-        len(df),
-        start,
-        stop,
-        cfg.iterations,
-        dist.world,
-        per_rank,
-        dist.device,
-    )
+    net = _wrap(model, cfg, dist)
+    units = rank_units(cfg, dist.rank, per_rank)
+    plan = Plan("train_deeplab", cfg.iterations, max(1, len(df) // cfg.batch_size),
+                cfg.batch_size, cfg.log_every, cfg.resume_every, cfg.poly_power,
+                sum_terms=("loss",))  # fmt: skip
+    key = _fingerprint(cfg, num_classes, df)
+    trainer = Trainer(plan, model, opt, ResumeState(Path(resume_path), key), dist)
+    start = trainer.restore()
+    stop = stop_step(cfg.iterations, max_steps)
+    log.info("train_deeplab: %d images, steps %d..%d of %d, %d rank(s) x %d images, %s",
+             len(df), start, stop, cfg.iterations, dist.world, per_rank, dist.device)  # fmt: skip
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    loader = _loader(df, cfg, num_classes, start, stop, dist, per_rank)
-    _loop(_wrap(model, cfg, dist), model, opt, loader, run, start)
-    if stop == cfg.iterations and dist.main:
+    data = SegTrainSet(df, cfg, num_classes)
+    batches = StepBatches(len(df), cfg.batch_size, cfg.seed, start, stop, dist.rank, dist.world,
+                          wrap=True)  # fmt: skip
+    loader = DataLoader(data, batch_sampler=batches, **loader_kwargs(cfg.num_workers, dist.device))
+
+    def step(batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = to_device(batch, dist.device)
+        share = train_step(net, opt, x, y, units, cfg.loss, cfg.iter_size, cfg.amp, dist.world)
+        return {"loss": share}  # this process's share; the plan sums the shares
+
+    net.train()
+    trainer.fit(loader, step, start, stop)
+
+    def write() -> None:
         meta = {"num_classes": str(num_classes), "model": json.dumps(to_dict(cfg.model))}
         save_weights(out_model, model, metadata=meta)
-        run.history.save(out_history)
-        run.resume.clear()
         log.info("train_deeplab: wrote %s and %s", out_model, out_history)
-    if dist.world > 1:
-        torch.distributed.barrier()
+
+    trainer.finish(stop, write, out_history)
 
 
 def worker(job: dict[str, Any], device: str) -> None:

@@ -1,10 +1,10 @@
 """train_deeplab's data: pseudo masks found and checked, deeplab-pytorch's augmentation of
-an image and its mask, and the per-rank sample order of a step."""
+an image and its mask (data order: :class:`qaclims.training.sampling.StepBatches`)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,15 +12,14 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from qaclims.artifacts.shards import files_for
 from qaclims.core.errors import DataError
 from qaclims.core.io import read_image, read_label_png, read_parquet
 from qaclims.evaluation.metrics import IGNORE_INDEX
-from qaclims.models.deeplab import (
-    normalise,
-)
+from qaclims.models.deeplab import normalise
+from qaclims.training.sampling import augment_rng
 
 if TYPE_CHECKING:
     from qaclims.seg.train_deeplab import TrainDeeplabConfig
@@ -115,45 +114,21 @@ def augment_pair(
 
 
 class SegTrainSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Global sample index ``g`` -> ``(3 x crop x crop float32, crop x crop int64)``,
-    augmented with the draws of ``default_rng([seed, g])``."""
+    """``(epoch, index)`` keys of :class:`~qaclims.training.sampling.StepBatches` ->
+    ``(3 x crop x crop float32, crop x crop int64)``, augmented with the draws of
+    :func:`~qaclims.training.sampling.augment_rng`."""
 
     def __init__(self, df: pd.DataFrame, cfg: TrainDeeplabConfig, num_classes: int):
         self.images = list(df["image_path"])
         self.labels = list(df["label_path"])
         self.cfg, self.num_classes = cfg, num_classes
-        self._perm: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _index(self, g: int) -> int:
-        n = len(self.images)
-        epoch, pos = divmod(g, n)
-        if self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.cfg.seed, epoch, 1]).permutation(n))
-        return int(self._perm[1][pos])
-
-    def __getitem__(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-        i = self._index(g)
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = key
         image = read_image(self.images[i])
         label = checked_label(self.labels[i], image.shape[:2], self.num_classes)
-        x, y = augment_pair(image, label, self.cfg, np.random.default_rng([self.cfg.seed, g]))
+        x, y = augment_pair(image, label, self.cfg, augment_rng(self.cfg.seed, epoch, i))
         return torch.from_numpy(x), torch.from_numpy(y)
-
-
-class RankSamples(Sampler[int]):
-    """Global sample indices of this rank for steps ``start..stop-1``: step ``s`` holds
-    samples ``s*B .. s*B+B-1`` of which rank ``r`` takes ``[r*b, (r+1)*b)`` (``b = B/world``)."""
-
-    def __init__(self, start: int, stop: int, batch: int, rank: int, per_rank: int):
-        self.start, self.stop, self.batch = start, stop, batch
-        self.first, self.per_rank = rank * per_rank, per_rank
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start) * self.per_rank
-
-    def __iter__(self) -> Iterator[int]:
-        for s in range(self.start, self.stop):
-            base = s * self.batch + self.first
-            yield from range(base, base + self.per_rank)

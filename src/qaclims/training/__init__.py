@@ -74,11 +74,12 @@ def inputs_digest(paths: Sequence[str | Path]) -> str:
 
 @dataclass
 class ResumeState:
-    """Where and when a training loop saves the state it continues from after a crash."""
+    """Where a training loop saves the state it continues from after a crash, and the
+    fingerprint of the settings and inputs it belongs to (when to save:
+    :class:`qaclims.training.loop.Plan`)."""
 
     path: Path
     fingerprint: str
-    every_steps: int = 100
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None if absent or saved under a different config."""

@@ -1,7 +1,8 @@
 """The order of the training images: one seeded shuffle per epoch, cut into step batches.
 
-Shared by the training stages that step through epochs (train_cam, train_ritc); a batch of
-step ``s`` is a function of ``(seed, s)`` only, so a resumed run sees the same batches.
+Every training stage (train_cam, train_ritc, train_irn, train_deeplab, train_tiny_clip) draws
+its batches from :class:`StepBatches` and its augmentation from :func:`augment_rng`: a batch
+of step ``s`` is a function of ``(seed, s)`` only, so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from qaclims.data import augment
 #: epoch ``e`` and the augmentation of image ``e`` never share a stream
 ORDER_STREAM = 0
 AUGMENT_STREAM = 1
+STEP_STREAM = 2
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -25,21 +27,74 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return augment.sample_rng(seed, ORDER_STREAM, epoch).permutation(n)
 
 
-class StepBatches(Sampler[list[tuple[int, int]]]):
-    """Batches of ``(epoch, index)`` for global steps ``start..total-1`` (last partial batch of
-    each epoch dropped, as IRN's ``drop_last=True``)."""
+def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The augmentation draws of image ``index`` in ``epoch`` (tagged :data:`AUGMENT_STREAM`)."""
+    return augment.sample_rng(seed, AUGMENT_STREAM, epoch, index)
 
-    def __init__(self, n: int, batch: int, seed: int, start: int, total: int):
-        self.n, self.batch, self.seed, self.start, self.total = n, batch, seed, start, total
-        self.per_epoch = n // batch
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+    """Draws made for a whole batch at once (e.g. batched perturbations) at global ``step``
+    (tagged :data:`STEP_STREAM`)."""
+    return augment.sample_rng(seed, STEP_STREAM, step)
+
+
+class StepBatches(Sampler[list[tuple[int, int]]]):
+    """The one sampler of every training stage: for each global step ``start..stop-1``, this
+    process's share of the step's batch as ``(epoch, index)`` keys.
+
+    ``wrap=False`` (IRN's ``drop_last=True``): an epoch is ``n // batch`` steps of its own
+    shuffle, its last partial batch dropped. ``wrap=True`` (an endless stream, as a loader
+    restarted when exhausted): sample ``g = step * batch + j`` is position ``g mod n`` of
+    epoch ``g // n``'s shuffle. Process ``rank`` of ``world`` takes the contiguous slice
+    ``[rank * b, (rank + 1) * b)`` of each batch (``b = batch / world``). A dataset draws the
+    augmentation of key ``(e, i)`` from ``sample_rng(seed, AUGMENT_STREAM, e, i)``.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch: int,
+        seed: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world: int = 1,
+        wrap: bool = False,
+    ):
+        if n < 1 or batch < 1 or (not wrap and n < batch):
+            raise ValueError(f"cannot cut {n} items into batches of {batch}")
+        if batch % world:
+            raise ValueError(f"batch {batch} is not divisible by {world} processes")
+        self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
+        self.wrap, self.share = wrap, batch // world
+        self.first = rank * self.share
+        self._order: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
+
+    @property
+    def per_epoch(self) -> int:
+        """Steps per pass over the data (at least 1)."""
+        return max(1, self.n // self.batch)
 
     def __len__(self) -> int:
-        return max(0, self.total - self.start)
+        return max(0, self.stop - self.start)
+
+    def _key(self, epoch: int, pos: int) -> tuple[int, int]:
+        if self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.seed, epoch, self.n))
+        return epoch, int(self._order[1][pos])
+
+    def keys(self, step: int) -> list[tuple[int, int]]:
+        """This process's keys of global step ``step``."""
+        out = []
+        for j in range(self.first, self.first + self.share):
+            if self.wrap:
+                e, pos = divmod(step * self.batch + j, self.n)
+            else:
+                e, b = divmod(step, self.n // self.batch)
+                pos = b * self.batch + j
+            out.append(self._key(e, pos))
+        return out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, order = -1, np.empty(0, dtype=np.int64)
-        for step in range(self.start, self.total):
-            e, b = divmod(step, self.per_epoch)
-            if e != epoch:
-                epoch, order = e, epoch_order(self.seed, e, self.n)
-            yield [(e, int(i)) for i in order[b * self.batch : (b + 1) * self.batch]]
+        for step in range(self.start, self.stop):
+            yield self.keys(step)

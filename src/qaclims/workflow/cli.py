@@ -1,10 +1,10 @@
-"""Entry point of the multi-GPU training stages under torchrun.
+"""Entry point of a training stage's worker process (one, or one per GPU under torchrun).
 
-``python -m qaclims.workflow.cli MODULE JOB_JSON``: MODULE is a stage module with a
-``worker(job, device)`` function (``qaclims.ritc.train_ritc``,
-``qaclims.seg.train_deeplab``) and JOB_JSON the job's inputs, outputs, resolved config and
-resume path (:func:`qaclims.workflow.launch.job_args`).
-Started once per GPU by :mod:`qaclims.workflow.launch`; rank 0 writes the outputs and logs at INFO.
+``python -m qaclims.workflow.cli MODULE JOB_JSON``: MODULE is a training stage module with a
+``worker(job, device)`` function (:data:`WORKERS`) and JOB_JSON the job's inputs, outputs,
+resolved config, resume path and threads (:func:`qaclims.workflow.launch.job_args`).
+Started by :mod:`qaclims.workflow.launch`; torch gets the job's threads shared among the
+workers; rank 0 writes the outputs and logs at INFO.
 """
 
 from __future__ import annotations
@@ -15,9 +15,17 @@ import logging
 import os
 import sys
 
+import torch
+
 from qaclims.core import devices, logs
 
-WORKERS = ("qaclims.ritc.train_ritc", "qaclims.seg.train_deeplab")
+WORKERS = (
+    "qaclims.cam.train_cam",
+    "qaclims.ritc.train_tiny_clip",
+    "qaclims.ritc.train_ritc",
+    "qaclims.refine.train_irn",
+    "qaclims.seg.train_deeplab",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logs.setup(None, logging.INFO if rank == 0 else logging.WARNING)
     device = devices.torch_device(job["config"].get("device", "auto"))
     world = os.environ.get("WORLD_SIZE", "1")
+    torch.set_num_threads(max(1, int(job.get("threads", 1)) // int(world)))
     log.info("%s on %s (rank %d of %s)", args[0], device, rank, world)
     try:
         importlib.import_module(args[0]).worker(job, device)

@@ -1,4 +1,8 @@
-"""Launch a multi-GPU training stage from its rule: one job, ``torchrun`` started once.
+"""Run a training stage from its rule: one job, one worker process, or ``torchrun`` started
+once with a worker per GPU. Every training rule (train_cam, train_tiny_clip, train_ritc,
+train_irn, train_deeplab) is called this one way: its script is
+``launch.run_rule(snakemake, <stage module>)`` and the stage's ``worker(job, device)`` reads
+the job (:func:`job_args`) in the worker process.
 
 Takes N free local GPUs (or the ones SLURM set in ``CUDA_VISIBLE_DEVICES``), then starts
 ``torchrun --standalone --nproc-per-node=<GPUs held>`` once, which forks one worker per GPU
@@ -26,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def job_args(smk: Any, resume: str) -> dict[str, Any]:
-    """What a worker needs of its Snakemake job: named inputs/outputs, config, resume path."""
+    """What a worker needs of its Snakemake job: named inputs/outputs, config, resume path,
+    and the job's CPU threads (shared by its workers)."""
 
     def named(files: Any) -> dict[str, Any]:
         return {k: (v if isinstance(v, str) else list(v)) for k, v in files.items()}
@@ -36,6 +41,7 @@ def job_args(smk: Any, resume: str) -> dict[str, Any]:
         "output": named(smk.output),
         "config": dict(smk.config),
         "resume": resume,
+        "threads": int(smk.threads),
     }
 
 
