@@ -3,7 +3,7 @@
 (a) reference: IRN's ``make_cam`` loop -- one image at a time, scale by scale, each
     forward = the image and its mirror image; every class upsampled, then the present ones
     kept.
-(b) batched: ``qaclims.cam.make_cam.batch_cams`` -- ``--batch-size`` same-size images and
+(b) batched: ``qaclims.cam.multiscale.batch_cams`` -- ``--batch-size`` same-size images and
     their mirrors per forward, only the batch's classes upsampled.
 
 Both use the same network (random weights, nothing downloaded) and the same synthetic
@@ -31,7 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from qaclims.cam.make_cam import MakeCamConfig, batch_cams, cam_sizes, flip_cam  # noqa: E402
+from qaclims.cam.make_cam import MakeCamConfig
+from qaclims.cam.multiscale import batch_cams, cam_sizes, flip_cam
 from qaclims.core.config import from_mapping  # noqa: E402
 from qaclims.core.devices import torch_device  # noqa: E402
 from qaclims.data import augment  # noqa: E402

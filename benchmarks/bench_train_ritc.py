@@ -81,7 +81,7 @@ def reference_style_loss(
     net: Any, ctx: Any, x: torch.Tensor, y: torch.Tensor, ids: list[str]
 ) -> torch.Tensor:
     """The reference step's structure with the project's pieces (same loss value)."""
-    from qaclims.models.clip import region_features
+    from qaclims.models.clip_encode import region_features
     from qaclims.ritc import objective
     from qaclims.ritc.losses import ritc_pair_losses
 

@@ -15,7 +15,9 @@ from PIL import Image
 
 from qaclims.artifacts import camfile, partial
 from qaclims.cam import make_cam as cam_infer
-from qaclims.cam.make_cam import MakeCamConfig, multiscale_cam
+from qaclims.cam import multiscale
+from qaclims.cam.make_cam import MakeCamConfig
+from qaclims.cam.multiscale import multiscale_cam
 from qaclims.core.config import from_mapping
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import read_npz, write_image
@@ -139,7 +141,7 @@ def test_flip_equivariance() -> None:
 
 def test_max_normalise() -> None:
     cam = torch.rand(2, 4, 9, 7) * torch.tensor([0.0, 1.0, 5.0, 100.0]).view(1, 4, 1, 1)
-    out = cam_infer.max_normalise(cam, 1e-5)
+    out = multiscale.max_normalise(cam, 1e-5)
     peak = cam.amax(dim=(2, 3))
     torch.testing.assert_close(out.amax(dim=(2, 3)), peak / (peak + 1e-5))
     assert out.min() >= 0 and out.max() < 1
@@ -217,7 +219,7 @@ def test_image_pyramid_is_pil_on_uint8() -> None:
 
     rng = np.random.default_rng(3)
     img = rng.integers(0, 256, (25, 31, 3)).astype(np.uint8)
-    got = cam_infer.image_pyramid(img, [0.5, 1.5], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    got = multiscale.image_pyramid(img, [0.5, 1.5], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     for s, x in zip([0.5, 1.5], got, strict=True):
         size = (int(np.round(31 * s)), int(np.round(25 * s)))  # 16 (15.5 rounds to even) x 12
         ref = np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC)).astype(np.float32)
@@ -248,7 +250,7 @@ def test_partial_folder_resume(setup: dict[str, Path], monkeypatch: pytest.Monke
     assert len(first) == 2 and not (setup["root"] / "out").exists()
 
     computed: list[str] = []
-    real_batch = cam_infer.batch_cams
+    real_batch = multiscale.batch_cams
 
     def counting(model: CamNet, x: torch.Tensor, labels: Any, c: MakeCamConfig, **k: Any) -> Any:
         computed.extend(str(len(lab)) for lab in labels)

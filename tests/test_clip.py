@@ -17,14 +17,11 @@ from safetensors.torch import load_file
 from qaclims.core.config import from_mapping
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.models import clip as clip_models
-from qaclims.models.clip import (
-    ClipConfig,
-    TinyClipArch,
-    encode_image_masked,
-    load_clip,
-    seeded_tiny,
-)
+from qaclims.models import clip_encode
+from qaclims.models.clip import ClipConfig, TinyClipArch, load_clip, seeded_tiny
+from qaclims.models.clip_encode import encode_image_masked
 from qaclims.ritc import text_features as clip_text
+from qaclims.ritc import tiny_clip_data as tiny_data
 from qaclims.ritc import train_tiny_clip as tiny_training
 from qaclims.ritc.train_tiny_clip import TinyClipConfig
 from qaclims.training import save_weights
@@ -221,7 +218,7 @@ def test_distinct_phrases_are_encoded_once_like_one_by_one(
 ) -> None:
     corpus = write_corpus(tmp_path / "corpus.parquet", CORPUS)
     seen: list[str] = []
-    encode = clip_models.encode_texts
+    encode = clip_encode.encode_texts
 
     def spy(model: Any, tok: Any, texts: Any, *a: Any, **k: Any) -> torch.Tensor:
         seen.extend(texts)
@@ -319,7 +316,7 @@ def test_text_feature_errors_name_key_or_file(tmp_path: Path, tiny_weights: Path
 def test_caption_clusters_join_synonyms_transitively() -> None:
     groups = [["a ball", "a sphere"], ["a sphere", "a globe"], ["grass"], ["a lawn", "grass"],
               ["a box"]]  # fmt: skip
-    texts, text_cluster, group_cluster = tiny_training.caption_clusters(groups)
+    texts, text_cluster, group_cluster = tiny_data.caption_clusters(groups)
     cid = dict(zip(texts, text_cluster, strict=True))
     assert cid["a ball"] == cid["a sphere"] == cid["a globe"]
     assert cid["grass"] == cid["a lawn"] != cid["a ball"]
@@ -331,7 +328,7 @@ def test_perturbed_regions_keep_levels_away_from_edges() -> None:
     m = torch.zeros(2, 1, 24, 24)
     m[:, :, 6:18, 6:18] = 1
     cfg = TinyClipConfig(inside=(0.7, 0.7), outside=(0.1, 0.1), jitter=2)
-    w = tiny_training.perturb_regions(m, torch.tensor([False, True]), cfg,
+    w = tiny_data.perturb_regions(m, torch.tensor([False, True]), cfg,
                                     torch.Generator().manual_seed(0))  # fmt: skip
     assert torch.allclose(w[0, 0, 10:14, 10:14], torch.tensor(0.7))
     assert torch.allclose(w[0, 0, :2, :2], torch.tensor(0.1))

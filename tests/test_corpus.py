@@ -9,7 +9,7 @@ import pytest
 
 from qaclims.core.config import from_mapping
 from qaclims.core.errors import DataError
-from qaclims.qape import corpus
+from qaclims.qape import corpus, text_rules
 
 CLASSES = ["dog", "dining table", "tv monitor", "potted plant"]
 
@@ -143,7 +143,7 @@ def test_without_completion_and_custom_synonyms(tmp_path: Path) -> None:
     ],
 )
 def test_normalise(text: str, want: str) -> None:
-    assert corpus.normalise(text) == want
+    assert text_rules.normalise(text) == want
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_normalise(text: str, want: str) -> None:
 )
 def test_lemmatise_modes(mode: str, text: str, want: str) -> None:
     cfg = corpus.CorpusConfig(rules="clean", lemmatize=mode)
-    assert corpus.lemmatise(text, cfg) == want
+    assert text_rules.lemmatise(text, cfg) == want
 
 
 def test_bad_tables_name_the_file(tmp_path: Path) -> None:
@@ -290,10 +290,10 @@ WORDNET_NOUN_LEMMAS = {
 
 def test_noun_lemmas_equal_wordnet_on_vqa_plurals() -> None:
     assert len(WORDNET_NOUN_LEMMAS) >= 50
-    got = {w: corpus.reference_lemma(w) for w in WORDNET_NOUN_LEMMAS}
+    got = {w: text_rules.reference_lemma(w) for w in WORDNET_NOUN_LEMMAS}
     assert got == WORDNET_NOUN_LEMMAS
     # the whole answer is one noun: a multi-word answer is kept as it is
-    assert corpus.reference_lemma("white clouds") == "white clouds"
+    assert text_rules.reference_lemma("white clouds") == "white clouds"
 
 
 WORDNET_DIR = Path("/usr/share/wordnet")  # Debian/Ubuntu: apt install wordnet-base

@@ -26,7 +26,8 @@ from qaclims.core.io import read_image, write_image
 from qaclims.data import augment
 from qaclims.data.manifest import manifest_frame, write_manifest
 from qaclims.models.cam_resnet import CamModelConfig, CamNet
-from qaclims.models.clip import ClipConfig, TinyClipArch, encode_image_masked, load_clip
+from qaclims.models.clip import ClipConfig, TinyClipArch, load_clip
+from qaclims.models.clip_encode import encode_image_masked
 from qaclims.ritc import objective, train_ritc
 from qaclims.ritc import text_features as clip_text
 from qaclims.ritc.train_tiny_clip import TinyClipConfig, train_tiny_clip

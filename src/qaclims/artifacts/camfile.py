@@ -35,6 +35,9 @@ from qaclims.core.io import PathLike, read_npz, write_npz
 FORMAT = 2
 #: levels per unit: the grid step is 1 / LEVELS
 LEVELS = 200
+
+#: the strided CAM (``high_res`` aside) is at 1/4 of the image size, as IRN's
+CAM_STRIDE = 4
 #: the arrays a CAM file may hold
 KEYS = ("keys", "cam", "cam_strided", "format")
 

@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 #: QA-CLIMS ``eval_cam_best``: ``np.arange(5, 60, 1) / 100`` = 0.05, 0.06, ..., 0.59.
 DEFAULT_SWEEP: tuple[float, ...] = tuple(round(0.05 + 0.01 * i, 2) for i in range(55))
-CAM_STRIDE = 4
 
 
 @dataclass(frozen=True)
@@ -207,10 +206,10 @@ def upsample_strided(cam_strided: np.ndarray, size: tuple[int, int]) -> np.ndarr
     import torch.nn.functional as F
 
     k, h, w = cam_strided.shape
-    if h * CAM_STRIDE < size[0] or w * CAM_STRIDE < size[1]:
+    if h * camfile.CAM_STRIDE < size[0] or w * camfile.CAM_STRIDE < size[1]:
         raise ValueError(f"strided CAM {h}x{w} is too small for an image of {size}")
     x = torch.from_numpy(cam_strided.astype(np.float32))[None]
-    up = F.interpolate(x, size=(h * CAM_STRIDE, w * CAM_STRIDE), mode="bilinear")
+    up = F.interpolate(x, size=(h * camfile.CAM_STRIDE, w * camfile.CAM_STRIDE), mode="bilinear")
     return up[0, :, : size[0], : size[1]].numpy()
 
 

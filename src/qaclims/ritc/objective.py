@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from qaclims.models.cam_resnet import CamNet
-from qaclims.models.clip import ClipInput, region_features
+from qaclims.models.clip import ClipInput
+from qaclims.models.clip_encode import region_features
 from qaclims.ritc.losses import ritc_pair_losses
 from qaclims.ritc.text_bank import TextBank
 from qaclims.training import autocast, unwrap

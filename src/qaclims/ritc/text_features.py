@@ -40,13 +40,8 @@ from qaclims.core.config import runtime, setting
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import read_parquet, write_parquet
-from qaclims.models.clip import (
-    ClipConfig,
-    clip_metadata,
-    encode_texts,
-    load_clip,
-    load_ovseg_text,
-)
+from qaclims.models.clip import ClipConfig, clip_metadata, load_clip, load_ovseg_text
+from qaclims.models.clip_encode import encode_texts
 
 log = logging.getLogger(__name__)
 
