@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from qaclims.artifacts import camfile, shards
+from qaclims.artifacts import camfile, shards, tables
 from qaclims.cam import eval_cam
 from qaclims.core import io
 from qaclims.core.errors import DataError
@@ -108,3 +109,18 @@ def test_one_argmax_scoring_equals_brute_force(stored: str, k: int) -> None:
                 if gt[y, x] != 255:
                     want[gt[y, x], _brute_label(values, keys, t, y, x)] += 1
         np.testing.assert_array_equal(conf, want)
+
+
+def test_dead_cam_shares_sum_each_epoch_per_class() -> None:
+    history = pd.DataFrame({
+        "step": [1, 2, 3, 4], "epoch": [0, 0, 1, 1],
+        "pairs:0": [2, 1, 0, 0], "dead:0": [1, 0, 0, 0],
+        "pairs:1": [1, 1, 2, 2], "dead:1": [0, 1, 2, 1],
+    })  # fmt: skip
+    got = tables.dead_cam_shares(history)
+    assert list(got.columns) == list(tables.DEAD_COLUMNS)
+    # by hand: epoch 0: class 0 1 of 3, class 1 1 of 2; epoch 1: class 0 no pairs, class 1 3 of 4
+    assert got[["epoch", "class_index", "pairs", "dead"]].values.tolist() == [
+        [0, 0, 3, 1], [0, 1, 2, 1], [1, 1, 4, 3]]  # fmt: skip
+    np.testing.assert_allclose(got["share"], [1 / 3, 1 / 2, 3 / 4])
+    assert tables.dead_cam_shares(history[["step", "epoch"]]).empty  # an older history

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from qaclims.report import figures as report
+from qaclims.report import tables
 
 
 def png(path: Path) -> np.ndarray:
@@ -39,6 +40,17 @@ def test_per_class_plot(tmp_path: Path) -> None:
     assert has_colour(arr, (31, 119, 180)) and has_colour(arr, (255, 127, 14))
     with pytest.raises(ValueError, match="other classes"):
         report.plot_per_class_iou({"a": per_class([0.1, 0.2]), "b": per_class([0.1])}, "x.png")
+
+
+def test_per_class_bars_keep_one_width_at_21_and_81_classes(tmp_path: Path) -> None:
+    sizes = {}
+    for n in (21, 81):
+        t = pd.DataFrame({"class": [f"c{i}" for i in range(n)], "iou": np.linspace(0, 1, n)})
+        report.plot_per_class_iou({"a": t, "b": t}, tmp_path / f"{n}.png")
+        with Image.open(tmp_path / f"{n}.png") as im:
+            sizes[n] = im.size
+    assert sizes[21][0] == sizes[81][0] <= 1200  # the 81 classes wrap into rows of <= 21
+    assert sizes[81][1] > 3 * sizes[21][1] * 0.8
 
 
 def test_sweep_plot(tmp_path: Path) -> None:
@@ -149,6 +161,7 @@ def test_stage_table(tmp_path: Path) -> None:
             "miou": 0.48312,
             "best_miou": 0.49,
             "extra": 1,
+            "all_background_miou": 0.11229,
         },
         {
             "stage": "seeds <crf>",
@@ -160,7 +173,7 @@ def test_stage_table(tmp_path: Path) -> None:
         },
         {"stage": "deeplab", "split": "val", "num_images": 1449, "miou": math.nan},
     ]
-    report.stage_table_html(rows, tmp_path / "t.html", title="VOC")
+    tables.stage_table_html(rows, tmp_path / "t.html", title="VOC")
     text = (tmp_path / "t.html").read_text()
     assert "&lt;crf&gt;" in text  # escaped
     p = _Cells()
@@ -169,3 +182,39 @@ def test_stage_table(tmp_path: Path) -> None:
     assert p.rows[1] == ["eval_cam/cam", "train", "1464", "48.31", "49.00", "–"]
     assert p.rows[2] == ["seeds <crf>", "train", "1464", "70.00", "–", "81.23"]
     assert p.rows[3] == ["deeplab", "val", "1449", "–", "–", "–"]
+    # the floor: predicting background everywhere, from the first stage's summary
+    assert p.rows[4] == ["all background (floor)", "train", "1464", "11.23", "–", "–"]
+
+
+def test_per_class_table_deltas_and_dead_flag(tmp_path: Path) -> None:
+    base = pd.DataFrame({"class": ["background", "cat", "dog"], "iou": [0.8, 0.5, 0.4]})
+    ritc = pd.DataFrame({"class": ["background", "cat", "dog"], "iou": [0.82, 0.6, 0.1]})
+    t = tables.per_class_table({"CAM": base, "QA-CLIMS": ritc}, "CAM", {"dog": 0.9}, 0.5)
+    np.testing.assert_allclose(t["Δ QA-CLIMS"].to_numpy(), [2.0, 10.0, -30.0, -6.0])
+    np.testing.assert_allclose(t.loc["mean", ["CAM", "QA-CLIMS"]], [170 / 3, 152 / 3])
+    assert math.isnan(t.loc["cat", "dead CAMs (%)"]) and t.loc["dog", "dead CAMs (%)"] == 90
+    tables.per_class_html(t, tmp_path / "pc.html")
+    p = _Cells()
+    p.feed((tmp_path / "pc.html").read_text())
+    rows = {r[0]: r[1:] for r in p.rows[1:]}
+    assert rows["dog"] == ["40.0", "10.0", "-30.0", "90 dead"]
+    assert rows["cat"] == ["50.0", "60.0", "+10.0", "–"]
+    assert 'class="flag">90 dead' in (tmp_path / "pc.html").read_text()
+
+
+def test_corpus_page_lists_top_phrases_per_class_in_rank_order(tmp_path: Path) -> None:
+    stats = pd.DataFrame(
+        [("answers", "fg", "", "", 0, 10.0), ("answers", "bg", "", "", 0, 12.0),
+         ("top_phrase", "fg", "cat", "kitten", 2, 3.0),
+         ("top_phrase", "fg", "cat", "cat", 1, 5.0),
+         ("top_phrase", "bg", "cat", "sofa", 1, 4.0),
+         ("top_phrase", "fg", "cat", "tabby", 3, 1.0)],
+        columns=["section", "kind", "class_name", "phrase", "rank", "value"],
+    )  # fmt: skip
+    tables.corpus_html(stats, tmp_path / "c.html", top=2)
+    text = (tmp_path / "c.html").read_text()
+    fg = text[text.index("<b>cat</b>") :]
+    assert fg.index("cat <small>(5)") < fg.index("kitten <small>(3)") < fg.index("sofa")
+    assert "tabby" not in text  # rank 3 > top 2
+    tables.corpus_html(None, tmp_path / "none.html")
+    assert "not built" in (tmp_path / "none.html").read_text()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from qaclims.artifacts.tables import dead_cam_shares
 from qaclims.core.config import from_mapping
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import read_image, write_image
@@ -32,6 +33,7 @@ from qaclims.ritc import objective, train_ritc
 from qaclims.ritc import text_features as clip_text
 from qaclims.ritc.train_tiny_clip import TinyClipConfig, train_tiny_clip
 from qaclims.training import save_weights
+from qaclims.training.sampling import StepBatches
 
 CLASSES = ["red", "blue"]
 COLOURS = {"red": (230, 20, 20), "blue": (20, 20, 230)}
@@ -293,11 +295,41 @@ def test_training_lowers_the_loss_and_writes_a_camnet(world: World) -> None:
     before, after = eval_loss(world, world.cam, cfg), eval_loss(world, model, cfg)
     assert after < 0.9 * before, (before, after)
     df = pd.read_parquet(hist)
+    per_class = [f"{g}:{c}" for c in range(2) for g in ("pairs", "dead")]
     assert list(df.columns) == ["step", "epoch", "loss", "frc", "brc", "area", "pairs",
-                                "skipped", "lr"]  # fmt: skip
+                                "skipped", *per_class, "lr"]  # fmt: skip
+    assert (df["pairs"] == df["pairs:0"] + df["pairs:1"]).all()
     assert df["step"].tolist() == list(range(1, 13)) and not state.exists()
     assert (df["lr"].diff().dropna() < 0).all()
     CamNet.from_weights(model, MODEL, 2)  # make_cam's loader takes it as it is
+
+
+def test_a_dead_class_is_counted_logged_and_warned_about(
+    world: World, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forward = objective.RitcNet.forward
+
+    def blue_dies(self: objective.RitcNet, x: torch.Tensor) -> torch.Tensor:
+        cams = forward(self, x)  # blue's CAM scaled to at most 0.001: dead on every image
+        return torch.cat([cams[:, :1], cams[:, 1:] * 1e-3], dim=1)
+
+    monkeypatch.setattr(objective.RitcNet, "forward", blue_dies)
+    w, cfg = world, config(epochs=1, lr=1e-9)
+    out = (w.root / "dead.safetensors", w.root / "dead.parquet", w.root / "dead.state.pt")
+    with caplog.at_level(logging.INFO, logger="qaclims"):
+        train_ritc.run(w.manifest, 2, w.cam, MODEL, w.index, w.features, CLIP, w.clip, cfg,
+                       *out[:2], "cpu", out[2], class_names=CLASSES)  # fmt: skip
+    # the pairs of epoch 0, counted from the sampler's keys and the manifest by hand
+    labels = pd.read_parquet(w.manifest)["labels"]
+    keys = [k for b in StepBatches(len(labels), 4, cfg.seed, 0, 2) for k in b]
+    blue = sum(1 in list(labels[i]) for _, i in keys)
+    red = sum(0 in list(labels[i]) for _, i in keys)
+    shares = dead_cam_shares(pd.read_parquet(out[1]))
+    assert shares[["epoch", "class_index", "pairs", "dead"]].values.tolist() == [
+        [0, 0, red, 0], [0, 1, blue, blue]]  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"'blue' is dying in epoch 0: {blue} of its {blue}" in warnings[0]
+    assert any("red 0.00, blue 1.00" in r.getMessage() for r in caplog.records)
 
 
 def test_resume_continues_from_the_saved_step(

@@ -26,6 +26,7 @@ rule train_cam:
         gpu=1,
     params:
         code=code("train_cam"),
+        torch_threads=config["threads"]["train_torch"],
         cfg=result_cfg("train_cam"),
         resume=RESUME("train_cam", "state.pt"),
     script:

@@ -20,6 +20,7 @@ rule train_deeplab:
         gpu=gpus("train_deeplab"),
     params:
         code=code("train_deeplab"),
+        torch_threads=config["threads"]["train_torch"],
         cfg=result_cfg("train_deeplab"),
         resume=RESUME("train_deeplab", "state.pt"),
     script:

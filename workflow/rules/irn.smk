@@ -62,6 +62,7 @@ rule train_irn:
         gpu=1,
     params:
         code=code("train_irn"),
+        torch_threads=config["threads"]["train_torch"],
         cfg=result_cfg("train_irn"),
         resume=lambda wc: RESUME("train_irn", wc.model, "state.pt"),
     script:

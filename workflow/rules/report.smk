@@ -18,6 +18,12 @@ rule report:
             category="1. Results",
             labels={"figure": "IoU per class"},
         ),
+        per_class_table=report(
+            R("report", "per_class.html"),
+            caption="../report/per_class_table.rst",
+            category="1. Results",
+            labels={"figure": "IoU per class (table)"},
+        ),
         sweep=report(
             R("report", "sweep.png"),
             caption="../report/sweep.rst",

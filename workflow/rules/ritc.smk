@@ -18,6 +18,7 @@ rule train_tiny_clip:
         gpu=1,
     params:
         code=code("train_tiny_clip"),
+        torch_threads=config["threads"]["train_torch"],
         cfg=result_cfg("train_tiny_clip"),
         clip=result_cfg("clip"),
         resume=RESUME("train_tiny_clip", "state.pt"),
@@ -70,6 +71,7 @@ rule train_ritc:
         gpu=gpus("train_ritc"),
     params:
         code=code("train_ritc"),
+        torch_threads=config["threads"]["train_torch"],
         cfg=result_cfg("train_ritc"),
         model=config["train_cam"]["model"],
         clip=result_cfg("clip"),

@@ -25,4 +25,5 @@ with job(snakemake):
         out_dir=Path(snakemake.output.table).parent,
         num_overlays=snakemake.config["report"]["num_overlays"],
         fixed_threshold=snakemake.params.threshold,
+        dead_warn=snakemake.config["train_ritc"]["dead_warn"],
     )

@@ -151,6 +151,14 @@ WORKFLOW: dict[str, Any] = {
                 "default": 4,
                 "description": "Threads (worker processes) of each CPU shard (cam_to_ir_label).",
             },
+            "train_torch": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 0,
+                "description": "torch CPU threads of each training worker, whatever --cores "
+                "gives the job (CPU float sums depend on the thread count, so a CPU training's "
+                "result does too). 0: the job's threads, shared among its workers.",
+            },
         },
     },
     "released": {

@@ -1,14 +1,13 @@
 """Assemble the run's report items from what the evaluation and training stages wrote.
 
 Called by the ``report`` rule; every item it writes is also registered in the Snakemake
-report (``snakemake --report``). Items: the per-stage mIoU table (HTML), per-class IoU bars,
-threshold-sweep curves, training-loss curves, CAM / mask overlays for a few images, and the
-QAPE corpus statistics (HTML).
+report (``snakemake --report``). Items: the per-stage mIoU table (HTML), per-class IoU bars
+and table (HTML, with RITC's dead-class flag), threshold-sweep curves, training-loss curves,
+CAM / mask overlays for a few images, and the QAPE corpus (HTML).
 """
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from qaclims.artifacts.tables import dead_cam_shares
 from qaclims.core.io import (
     atomic_path,
     read_image,
@@ -26,6 +26,7 @@ from qaclims.core.io import (
     read_parquet,
 )
 from qaclims.report import figures as report
+from qaclims.report import tables
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +94,18 @@ def write_overlays(src: OverlaySources, out_png: Path, num: int) -> None:
     report.overlay_grid(images, cols, out_png, row_titles=ids)
 
 
-def write_corpus_table(stats: Path | None, out_html: Path, top: int = 40) -> None:
-    """The corpus statistics table (first ``top`` rows) as HTML."""
-    if stats is None:
-        body = "<p>QAPE corpus not built in this run.</p>"
-    else:
-        body = read_parquet(stats).head(top).to_html(index=False, float_format="%.3f")
-    with atomic_path(out_html) as tmp:
-        tmp.write_text(
-            '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Corpus</title></head>'
-            f"<body><h2>{html.escape('QAPE corpus statistics')}</h2>{body}</body></html>\n"
-        )
+def last_epoch_dead(history: Path | None, classes: Sequence[str]) -> dict[str, float]:
+    """RITC's share of dead CAMs per class name in its last epoch ({} without a history
+    holding the guard's counts). ``classes``: the per-class table's names, background
+    first, so class index ``c`` is ``classes[c + 1]``."""
+    if history is None or not Path(history).is_file():
+        return {}
+    shares = dead_cam_shares(read_parquet(history))
+    if shares.empty:
+        return {}
+    last = shares[shares["epoch"] == shares["epoch"].max()]
+    pairs = zip(last["class_index"], last["share"], strict=True)
+    return {classes[int(c) + 1]: float(v) for c, v in pairs}
 
 
 def run(
@@ -114,13 +116,21 @@ def run(
     out_dir: Path,
     num_overlays: int = 6,
     fixed_threshold: float = 0.15,
+    dead_warn: float = 0.5,
 ) -> None:
-    """Write ``index.html``, ``per_class_iou.png``, ``sweep.png``, ``losses.png``,
-    ``overlays.png`` and ``corpus.html`` into ``out_dir``."""
+    """Write ``index.html``, ``per_class_iou.png``, ``per_class.html``, ``sweep.png``,
+    ``losses.png``, ``overlays.png`` and ``corpus.html`` into ``out_dir``.
+
+    The per-class table compares every stage with the first (the baseline CAM) and flags
+    classes whose CAMs RITC's guard saw die (share of dead pairs >= ``dead_warn``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report.stage_table_html(stage_rows(evals), out_dir / "index.html", "QA-CLIMS: mIoU per stage")
-    tables = {it.label: read_parquet(it.per_class) for it in evals}
-    report.plot_per_class_iou(tables, out_dir / "per_class_iou.png", "IoU per class")
+    tables.stage_table_html(stage_rows(evals), out_dir / "index.html", "QA-CLIMS: mIoU per stage")
+    per_class = {it.label: read_parquet(it.per_class) for it in evals}
+    report.plot_per_class_iou(per_class, out_dir / "per_class_iou.png", "IoU per class")
+    classes = list(next(iter(per_class.values()))["class"])
+    dead = last_epoch_dead(histories.get("train_ritc"), classes)
+    table = tables.per_class_table(per_class, evals[0].label, dead, dead_warn)
+    tables.per_class_html(table, out_dir / "per_class.html", "IoU per class (%)")
     sweeps = {it.label: read_parquet(it.sweep) for it in evals if it.sweep is not None}
     if sweeps:
         report.plot_sweep(sweeps, out_dir / "sweep.png", fixed_threshold, "CAM threshold sweep")
@@ -128,7 +138,8 @@ def run(
         _placeholder(out_dir / "sweep.png", "no threshold sweep")
     write_losses(histories, out_dir / "losses.png")
     write_overlays(overlays, out_dir / "overlays.png", num_overlays)
-    write_corpus_table(corpus_stats, out_dir / "corpus.html")
+    stats = read_parquet(corpus_stats) if corpus_stats is not None else None
+    tables.corpus_html(stats, out_dir / "corpus.html")
 
 
 def write_losses(histories: Mapping[str, Path], out_png: Path) -> None:

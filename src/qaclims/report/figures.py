@@ -9,11 +9,8 @@ those tables are fractions in [0, 1]; figures and the table show percentages.
 
 from __future__ import annotations
 
-import html
 import logging
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,10 +52,16 @@ def _need(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
 # ---------------------------------------------------------------- per-class IoU
 
 
+#: classes per row of the per-class bar chart (VOC's 21 in one row; COCO's 81 in four)
+CLASSES_PER_PANEL = 21
+
+
 def plot_per_class_iou(
     per_class_tables: Mapping[str, pd.DataFrame], out_png: PathLike, title: str = ""
 ) -> None:
-    """Grouped bar plot: one group per class, one bar per method (IoU in %).
+    """Grouped bar plot: one group per class, one bar per method (IoU in %), in rows of at
+    most :data:`CLASSES_PER_PANEL` classes so that 21 and 81 classes stay readable at one
+    width.
 
     Args:
         per_class_tables: method name -> per-class table (``class, iou``; iou in [0, 1]
@@ -74,18 +77,26 @@ def plot_per_class_iou(
         _need(df, ["class", "iou"], f"per-class table {name!r}")
         if list(df["class"]) != classes:
             raise ValueError(f"per-class table {name!r} lists other classes than {names[0]!r}")
-    x = np.arange(len(classes))
     width = 0.8 / len(names)
-    fig = Figure(figsize=(max(6.0, 0.45 * len(classes) * max(1, len(names)) ** 0.5 + 2), 4))
-    ax = fig.subplots()
-    for i, name in enumerate(names):
-        iou = 100 * per_class_tables[name]["iou"].to_numpy(dtype=np.float64)
-        ax.bar(x - 0.4 + (i + 0.5) * width, iou, width, label=_label(name, iou))
-    ax.set_xticks(x, classes, rotation=60, ha="right")
-    ax.set_ylabel("IoU (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the bars
-    ax.set_title(title)
+    panels = -(-len(classes) // CLASSES_PER_PANEL)
+    per_panel = -(-len(classes) // panels)  # balanced: 81 classes -> 4 panels of 21/20
+    fig = Figure(figsize=(11.0, 0.6 + 3.2 * panels))
+    axes = fig.subplots(panels, 1, squeeze=False)[:, 0]
+    for p, ax in enumerate(axes):
+        part = slice(p * per_panel, (p + 1) * per_panel)
+        x = np.arange(len(classes[part]))
+        for i, name in enumerate(names):
+            iou = 100 * per_class_tables[name]["iou"].to_numpy(dtype=np.float64)
+            ax.bar(x - 0.4 + (i + 0.5) * width, iou[part], width,
+                   label=_label(name, iou), color=f"C{i}")  # fmt: skip
+        ax.set_xticks(x, classes[part], rotation=45, ha="right", fontsize="small")
+        ax.set_xlim(-0.6, per_panel - 0.4)
+        ax.set_ylabel("IoU (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize="small", loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=2)
+    axes[0].set_title(title, loc="right")
+    fig.tight_layout()
     _save(fig, out_png)
 
 
@@ -291,53 +302,3 @@ def overlay_grid(
                 fontsize="small",
             )
     _save(fig, out_png)
-
-
-# ---------------------------------------------------------------- stage table
-
-#: (header, summary key, is a fraction shown in %)
-TABLE_COLUMNS: tuple[tuple[str, str, bool], ...] = (
-    ("Stage", "stage", False),
-    ("Split", "split", False),
-    ("Images", "num_images", False),
-    ("mIoU (%)", "miou", True),
-    ("Best-threshold mIoU (%, GT-tuned)", "best_miou", True),
-    ("Coverage (%)", "coverage", True),
-)
-
-
-def _cell(value: Any, percent: bool) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if percent:
-        return f"{100 * float(value):.2f}"
-    return str(value)
-
-
-def stage_table_html(
-    rows: Sequence[Mapping[str, Any]], out_html: PathLike, title: str = ""
-) -> None:
-    """Per-stage metrics as an HTML table, written atomically.
-
-    Args:
-        rows: one mapping per stage with keys ``stage, split, num_images, miou,
-            best_miou, coverage`` (the evaluation summaries plus ``stage``; metrics in
-            [0, 1], shown in % with 2 decimals; absent / None / NaN shown as "–").
-        out_html: HTML path.
-        title: page heading.
-    """
-    head = "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in TABLE_COLUMNS)
-    body = "\n".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape(_cell(r.get(k), pct))}</td>" for _, k, pct in TABLE_COLUMNS)
-        + "</tr>"
-        for r in rows
-    )
-    doc = (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
-        f"<title>{html.escape(title or 'QA-CLIMS stages')}</title></head><body>\n"
-        f'<h2>{html.escape(title)}</h2>\n<table border="1">\n<thead><tr>{head}</tr></thead>\n'
-        f"<tbody>\n{body}\n</tbody>\n</table>\n</body></html>\n"
-    )
-    with atomic_path(out_html) as tmp:
-        tmp.write_text(doc, encoding="utf-8")

@@ -76,7 +76,10 @@ def ritc_loss(
     model: nn.Module, ctx: StepContext, x: torch.Tensor, y: torch.Tensor, ids: Sequence[str]
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The RITC loss of one batch ``x: Bx3xHxW``, ``y: BxC`` multi-hot, image ids ``ids``;
-    returns the loss and its terms (loss, frc, brc, area, pairs, skipped)."""
+    returns the loss and its terms (loss, frc, brc, area, pairs, skipped) and, per class
+    ``c``, ``pairs:c`` and ``dead:c``: its pairs, and those whose CAM peaks below
+    ``cfg.dead_cam`` (a dead CAM shows CLIP an almost black region and gets almost no
+    gradient through the sigmoid)."""
     cfg, size = ctx.cfg, ctx.clip_input.image_size
     with autocast(x.device, cfg.amp):
         cams = model(x)  # B x C x h x w in (0, 1)
@@ -102,6 +105,13 @@ def ritc_loss(
         "pairs": float(len(keys)),
         "skipped": float((~pl.has_bg).sum()),
     }
+    num_classes = y.shape[1]
+    dead = cam_p.detach().flatten(1).amax(1) < cfg.dead_cam
+    per_class = torch.stack(
+        [c_idx.bincount(minlength=num_classes), c_idx[dead].bincount(minlength=num_classes)]
+    ).tolist()
+    for c in range(num_classes):
+        terms[f"pairs:{c}"], terms[f"dead:{c}"] = float(per_class[0][c]), float(per_class[1][c])
     return loss, terms
 
 

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from qaclims.artifacts.tables import dead_cam_shares
 from qaclims.core.config import from_mapping, runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
@@ -109,8 +110,10 @@ class TrainRitcConfig:
     num_workers: data loader processes.
     seed: seed of the data order, augmentation and torch.
     amp: bf16 autocast on GPU (off: the reference trains in float32).
-    log_every: steps per log line and per row of the loss table.
+    log_every: steps per log line.
     resume_every: steps between resume-state saves (one is also saved at each epoch end).
+    dead_cam / dead_warn: the dead-class guard: each epoch the share of a class's pairs whose
+        CAM peaks below ``dead_cam`` is logged, with a warning at ``dead_warn`` or more.
     """
 
     batch_size: int = setting(8, ge=1)
@@ -140,6 +143,12 @@ class TrainRitcConfig:
     amp: bool = False
     log_every: int = runtime(200, ge=1)
     resume_every: int = runtime(500, ge=1)
+    dead_cam: float = runtime(
+        0.1, ge=0.0, le=1.0, doc="a pair's CAM is dead when its maximum is below this."
+    )
+    dead_warn: float = runtime(
+        0.5, ge=0.0, le=1.0, doc="warn when this share of a class's pairs in an epoch is dead."
+    )
 
 
 def check_config(cfg: TrainRitcConfig, where: str = "train_ritc") -> None:
@@ -273,6 +282,7 @@ def run(
     device: str,
     resume_path: Path,
     max_steps: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """Train the QA-CLIMS CAM network; write ``out_model`` (a CamNet safetensors state dict)
     and ``out_history`` (Parquet: one row per step with step, epoch, loss, frc, brc, area,
@@ -284,7 +294,13 @@ def run(
     per GPU under torchrun). resume_path: resume state, saved every ``resume_every`` steps
     and at epoch ends, continued from on a re-run, removed once the outputs exist.
     max_steps (tests): stop after that many global steps, saving the resume state but not the
-    outputs, as if killed.
+    outputs, as if killed. class_names: for the dead-class guard's log lines (default
+    ``class <index>``).
+
+    The history also holds, per class ``c``, ``pairs:c`` and ``dead:c`` (pairs whose CAM
+    peaks below ``cfg.dead_cam``); after each epoch the share of dead pairs per class is
+    logged, with a warning for a class at ``cfg.dead_warn`` or more
+    (:func:`qaclims.artifacts.tables.dead_cam_shares`).
     """
     check_config(cfg)
     df = read_labelled_manifest(Path(manifest), num_classes)
@@ -328,7 +344,8 @@ def run(
         optimizer_step(optimizer, loss)
         return terms
 
-    trainer.fit(loader, step, start, stop)
+    names = list(class_names) if class_names else [f"class {c}" for c in range(num_classes)]
+    trainer.fit(loader, step, start, stop, lambda e: _guard(trainer, e, names, cfg))
 
     def write() -> None:
         meta = {"num_classes": str(num_classes), "method": "qa-clims"}
@@ -338,13 +355,29 @@ def run(
     trainer.finish(stop, write, out_history)
 
 
-def worker(job: dict[str, Any], device: str) -> None:
-    """Entry point of one ``torchrun`` worker
-    (``python -m qaclims.workflow.cli qaclims.ritc.train_ritc``).
+def _guard(trainer: Trainer, epoch: int, names: Sequence[str], cfg: TrainRitcConfig) -> None:
+    """The dead-class guard at the end of ``epoch``: log each class's share of dead CAMs;
+    warn for a class at ``cfg.dead_warn`` or more."""
+    if not trainer.dist.main:
+        return
+    shares = dead_cam_shares(pd.DataFrame(trainer.epoch_rows(epoch)))
+    if shares.empty:
+        return
+    text = ", ".join(f"{names[int(r.class_index)]} {r.share:.2f}" for r in shares.itertuples())
+    log.info("train_ritc: epoch %d: share of dead CAMs (max < %g) per class: %s",
+             epoch, cfg.dead_cam, text)  # fmt: skip
+    for r in shares[shares["share"] >= cfg.dead_warn].itertuples():
+        log.warning(
+            "train_ritc: class %r is dying in epoch %d: %d of its %d pairs (%.0f%%) have a CAM "
+            "whose maximum is below %g; its CAM gets almost no gradient (see the report)",
+            names[int(r.class_index)], epoch, r.dead, r.pairs, 100 * r.share, cfg.dead_cam,
+        )  # fmt: skip
 
-    ``job`` is :func:`qaclims.workflow.launch.job_args`: the rule's named inputs and outputs, the
-    resolved config and the resume path.
-    """
+
+def worker(job: dict[str, Any], device: str) -> None:
+    """Entry point of the rule's worker process, one per GPU under torchrun
+    (:mod:`qaclims.workflow.launch`); ``job`` is :func:`qaclims.workflow.launch.job_args`:
+    named inputs and outputs, config, resume path."""
     from qaclims.data.manifest import read_classes
 
     inp, out, cfg = job["input"], job["output"], job["config"]
@@ -362,4 +395,5 @@ def worker(job: dict[str, Any], device: str) -> None:
         out_history=Path(out["history"]),
         device=device,
         resume_path=Path(job["resume"]),
+        class_names=read_classes(inp["classes"]),
     )

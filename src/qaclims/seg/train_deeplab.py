@@ -343,12 +343,9 @@ def train_run(
 
 
 def worker(job: dict[str, Any], device: str) -> None:
-    """Entry point of one ``torchrun`` worker
-    (``python -m qaclims.workflow.cli qaclims.seg.train_deeplab``).
-
-    ``job`` is :func:`qaclims.workflow.launch.job_args`: the rule's named inputs and outputs, the
-    resolved config and the resume path.
-    """
+    """Entry point of the rule's worker process, one per GPU under torchrun
+    (:mod:`qaclims.workflow.launch`); ``job`` is :func:`qaclims.workflow.launch.job_args`:
+    named inputs and outputs, config, resume path."""
     from qaclims.data.manifest import read_classes
 
     inp, out = job["input"], job["output"]

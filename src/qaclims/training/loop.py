@@ -9,8 +9,9 @@ step on one batch, returning its loss terms). The trainer owns everything else:
 - the history: one row per optimiser step, ``step`` = steps done (1-based), ``epoch``
   (0-based), the step's terms reduced over the processes (:attr:`Plan.sum_terms` summed,
   the others averaged), and ``lr`` (the rate the step used);
-- log lines every ``log_every`` steps (mean terms over the window, images per second) and a
-  progress bar on rank 0;
+- log lines every ``log_every`` steps (mean terms over the window, images per second; terms
+  named ``group:key``, e.g. per-class counts, are recorded but not logged), a progress bar
+  on rank 0, and an optional call at each epoch end;
 - the resume state: saved every ``resume_every`` steps, at each epoch end and when stopped
   at ``max_steps`` (tests), restored by :meth:`Trainer.restore` (network, optimizer,
   scheduler, RNGs, history; a state from other settings or inputs is discarded, see
@@ -55,7 +56,8 @@ class Plan:
     images_per_step: global batch (images/s in log lines). log_every / resume_every: steps
     between log lines / resume-state saves. poly_power: ``lr = lr0 (1 - step/total)^power``
     set before each step, or None when a scheduler sets the rate. sum_terms: terms summed
-    over the processes (counts, or a loss each process holds a share of); others averaged.
+    over the processes (counts, or a loss each process holds a share of; ``"g"`` also names
+    every ``"g:key"``); others averaged.
     """
 
     name: str
@@ -135,8 +137,10 @@ class Trainer:
         step: Callable[[B], Terms],
         start: int,
         stop: int,
+        epoch_end: Callable[[int], None] | None = None,
     ) -> None:
-        """Run global steps ``start .. stop-1``, one per item of ``batches``."""
+        """Run global steps ``start .. stop-1``, one per item of ``batches``; call
+        ``epoch_end(epoch)`` (on every process) after the last step of each epoch."""
         p = self.plan
         self.model.train()
         tick, since = time.perf_counter(), start
@@ -157,6 +161,8 @@ class Trainer:
             if done % p.log_every == 0 or done == p.total:
                 self._log(done, done - since, time.perf_counter() - tick)
                 tick, since = time.perf_counter(), done
+            if epoch_end is not None and done % p.per_epoch == 0:
+                epoch_end(done // p.per_epoch - 1)
             if done < p.total and (done % p.resume_every == 0 or done % p.per_epoch == 0):
                 self.save(done)
         bar.close()
@@ -168,9 +174,13 @@ class Trainer:
             vec = vec.to(self.dist.device)
             torch.distributed.all_reduce(vec)
             vec = vec.cpu()
-            summed = torch.tensor([k in self.plan.sum_terms for k in names])
+            summed = torch.tensor([k.split(":")[0] in self.plan.sum_terms for k in names])
             vec = torch.where(summed, vec, vec / self.dist.world)
         return dict(zip(names, vec.tolist(), strict=True))
+
+    def epoch_rows(self, epoch: int) -> list[dict[str, float]]:
+        """The history rows of ``epoch``."""
+        return [r for r in self.history.rows if int(r["epoch"]) == epoch]
 
     def window_mean(self, steps: int) -> dict[str, float]:
         """Mean of each term over the last ``steps`` history rows (``step``/``epoch``/``lr``
@@ -186,7 +196,8 @@ class Trainer:
         if not self.dist.main:
             return
         row = self.window_mean(steps)
-        terms = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("step", "epoch", "lr"))
+        skip = ("step", "epoch", "lr")
+        terms = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in skip and ":" not in k)
         rate = steps * self.plan.images_per_step / max(seconds, 1e-9)
         log.info(
             "%s step %d/%d epoch %d %s lr %.3e %.1f img/s",

@@ -3,8 +3,8 @@
 ``python -m qaclims.workflow.cli MODULE JOB_JSON``: MODULE is a training stage module with a
 ``worker(job, device)`` function (:data:`WORKERS`) and JOB_JSON the job's inputs, outputs,
 resolved config, resume path and threads (:func:`qaclims.workflow.launch.job_args`).
-Started by :mod:`qaclims.workflow.launch`; torch gets the job's threads shared among the
-workers; rank 0 writes the outputs and logs at INFO.
+Started by :mod:`qaclims.workflow.launch`; torch gets ``threads.train_torch`` CPU threads
+(or the job's threads shared among the workers); rank 0 writes the outputs and logs at INFO.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     log = logs.setup(None, logging.INFO if rank == 0 else logging.WARNING)
     device = devices.torch_device(job["config"].get("device", "auto"))
     world = os.environ.get("WORLD_SIZE", "1")
-    torch.set_num_threads(max(1, int(job.get("threads", 1)) // int(world)))
+    fixed = int(job["config"].get("threads", {}).get("train_torch", 0))
+    torch.set_num_threads(fixed or max(1, int(job.get("threads", 1)) // int(world)))
     log.info("%s on %s (rank %d of %s)", args[0], device, rank, world)
     try:
         importlib.import_module(args[0]).worker(job, device)
