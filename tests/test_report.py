@@ -218,3 +218,14 @@ def test_corpus_page_lists_top_phrases_per_class_in_rank_order(tmp_path: Path) -
     assert "tabby" not in text  # rank 3 > top 2
     tables.corpus_html(None, tmp_path / "none.html")
     assert "not built" in (tmp_path / "none.html").read_text()
+
+
+def test_overlay_rows_cover_every_class_with_distinct_images() -> None:
+    from qaclims.report.build import overlay_rows
+
+    df = pd.DataFrame({"image_id": ["a", "b", "c", "d"],
+                       "labels": [[0, 1], [0], [2], [1, 3]]})  # fmt: skip
+    # class 0 -> a; class 1 -> a is taken, so d; class 2 -> c; class 3 -> d (only image)
+    assert overlay_rows(df, 10) == [(0, 0), (3, 1), (2, 2), (3, 3)]
+    assert overlay_rows(df, 2) == [(0, 0), (3, 1)]
+    assert overlay_rows(df.iloc[:0], 5) == []

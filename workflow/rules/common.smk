@@ -281,14 +281,20 @@ def report_plan():
             stage(label, R("eval_deeplab", val, v))
         if not config["released"]["deeplab"]:
             plan["histories"]["train_deeplab"] = R("train_deeplab", "history.parquet")
+        if val == ev:  # DeepLab's predictions on the overlays' images
+            v = deeplab_variants()[-1]
+            plan["masks"][f"DeepLab ({'CRF' if v == 'crf' else 'no CRF'})"] = expand(
+                R("infer_deeplab", val, v, "{shard}"), shard=shard_ids()
+            )
     plan["manifest"] = manifest(ev)
+    plan["classes"] = R("data", "classes.json")
     return plan
 
 
 def report_inputs(wildcards):
     """Every file of :func:`report_plan`, once."""
     plan = report_plan()
-    files = [plan["manifest"]] + list(plan["histories"].values())
+    files = [plan["manifest"], plan["classes"]] + list(plan["histories"].values())
     for s in plan["stages"]:
         files += [s["summary"], s["per_class"]] + ([s["sweep"]] if s["sweep"] else [])
     for dirs in [*plan["cams"].values(), *plan["masks"].values()]:

@@ -21,6 +21,7 @@ with job(snakemake):
             manifest=Path(plan["manifest"]),
             cam_dirs={k: [Path(p) for p in v] for k, v in plan["cams"].items()},
             label_dirs={k: [Path(p) for p in v] for k, v in plan["masks"].items()},
+            classes=Path(plan["classes"]),
         ),
         out_dir=Path(snakemake.output.table).parent,
         num_overlays=snakemake.config["report"]["num_overlays"],

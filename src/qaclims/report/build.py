@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
+from qaclims.artifacts import camfile
 from qaclims.artifacts.tables import dead_cam_shares
 from qaclims.core.io import (
     atomic_path,
     read_image,
     read_json,
     read_label_png,
-    read_npz,
     read_parquet,
 )
 from qaclims.report import figures as report
@@ -48,6 +49,7 @@ class OverlaySources:
     manifest: Path
     cam_dirs: Mapping[str, Sequence[Path]] = field(default_factory=dict)
     label_dirs: Mapping[str, Sequence[Path]] = field(default_factory=dict)
+    classes: Path | None = None  # classes.json: the row titles and the colour legend
 
 
 def _placeholder(out_png: Path, text: str) -> None:
@@ -69,29 +71,64 @@ def stage_rows(items: Sequence[EvalItem]) -> list[dict[str, object]]:
     return [dict(read_json(it.summary), stage=it.label) for it in items]
 
 
+def overlay_rows(df: pd.DataFrame, num: int) -> list[tuple[int, int]]:
+    """Which (manifest row, class index) pairs the overlay grid shows: one row per class,
+    in class order, each with the first image (by id) holding it that no earlier row took
+    (any image if all are taken), so ``num`` rows cover the first ``num`` classes that have
+    an image. ``df``: manifest rows with ground truth, sorted by id (``labels`` column)."""
+    labels = [set(int(c) for c in lab) for lab in df["labels"]]
+    classes = sorted(set().union(*labels)) if labels else []
+    used: set[int] = set()
+    rows = []
+    for c in classes[:num]:
+        having = [i for i, lab in enumerate(labels) if c in lab]
+        pick = next((i for i in having if i not in used), having[0])
+        used.add(pick)
+        rows.append((pick, c))
+    return rows
+
+
 def write_overlays(src: OverlaySources, out_png: Path, num: int) -> None:
-    """Image | GT | each CAM | each label map, for the first ``num`` images having GT."""
+    """One row per class (see :func:`overlay_rows`): image | GT | each CAM (that class's
+    channel) | each label map, with the class colours and the CAM scale as legends."""
     df = read_parquet(src.manifest)
-    df = df[df["gt_path"].astype(str) != ""].sort_values("image_id").head(num)
-    if df.empty or num == 0:
+    df = df[df["gt_path"].astype(str) != ""].sort_values("image_id").reset_index(drop=True)
+    rows = overlay_rows(df, num)
+    if not rows:
         _placeholder(out_png, "no image with ground truth")
         return
-    images, cols, ids = [], {"ground truth": []}, []  # type: ignore[var-annotated]
+    names = list(read_json(src.classes)["classes"]) if src.classes else []
+    images, titles, cols = [], [], {"ground truth": []}  # type: ignore[var-annotated]
     cols.update({k: [] for k in [*src.cam_dirs, *src.label_dirs]})
-    for row in df.itertuples():
-        img = read_image(row.image_path)
+    shown: set[int] = set()
+    for i, c in rows:
+        row = df.iloc[i]
+        img = read_image(row["image_path"])
         images.append(img)
-        ids.append(row.image_id)
-        cols["ground truth"].append(read_label_png(row.gt_path).astype(np.int64))
-        for name, dirs in src.cam_dirs.items():
-            p = _find(dirs, f"{row.image_id}.npz")
-            cam = read_npz(p)["cam"].astype(np.float32) if p else np.zeros(img.shape[:2])
-            cols[name].append(cam if cam.size else np.zeros(img.shape[:2], np.float32))
-        for name, dirs in src.label_dirs.items():
-            p = _find(dirs, f"{row.image_id}.png")
+        name = names[c] if c < len(names) else f"class {c}"
+        titles.append(f"{row['image_id']}: {name}")
+        gt = read_label_png(row["gt_path"]).astype(np.int64)
+        cols["ground truth"].append(gt)
+        shown |= set(np.unique(gt).tolist())
+        for col, dirs in src.cam_dirs.items():
+            cols[col].append(_class_cam(_find(dirs, f"{row['image_id']}.npz"), c, img.shape[:2]))
+        for col, dirs in src.label_dirs.items():
+            p = _find(dirs, f"{row['image_id']}.png")
             lab = read_label_png(p) if p else np.zeros(img.shape[:2], np.uint8)
-            cols[name].append(lab.astype(np.int64))
-    report.overlay_grid(images, cols, out_png, row_titles=ids)
+            cols[col].append(lab.astype(np.int64))
+            shown |= set(np.unique(lab).tolist())
+    legend = {v: names[v - 1] for v in sorted(shown) if 0 < v <= len(names)}
+    legend.update({255: "ignore"} if 255 in shown else {})
+    report.overlay_grid(images, cols, out_png, row_titles=titles, label_names=legend)
+
+
+def _class_cam(path: Path | None, c: int, size: tuple[int, ...]) -> np.ndarray:
+    """Class ``c``'s CAM in [0, 1] (``HxW float32``) from a CAM file; zeros if absent."""
+    if path is None:
+        return np.zeros(size, np.float32)
+    keys, cams = camfile.read_cam(path)
+    where = [int(k) for k in keys]
+    return cams[where.index(c)] if c in where else np.zeros(size, np.float32)
 
 
 def last_epoch_dead(history: Path | None, classes: Sequence[str]) -> dict[str, float]:

@@ -15,7 +15,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from qaclims.core.io import PathLike, atomic_path, voc_palette
 
@@ -261,6 +264,7 @@ def overlay_grid(
     row_titles: Sequence[str] | None = None,
     alpha: float = 0.5,
     panel_inches: float = 2.5,
+    label_names: Mapping[int, str] | None = None,
 ) -> None:
     """Grid of overlays: one row per image, the image then one column per overlay kind.
 
@@ -272,6 +276,8 @@ def overlay_grid(
         row_titles: e.g. image ids, one per image.
         alpha: overlay weight in [0, 1].
         panel_inches: size of one panel.
+        label_names: label value -> name: a legend of their colours under the grid; a CAM
+            column adds a colour bar of the CAM scale (0 to 1, jet).
     """
     cols = dict(overlays) if isinstance(overlays, Mapping) else {"overlay": overlays}
     for name, seq in cols.items():
@@ -301,4 +307,16 @@ def overlay_grid(
                 ha="right",
                 fontsize="small",
             )
+    cams = any(not np.issubdtype(np.asarray(s[0]).dtype, np.integer) for s in cols.values())
+    if cams:
+        bar = fig.colorbar(
+            ScalarMappable(Normalize(0.0, 1.0), "jet"), ax=axes[:, -1].tolist(), shrink=0.5
+        )
+        bar.set_label("CAM", fontsize="small")
+    if label_names:
+        pal = np.asarray(voc_palette(), dtype=np.float64).reshape(256, 3) / 255.0
+        handles = [Patch(color=pal[v], label=n) for v, n in sorted(label_names.items())]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8),
+                   fontsize="small", frameon=False)  # fmt: skip
+        fig.subplots_adjust(bottom=0.04 + 0.25 / n_rows)
     _save(fig, out_png)
