@@ -31,6 +31,7 @@ RUN = config["run"]
 for _kind in ("fg", "bg"):
     _pre = config["vqa"]["precomputed"]
     _pre[_kind] = _pre[_kind].replace("{run}", RUN)
+config["vqa"]["model"] = config["vqa"]["model"].replace("{run}", RUN)
 SPLITS = config["splits"]
 SHARDS = config["shards"]
 METHODS = config["methods"]
@@ -183,8 +184,11 @@ def dataset_inputs(wildcards):
 
 
 def vqa_inputs(wildcards):
-    """Answer files of the precomputed backend (the synthetic tree when they live in it)."""
+    """Answer files of the precomputed backend (the synthetic tree when they live in it), or
+    the tiny BLIP the demo trains (rule train_tiny_blip)."""
     v = config["vqa"]
+    if v["backend"] == "blip" and v["model"] == R("train_tiny_blip"):
+        return {"blip": R("train_tiny_blip")}  # the demo's own tiny BLIP
     if v["backend"] != "precomputed":
         return {}
     files = {k: v["precomputed"][k] for k in ("fg", "bg") if v["precomputed"][k]}

@@ -1,6 +1,29 @@
 # QAPE: ask a VQA model about every (image, present class), then build the fg/bg corpus.
 
 
+rule train_tiny_blip:
+    input:
+        root=R("synthetic"),
+    output:
+        model=directory(R("train_tiny_blip")),
+    log:
+        LOG("train_tiny_blip.log"),
+    benchmark:
+        BENCH("train_tiny_blip.tsv")
+    conda:
+        "../../envs/vqa.yaml"
+    threads: config["threads"]["gpu_job"]
+    resources:
+        gpu=1,
+    params:
+        code=code("train_tiny_blip"),
+        torch_threads=config["threads"]["train_torch"],
+        cfg=result_cfg("train_tiny_blip"),
+        resume=RESUME("train_tiny_blip", "state.pt"),
+    script:
+        "../scripts/train_tiny_blip.py"
+
+
 rule vqa:
     input:
         unpack(vqa_inputs),

@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "train_cam": ("qaclims.cam.train_cam", "TrainCamConfig", "Baseline CAM classifier (IRN)."),
     "make_cam": ("qaclims.cam.make_cam", "MakeCamConfig", "Multi-scale + flip CAM inference."),
     "eval_cam": ("qaclims.cam.eval_cam", "EvalCamConfig", "CAM mIoU and threshold sweep."),
+    "train_tiny_blip": ("qaclims.qape.train_tiny_blip", "TinyBlipConfig", "Demo-only tiny BLIP."),
     "vqa": ("qaclims.qape.vqa_config", "VqaConfig", "QAPE: VQA questions and backend."),
     "corpus": ("qaclims.qape.corpus", "CorpusConfig", "QAPE: answers to fg/bg phrases."),
     "clip": ("qaclims.models.clip", "ClipConfig", "The CLIP model (text and masked image)."),

@@ -20,6 +20,7 @@ import torch
 from qaclims.core import devices, logs
 
 WORKERS = (
+    "qaclims.qape.train_tiny_blip",
     "qaclims.cam.train_cam",
     "qaclims.ritc.train_tiny_clip",
     "qaclims.ritc.train_ritc",

@@ -1,0 +1,97 @@
+"""Run the demo's CAM stages over several seeds and write the seed table.
+
+For each seed, sets the given config keys (default ``train_ritc.seed``) to it in an overlay
+on ``config/config.yaml`` and runs the workflow up to both CAM evaluations in one run folder
+(``results/<run>``), so every stage upstream of the first seeded one is computed once and
+reused. Writes ``results/<run>/benchmarks/seeds.csv`` (one row per seed and class: baseline
+and QA-CLIMS IoU) and ``seeds_summary.csv`` (per stage: mean, sd and n over the seeds of
+mIoU; the smallest per-class gain), and prints them.
+
+    python benchmarks/bench_demo_seeds.py                       # seeds 0 1 2 of train_ritc
+    python benchmarks/bench_demo_seeds.py --keys train_tiny_clip.seed train_ritc.seed
+
+The README's seed table is made from these files by ``python -m qaclims.report.readme``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from qaclims.core.io import read_json  # noqa: E402
+
+
+def overlay(run: str, keys: list[str], seed: int) -> dict[str, object]:
+    """``{run: ..., stage: {seed: s}, ...}`` for dotted ``keys`` such as ``train_ritc.seed``."""
+    out: dict[str, object] = {"run": run}
+    for key in keys:
+        *path, leaf = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        node[leaf] = seed  # type: ignore[index]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--keys", nargs="+", default=["train_ritc.seed"])
+    ap.add_argument("--run", default="demo-seeds")
+    ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    res = ROOT / "results" / args.run
+    rows, stages, seconds = [], [], []
+    for seed in args.seeds:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(overlay(args.run, args.keys, seed), f)
+        targets = [str(res / "eval_cam" / m / "val" / "summary.json") for m in ("cam", "ritc")]
+        cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--resources",
+               "gpu=1", "--configfile", "config/config.yaml", f.name, "--", *targets]  # fmt: skip
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        seconds.append(time.perf_counter() - t0)
+        evals = {m: res / "eval_cam" / m / "val" for m in ("cam", "ritc")}
+        per = {m: pd.read_parquet(d / "per_class.parquet") for m, d in evals.items()}
+        for c, a, b in zip(per["cam"]["class"], per["cam"]["iou"], per["ritc"]["iou"], strict=True):
+            rows.append({"seed": seed, "class": c, "cam": 100 * a, "ritc": 100 * b})
+        for m, d in evals.items():
+            stages.append(
+                {"seed": seed, "stage": m, "miou": 100 * read_json(d / "summary.json")["miou"]}
+            )
+        print(f"seed {seed}: {stages[-2]['miou']:.2f} -> {stages[-1]['miou']:.2f} "
+              f"({seconds[-1]:.0f} s)", flush=True)  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["gain"] = table["ritc"] - table["cam"]
+    per_stage = pd.DataFrame(stages).groupby("stage")["miou"].agg(["mean", "std", "count"])
+    gains = table.groupby("class")["gain"].mean()
+    summary = per_stage.rename(columns={"std": "sd", "count": "n"}).reset_index()
+    summary["min_class_gain"] = [float("nan"), float(gains.min())]
+    summary["min_class"] = ["", str(gains.idxmin())]
+    summary["keys"] = " ".join(args.keys)
+    summary["seeds"] = " ".join(map(str, args.seeds))
+    summary["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, --cores {args.cores}"
+    summary["seconds_per_seed"] = sum(seconds[1:]) / max(1, len(seconds) - 1)
+    out = res / "benchmarks"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "seeds.csv", index=False, float_format="%.4f")
+    summary.to_csv(out / "seeds_summary.csv", index=False, float_format="%.4f")
+    with pd.option_context("display.float_format", "{:.2f}".format, "display.width", 140):
+        print(table.pivot(index="class", columns="seed", values="gain").to_string())
+        print(summary.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

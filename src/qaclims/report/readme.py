@@ -1,0 +1,162 @@
+"""The README's demo figures, made from a run's outputs (never typed by hand).
+
+``python -m qaclims.report.readme results/demo [--seeds results/demo-seeds] [--write README.md]``
+prints (or writes between the README's ``<!-- demo-figures:begin -->`` and
+``<!-- demo-figures:end -->`` markers) a Markdown block with
+
+- the stage table of the run (:func:`qaclims.report.summary.collect`), with the
+  all-background floor;
+- where it ran: the machine, torch's training threads (``threads.train_torch`` of the run's
+  ``config.yaml``), the seeds, and the wall time ``make demo`` recorded
+  (``benchmarks/make_demo_seconds.txt``);
+- with ``--seeds``, the seed table of ``benchmarks/bench_demo_seeds.py``: mean +- sd and n
+  of both CAM stages over the seeds, and the smallest per-class gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from qaclims.core.errors import DataError
+from qaclims.report.summary import collect
+
+BEGIN, END = "<!-- demo-figures:begin -->", "<!-- demo-figures:end -->"
+
+#: (stage, variant suffix) -> row label of the README table
+LABELS: tuple[tuple[str, str, str], ...] = (
+    ("eval_cam", "cam", "CAM, baseline classifier (IRN recipe)"),
+    ("eval_cam", "ritc", "CAM, QA-CLIMS (RITC)"),
+    ("eval_seeds", "", "confident seeds after dense CRF"),
+    ("eval_sem_seg", "", "IRN random-walk pseudo masks"),
+    ("eval_deeplab", "nocrf", "DeepLab-v2 (tiny) on the pseudo masks, no CRF"),
+    ("eval_deeplab", "crf", "DeepLab-v2 (tiny) on the pseudo masks, with CRF"),
+)
+
+
+def _pct(v: object) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.2f}"  # type: ignore[arg-type]
+
+
+def stage_table(run_dir: Path) -> str:
+    """The run's stage table as Markdown (mIoU %, GT-tuned best threshold, coverage)."""
+    df = collect(run_dir)
+    if df.empty:
+        raise DataError(f"no evaluation summaries under {run_dir}: run the workflow first")
+    lines = [
+        "| stage | mIoU (%) | best threshold (GT-tuned) | pixels labelled |",
+        "|---|---|---|---|",
+    ]
+    for stage, suffix, label in LABELS:
+        for r in df[df["stage"] == stage].itertuples():
+            parts = str(r.variant).split("/")
+            if suffix and suffix not in parts:
+                continue
+            cov = "" if pd.isna(r.coverage) or r.coverage == 1 else f"{_pct(r.coverage)} %"
+            lines.append(f"| {label} | {_pct(r.miou)} | {_pct(r.best_miou)} | {cov} |")
+    floor = df["background_only_miou"].dropna()
+    if len(floor):
+        lines.append(f"| all background (the floor) | {_pct(float(floor.iloc[0]))} | | |")
+    return "\n".join(lines)
+
+
+def provenance(run_dir: Path) -> str:
+    """Where and how the run was made: date, machine, threads, seeds, wall time."""
+    cfg = (
+        yaml.safe_load((run_dir / "config.yaml").read_text())
+        if (run_dir / "config.yaml").is_file()
+        else {}
+    )
+    threads = cfg.get("threads", {}).get("train_torch", "?")
+    seeds = ", ".join(
+        f"{k} {v['seed']}" for k, v in cfg.items() if isinstance(v, dict) and "seed" in v
+    )
+    summaries = list(run_dir.glob("eval_*/**/summary.json"))
+    when = (
+        dt.datetime.fromtimestamp(max(p.stat().st_mtime for p in summaries)).date()
+        if summaries
+        else "?"
+    )
+    wall = run_dir / "benchmarks" / "make_demo_seconds.txt"
+    took = (
+        f"; `make demo` took {int(wall.read_text().strip()) / 60:.1f} min" if wall.is_file() else ""
+    )
+    cpu = _cpu_model()
+    return (
+        f"Run of {when} on {platform.system()} {platform.machine()} ({cpu}, {os.cpu_count()} CPUs, "
+        f"no GPU), torch training threads {threads}; seeds: {seeds or 'as shipped'}{took}."
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def seed_table(seeds_dir: Path) -> str:
+    """``bench_demo_seeds.py``'s summary as Markdown: mean +- sd (n) per CAM stage."""
+    path = seeds_dir / "benchmarks" / "seeds_summary.csv"
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run benchmarks/bench_demo_seeds.py first")
+    s = pd.read_csv(path)
+    names = {"cam": "CAM, baseline", "ritc": "CAM, QA-CLIMS"}
+    lines = ["| stage | mIoU (%), mean ± sd | n |", "|---|---|---|"]
+    for r in s.itertuples():
+        lines.append(f"| {names.get(str(r.stage), r.stage)} | {r.mean:.2f} ± {r.sd:.2f} | {r.n} |")
+    ritc = s[s["stage"] == "ritc"].iloc[0]
+    cam = s[s["stage"] == "cam"].iloc[0]
+    return "\n".join(lines) + (
+        f"\n\nGain {ritc['mean'] - cam['mean']:+.2f} points over seeds {ritc['seeds']} of "
+        f"`{ritc['keys']}`; the smallest per-class gain (mean over the seeds) is "
+        f"{ritc['min_class_gain']:+.2f} ({ritc['min_class']}). {ritc['machine']}, "
+        f"{ritc['seconds_per_seed'] / 60:.1f} min per further seed."
+    )
+
+
+def block(run_dir: Path, seeds_dir: Path | None = None) -> str:
+    """The whole README block between the markers (markers included)."""
+    parts = [BEGIN, stage_table(run_dir), "", provenance(run_dir)]
+    if seeds_dir is not None:
+        parts += ["", seed_table(seeds_dir)]
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def replace_block(text: str, new_block: str, where: str = "README.md") -> str:
+    """``text`` with the part between the markers replaced; DataError without markers."""
+    if BEGIN not in text or END not in text:
+        raise DataError(f"{where} has no {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN, 1)
+    return head + new_block + rest.split(END, 1)[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", nargs="?", default="results/demo")
+    ap.add_argument("--seeds", default=None, help="run folder of bench_demo_seeds.py")
+    ap.add_argument("--write", default=None, help="README to update in place")
+    args = ap.parse_args(argv)
+    text = block(Path(args.run_dir), Path(args.seeds) if args.seeds else None)
+    if args.write:
+        readme = Path(args.write)
+        readme.write_text(replace_block(readme.read_text(), text, str(readme)))
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

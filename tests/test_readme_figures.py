@@ -1,0 +1,61 @@
+"""The README's demo figures come from a run's outputs: the block is made from summaries and
+the seed benchmark's table, and replaces only what lies between its markers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from qaclims.core.errors import DataError
+from qaclims.report import readme
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _summary(path: Path, miou: float, **extra: float) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    body = {"num_images": 80, "miou": miou, "all_background_miou": 0.1123, **extra}
+    (path / "summary.json").write_text(json.dumps(body))
+
+
+def test_block_from_a_run_and_its_seed_table(tmp_path: Path) -> None:
+    run = tmp_path / "results" / "demo"
+    _summary(run / "eval_cam" / "cam" / "val", 0.6007, best_miou=0.7291)
+    _summary(run / "eval_cam" / "ritc" / "val", 0.7535, best_miou=0.7556)
+    _summary(run / "eval_seeds" / "ritc" / "val", 0.9059, coverage=0.9355)
+    (run / "config.yaml").write_text("threads: {train_torch: 2}\ntrain_ritc: {seed: 0}\n")
+    (run / "benchmarks").mkdir()
+    (run / "benchmarks" / "make_demo_seconds.txt").write_text("540\n")
+    seeds = tmp_path / "results" / "demo-seeds"
+    (seeds / "benchmarks").mkdir(parents=True)
+    pd.DataFrame({
+        "stage": ["cam", "ritc"], "mean": [60.07, 70.0], "sd": [0.0, 1.2], "n": [3, 3],
+        "min_class_gain": [float("nan"), -1.5], "min_class": ["", "kite"],
+        "keys": "train_ritc.seed", "seeds": "0 1 2", "machine": "x86_64, 2 CPUs, --cores 2",
+        "seconds_per_seed": 180.0,
+    }).to_csv(seeds / "benchmarks" / "seeds_summary.csv", index=False)  # fmt: skip
+    text = readme.block(run, seeds)
+    assert text.startswith(readme.BEGIN) and text.endswith(readme.END)
+    assert "| CAM, baseline classifier (IRN recipe) | 60.07 | 72.91 |  |" in text
+    assert "| CAM, QA-CLIMS (RITC) | 75.35 | 75.56 |  |" in text
+    assert "| confident seeds after dense CRF | 90.59 | – | 93.55 % |" in text
+    assert "| all background (the floor) | 11.23 | | |" in text
+    assert "torch training threads 2" in text and "took 9.0 min" in text
+    assert "| CAM, QA-CLIMS | 70.00 ± 1.20 | 3 |" in text and "Gain +9.93 points" in text
+    assert "-1.50 (kite)" in text
+    doc = f"intro\n{readme.BEGIN}\nold figures\n{readme.END}\nrest\n"
+    assert readme.replace_block(doc, text) == f"intro\n{text}\nrest\n"
+    with pytest.raises(DataError, match="no <!-- demo-figures:begin -->"):
+        readme.replace_block("no markers", text)
+    with pytest.raises(DataError, match="no evaluation summaries"):
+        readme.block(tmp_path / "empty")
+
+
+def test_the_readme_holds_one_generated_block() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert text.count(readme.BEGIN) == 1 and text.count(readme.END) == 1
+    inner = text.split(readme.BEGIN)[1].split(readme.END)[0]
+    assert "| stage | mIoU (%) |" in inner and "Run of " in inner
