@@ -192,3 +192,28 @@ def test_class_subset_and_config_errors(tmp_path: Path) -> None:
                          ({"colours": 3}, "synthetic.colours")):  # fmt: skip
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             from_mapping(synthetic.SyntheticConfig, mapping, "synthetic")
+
+
+def test_every_corpus_phrase_word_is_in_the_training_captions(tmp_path: Path) -> None:
+    """The demo's tiny CLIP learns words only from the captions of its training images: each
+    word of each corpus phrase (the demo's corpus rules over the world's answers, which bound
+    what the tiny BLIP can say) must occur in one of them, or its text feature is untrained."""
+    import yaml
+
+    from qaclims.qape import corpus
+
+    demo = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    world = {**demo["synthetic"], "num_images": {"train": 240}}
+    cfg = from_mapping(synthetic.SyntheticConfig, world, "synthetic")
+    synthetic.run(tmp_path / "w", cfg)
+    captions = pd.read_parquet(tmp_path / "w" / "captions.parquet")
+    answers = pd.read_parquet(tmp_path / "w" / "answers.parquet")
+    ccfg = from_mapping(corpus.CorpusConfig, demo["corpus"], "corpus")
+    phrases = corpus.build_corpus(corpus.phrase_rows(answers, ccfg), list(cfg.classes), ccfg)
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+    known = set().union(*map(words, captions["caption"]))
+    missing = {p for p in set(phrases["phrase"]) if not words(p) <= known}
+    assert len(phrases) > 100 and not missing, sorted(missing)

@@ -123,9 +123,12 @@ def captions_for(rng: np.random.Generator, image_id: str, objs: Sequence[SceneOb
         pairs = list(zip(*things, strict=True))
         whole = [f"{_a(a)} and {_a(b)} {p}" for a, b in pairs for p in bg.in_phrases]
         whole.append(f"{_a(things[0][1])} next to {_a(things[1][1])}")
-    regions: dict[str, list[str]] = {"image": whole, "bg": list(bg.alone)}
+    # every word a VQA answer may use is in some caption: all the names of the background,
+    # its places and what is above and under it; all the names of each object
+    bg_words = (*bg.synonyms, *bg.places, *bg.above, *bg.under)
+    regions: dict[str, list[str]] = {"image": whole, "bg": [*bg.alone, *map(_a, bg_words)]}
     for o, t in zip(objs, things, strict=True):
-        regions[f"fg:{o.kind.name}"] = [_a(x) for x in (*t, *o.kind.subtypes)]
+        regions[f"fg:{o.kind.name}"] = [_a(x) for x in (*t, *o.kind.synonyms, *o.kind.subtypes)]
     rows = []
     for region, candidates in regions.items():
         options = list(dict.fromkeys(candidates))  # distinct, in order
