@@ -402,3 +402,45 @@ def test_tiny_clip_training_resumes_to_the_uninterrupted_weights(
     with caplog.at_level("WARNING"):
         tiny_training.train_tiny_clip(tmp_path, cap, CLIP, other, out, "cpu", state)
     assert any("discarding resume state" in r.getMessage() for r in caplog.records)
+
+
+def test_the_demo_tiny_clip_ranks_each_class_region_above_a_blank(tmp_path: Path) -> None:
+    """What a dead CAM shows CLIP is a blank (the zero image: the mean colour) under an
+    all-ones mask. The demo's tiny CLIP, trained as the demo trains it, must score every
+    class's text higher for that class's own region than for the blank, on at least 90% of
+    the class's training regions; else L_FRC cannot tell the object from nothing."""
+    import torch.nn.functional as F
+    import yaml
+
+    from qaclims.core.config import from_mapping
+    from qaclims.data import synthetic
+    from qaclims.ritc.tiny_clip_data import REGION_FG, load_region_set, region_masks
+    from qaclims.ritc.train_tiny_clip import train_tiny_clip
+
+    torch.set_num_threads(2)
+    demo = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    world = {**demo["synthetic"], "num_images": {"train": 240}}
+    root = tmp_path / "w"
+    synthetic.run(root, from_mapping(synthetic.SyntheticConfig, world, "synthetic"))
+    clip_cfg = from_mapping(ClipConfig, demo["clip"], "clip")
+    tcfg = from_mapping(TinyClipConfig, demo["train_tiny_clip"], "train_tiny_clip")
+    train_tiny_clip(root, root / "captions.parquet", clip_cfg, tcfg, tmp_path / "c.st", "cpu")
+    model, info, tok = load_clip(clip_cfg, "cpu", tmp_path / "c.st")
+    classes = list(demo_classes(root))
+    data = load_region_set(root, root / "captions.parquet", classes, info, tcfg)
+    size = info.image_size
+    blank = encode_image_masked(model, torch.zeros(1, 3, size, size), torch.ones(1, 1, size, size))
+    for c, name in enumerate(classes):
+        idx = [i for i, (_, kind, cls) in enumerate(data.samples) if kind == REGION_FG and cls == c]
+        masks = region_masks(data, idx)
+        images = data.images[[data.samples[i][0] for i in idx]]
+        region = F.normalize(encode_image_masked(model, images * masks, masks), dim=-1)
+        text = F.normalize(clip_encode.encode_texts(model, tok, [tcfg.prompt.format(name)]), dim=-1)
+        above = (region @ text.T).squeeze(1) > (F.normalize(blank, dim=-1) @ text.T).squeeze()
+        assert above.float().mean() >= 0.9, (name, float(above.float().mean()))
+
+
+def demo_classes(root: Path) -> list[str]:
+    import json
+
+    return list(json.loads((root / "classes.json").read_text())["classes"])

@@ -1,8 +1,9 @@
 """The order of the training images: one seeded shuffle per epoch, cut into step batches.
 
-Every training stage (train_cam, train_ritc, train_irn, train_deeplab, train_tiny_clip) draws
-its batches from :class:`StepBatches` and its augmentation from :func:`augment_rng`: a batch
-of step ``s`` is a function of ``(seed, s)`` only, so a resumed run sees the same batches.
+Every training stage (train_cam, train_ritc, train_irn, train_deeplab, train_tiny_clip,
+train_tiny_blip) draws its batches from :class:`StepBatches` and its augmentation from
+:func:`augment_rng` (per image) or :func:`step_rng` (per batch): a batch of step ``s`` is a
+function of ``(seed, s)`` only, so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
