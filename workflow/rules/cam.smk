@@ -35,9 +35,9 @@ rule train_cam:
 
 rule make_cam:
     input:
-        manifest=lambda wc: manifest(wc.split),
+        manifest=manifest("{split}"),
         classes=R("data", "classes.json"),
-        weights=cam_weights,
+        weights=R("train_{model}", "model.safetensors"),
     output:
         cams=cam_output(R("make_cam", "{model}", "{split}", "{shard}")),
     log:
@@ -53,7 +53,6 @@ rule make_cam:
         code=code("make_cam"),
         cfg=result_cfg("make_cam"),
         model=config["train_cam"]["model"],
-        shard=lambda wc: int(wc.shard),
         num_shards=SHARDS,
     script:
         "../scripts/make_cam.py"
@@ -61,9 +60,9 @@ rule make_cam:
 
 rule eval_cam:
     input:
-        manifest=lambda wc: manifest(wc.split),
+        manifest=manifest("{split}"),
         classes=R("data", "classes.json"),
-        cams=lambda wc: cam_dirs(wc.model),
+        cams=eval_cam_dirs,
     output:
         summary=R("eval_cam", "{model}", "{split}", "summary.json"),
         per_class=R("eval_cam", "{model}", "{split}", "per_class.parquet"),

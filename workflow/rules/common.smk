@@ -1,6 +1,7 @@
 # Config validation, paths and input functions shared by the other .smk files.
 import os
 import sys
+from argparse import Namespace
 
 import yaml
 from snakemake.utils import validate
@@ -98,7 +99,9 @@ def code(script):
     """Content digests of the library files a rule's script imports (transitively), a
     param: editing one reruns that rule and what follows; touching one reruns nothing.
     """
-    return codegraph.code_digests(os.path.join(SCRIPTS, script + ".py"), SRC_ROOT)
+    digests = codegraph.code_digests(os.path.join(SCRIPTS, script + ".py"), SRC_ROOT)
+    # one string, not a dict: Snakemake applies wildcards to every param item of every job
+    return " ".join(f"{path}:{digest}" for path, digest in sorted(digests.items()))
 
 
 codegraph.use_scan_cache(os.path.join(".snakemake", "qaclims", "imports.json"))
@@ -152,9 +155,12 @@ def cam_dirs(model, splits=None):
     )
 
 
-def cam_dir_of_shard(wildcards):
-    """The one make_cam shard a downstream shard reads (same layout, same images)."""
-    return [R("make_cam", wildcards.model, wildcards.split, wildcards.shard)]
+def eval_cam_dirs(wildcards):
+    """The make_cam folders eval_cam reads: its own split's when make_cam runs on it (COCO's
+    val), else every CAM split (VOC's train is inside train_aug); never a split it does not
+    evaluate, whose CAMs (COCO's 82k train images) nothing else may need."""
+    splits = [wildcards.split] if wildcards.split in SPLITS["cam"] else SPLITS["cam"]
+    return cam_dirs(wildcards.model, splits)
 
 
 def cam_weights(wildcards):
@@ -262,7 +268,7 @@ def report_plan():
 
     for m in METHODS:
         stage(METHOD_LABEL[m], R("eval_cam", m, ev), sweep=True)
-        plan["cams"][METHOD_LABEL[m]] = cam_dirs(m)
+        plan["cams"][METHOD_LABEL[m]] = eval_cam_dirs(Namespace(model=m, split=ev))
     if not config["released"]["cam"]:
         plan["histories"]["train_cam"] = R("train_cam", "history.parquet")
     if "ritc" in METHODS and not config["released"]["ritc"]:

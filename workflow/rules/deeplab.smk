@@ -29,7 +29,7 @@ rule train_deeplab:
 
 rule infer_deeplab:
     input:
-        manifest=lambda wc: manifest(wc.split),
+        manifest=manifest("{split}"),
         classes=R("data", "classes.json"),
         weights=R("train_deeplab", "model.safetensors"),
     output:
@@ -48,7 +48,6 @@ rule infer_deeplab:
         code=code("infer_deeplab"),
         cfg=result_cfg("infer_deeplab"),
         model=config["train_deeplab"]["model"],
-        shard=lambda wc: int(wc.shard),
         num_shards=SHARDS,
     script:
         "../scripts/infer_deeplab.py"
@@ -56,7 +55,7 @@ rule infer_deeplab:
 
 rule eval_deeplab:
     input:
-        manifest=lambda wc: manifest(wc.split),
+        manifest=manifest("{split}"),
         classes=R("data", "classes.json"),
         preds=lambda wc: expand(
             R("infer_deeplab", wc.split, wc.variant, "{shard}"),

@@ -4,8 +4,8 @@
 
 rule cam_to_ir_label:
     input:
-        manifest=lambda wc: manifest(wc.split),
-        cams=cam_dir_of_shard,
+        manifest=manifest("{split}"),
+        cams=R("make_cam", "{model}", "{split}", "{shard}"),
     output:
         labels=directory(R("cam_to_ir_label", "{model}", "{split}", "{shard}")),
     log:
@@ -18,7 +18,6 @@ rule cam_to_ir_label:
     params:
         code=code("cam_to_ir_label"),
         cfg=result_cfg("cam_to_ir_label"),
-        shard=lambda wc: int(wc.shard),
         num_shards=SHARDS,
     script:
         "../scripts/cam_to_ir_label.py"
@@ -26,7 +25,7 @@ rule cam_to_ir_label:
 
 rule eval_seeds:
     input:
-        manifest=lambda wc: manifest(wc.split),
+        manifest=manifest("{split}"),
         classes=R("data", "classes.json"),
         preds=lambda wc: [d for s in SPLITS["cam"] for d in ir_label_dirs(wc.model, s)],
     output:
@@ -71,8 +70,8 @@ rule train_irn:
 
 rule make_sem_seg:
     input:
-        manifest=lambda wc: manifest(wc.split),
-        cams=cam_dir_of_shard,
+        manifest=manifest("{split}"),
+        cams=R("make_cam", "{model}", "{split}", "{shard}"),
         irn=R("train_irn", "{model}", "model.safetensors"),
     output:
         masks=directory(R("make_sem_seg", "{model}", "{split}", "{shard}")),
@@ -89,7 +88,6 @@ rule make_sem_seg:
         code=code("make_sem_seg"),
         cfg=result_cfg("make_sem_seg"),
         irn=config["train_irn"]["model"],
-        shard=lambda wc: int(wc.shard),
         num_shards=SHARDS,
     script:
         "../scripts/make_sem_seg.py"
@@ -97,7 +95,7 @@ rule make_sem_seg:
 
 rule eval_sem_seg:
     input:
-        manifest=lambda wc: manifest(wc.split),
+        manifest=manifest("{split}"),
         classes=R("data", "classes.json"),
         preds=lambda wc: expand(
             R("make_sem_seg", wc.model, "{split}", "{shard}"),

@@ -26,17 +26,16 @@ rule train_tiny_blip:
 
 rule vqa:
     input:
-        unpack(vqa_inputs),
+        **vqa_inputs(None),
         manifest=manifest(SPLITS["train"]),
         classes=R("data", "classes.json"),
     output:
-        answers=R("vqa", "{kind}", "{shard}.parquet"),
+        fg=R("vqa", "fg", "{shard}.parquet"),
+        bg=R("vqa", "bg", "{shard}.parquet"),
     log:
-        LOG("vqa", "{kind}_{shard}.log"),
+        LOG("vqa", "{shard}.log"),
     benchmark:
-        BENCH("vqa", "{kind}_{shard}.tsv")
-    wildcard_constraints:
-        kind="fg|bg",
+        BENCH("vqa", "{shard}.tsv")
     conda:
         "../../envs/vqa.yaml"
     threads: config["threads"]["gpu_job"]
@@ -45,7 +44,6 @@ rule vqa:
     params:
         code=code("vqa"),
         cfg=result_cfg("vqa"),
-        shard=lambda wc: int(wc.shard),
         num_shards=SHARDS,
         cache=R(".cache", "vqa"),
     script:

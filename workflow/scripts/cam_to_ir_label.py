@@ -12,7 +12,7 @@ with job(snakemake) as j:
             cam_to_ir_label.IrLabelConfig, snakemake.config["cam_to_ir_label"], "cam_to_ir_label"
         ),
         out_dir=Path(snakemake.output.labels),
-        shard=snakemake.params.shard,
+        shard=int(snakemake.wildcards.shard),
         num_shards=snakemake.params.num_shards,
         threads=j.threads,
     )

@@ -21,7 +21,7 @@ with job(snakemake) as j:
         cfg=cfg,
         out_dir_nocrf=Path(snakemake.output.nocrf),
         out_dir_crf=crf_dir if cfg.crf.enabled else None,
-        shard=snakemake.params.shard,
+        shard=int(snakemake.wildcards.shard),
         num_shards=snakemake.params.num_shards,
         device=j.device,
     )

@@ -14,7 +14,7 @@ with job(snakemake) as j:
         num_classes=len(read_classes(snakemake.input.classes)),
         cfg=from_mapping(cam_infer.MakeCamConfig, snakemake.config["make_cam"], "make_cam"),
         out_dir=Path(snakemake.output.cams),
-        shard=snakemake.params.shard,
+        shard=int(snakemake.wildcards.shard),
         num_shards=snakemake.params.num_shards,
         device=j.device,
     )

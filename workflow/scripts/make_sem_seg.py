@@ -15,7 +15,7 @@ with job(snakemake) as j:
             make_sem_seg.SemSegConfig, snakemake.config["make_sem_seg"], "make_sem_seg"
         ),
         out_dir=Path(snakemake.output.masks),
-        shard=snakemake.params.shard,
+        shard=int(snakemake.wildcards.shard),
         num_shards=snakemake.params.num_shards,
         device=j.device,
     )

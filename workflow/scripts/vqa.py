@@ -6,14 +6,15 @@ from qaclims.qape import vqa
 from qaclims.workflow.smk import job
 
 with job(snakemake) as j:
-    vqa.run(
-        manifest=Path(snakemake.input.manifest),
-        classes=read_classes(snakemake.input.classes),
-        cfg=from_mapping(vqa.VqaConfig, snakemake.config["vqa"], "vqa"),
-        kind=snakemake.wildcards.kind,
-        out=Path(snakemake.output.answers),
-        shard=snakemake.params.shard,
-        num_shards=snakemake.params.num_shards,
-        device=j.device,
-        cache_dir=Path(snakemake.params.cache),
-    )
+    for kind in ("fg", "bg"):  # one job per shard: the model loads once for both kinds
+        vqa.run(
+            manifest=Path(snakemake.input.manifest),
+            classes=read_classes(snakemake.input.classes),
+            cfg=from_mapping(vqa.VqaConfig, snakemake.config["vqa"], "vqa"),
+            kind=kind,
+            out=Path(snakemake.output[kind]),
+            shard=int(snakemake.wildcards.shard),
+            num_shards=snakemake.params.num_shards,
+            device=j.device,
+            cache_dir=Path(snakemake.params.cache),
+        )

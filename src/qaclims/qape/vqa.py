@@ -35,6 +35,7 @@ jobs of one sharding write the same file, and every write is atomic.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -316,6 +317,25 @@ def ask(
     return answers
 
 
+_LOADED: dict[tuple[str, ...], BlipAnswerer] = {}
+
+
+def _loaded(cfg: VqaConfig, device: str) -> BlipAnswerer:
+    """The BLIP of ``cfg`` on ``device``, loaded once per process (a vqa job answers both
+    kinds of questions with it); a local folder whose files changed since is loaded again."""
+    src = Path(model_source(cfg.model))
+    stamps = (
+        [f"{f.name}:{f.stat().st_mtime_ns}" for f in sorted(src.glob("*"))] if src.is_dir() else []
+    )
+    key = (str(src), cfg.dtype, device, *stamps)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = BlipAnswerer.load(cfg, device)
+    ans = _LOADED[key]
+    return dataclasses.replace(ans, image_size=cfg.image_size, num_beams=cfg.num_beams,
+                               max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+
+
 def blip_answers(
     cfg: VqaConfig, items: pd.DataFrame, kind: str, device: str, cache_dir: Path, own: Path
 ) -> pd.Series:
@@ -333,7 +353,7 @@ def blip_answers(
         key,
     )
     if len(todo):
-        answerer = BlipAnswerer.load(cfg, dev)
+        answerer = _loaded(cfg, dev)
         got = ask(answerer, todo, cfg.batch_size, cfg.cache_flush_batches, own, key)
         merged.loc[todo.index, "answer"] = got
     _merge_parts(own)
