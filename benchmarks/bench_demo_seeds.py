@@ -57,7 +57,8 @@ def main() -> None:
     for seed in args.seeds:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(overlay(args.run, args.keys, seed), f)
-        targets = [str(res / "eval_cam" / m / "val" / "summary.json") for m in ("cam", "ritc")]
+        rel = res.relative_to(ROOT)  # Snakemake names outputs relative to the repository
+        targets = [str(rel / "eval_cam" / m / "val" / "summary.json") for m in ("cam", "ritc")]
         cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--resources",
                "gpu=1", "--configfile", "config/config.yaml", f.name, "--", *targets]  # fmt: skip
         t0 = time.perf_counter()

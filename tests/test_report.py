@@ -89,7 +89,8 @@ def test_one_loss_panel_per_stage_with_only_its_loss_terms(tmp_path: Path) -> No
     s = np.arange(1, 11)
     ritc = pd.DataFrame({"step": s * 2, "epoch": s // 6, "loss": 3 / s, "frc": 1 / s,
                          "brc": 1 / s, "area": 0.1 + 0 * s, "pairs": 12.0 + 0 * s,
-                         "skipped": 0.0 * s, "lr": 0.01 / s, "img_per_s": 110.0 + s})  # fmt: skip
+                         "skipped": 0.0 * s, "lr": 0.01 / s, "img_per_s": 110.0 + s,
+                         "pairs:0": 7.0 + 0 * s, "dead:0": 1.0 + 0 * s})  # fmt: skip
     cam = pd.DataFrame({"step": s, "epoch": s // 5, "loss": 1 / s, "lr": 0.1 / s})
     fig = report.plot_histories({"train_cam": cam, "train_ritc": ritc, "empty": cam[[]]},
                                 tmp_path / "l.png")  # fmt: skip

@@ -31,11 +31,14 @@ NON_LOSS_COLUMNS = ("step", "epoch", "lr", "iter", "time", "pairs", "skipped", "
 
 
 def loss_columns(history: pd.DataFrame) -> list[str]:
-    """The numeric columns of a training history that are loss terms."""
+    """The numeric columns of a training history that are loss terms (not the schedule, not
+    counts, not ``group:key`` columns such as train_ritc's per-class ``pairs:c``)."""
     return [
         c
         for c in history.columns
-        if c not in NON_LOSS_COLUMNS and pd.api.types.is_numeric_dtype(history[c])
+        if c not in NON_LOSS_COLUMNS
+        and ":" not in str(c)
+        and pd.api.types.is_numeric_dtype(history[c])
     ]
 
 
@@ -308,10 +311,10 @@ def overlay_grid(
                 fontsize="small",
             )
     cams = any(not np.issubdtype(np.asarray(s[0]).dtype, np.integer) for s in cols.values())
-    if cams:
-        bar = fig.colorbar(
-            ScalarMappable(Normalize(0.0, 1.0), "jet"), ax=axes[:, -1].tolist(), shrink=0.5
-        )
+    if cams:  # the CAM scale in a margin of its own, right of the grid
+        fig.subplots_adjust(right=0.9)
+        where = fig.add_axes((0.925, 0.35, 0.015, 0.3))
+        bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), "jet"), cax=where)
         bar.set_label("CAM", fontsize="small")
     if label_names:
         pal = np.asarray(voc_palette(), dtype=np.float64).reshape(256, 3) / 255.0
