@@ -7,7 +7,7 @@ from qaclims.workflow.smk import job
 with job(snakemake) as j:
     cam_to_ir_label.run(
         manifest=Path(snakemake.input.manifest),
-        cam_dirs=[Path(d) for d in snakemake.input.cams],
+        cam_dirs=[Path(snakemake.input.cams)],  # make_cam's shard of the same images
         cfg=from_mapping(
             cam_to_ir_label.IrLabelConfig, snakemake.config["cam_to_ir_label"], "cam_to_ir_label"
         ),

@@ -8,7 +8,7 @@ from qaclims.workflow.smk import job
 with job(snakemake) as j:
     make_sem_seg.run(
         manifest=Path(snakemake.input.manifest),
-        cam_dirs=[Path(d) for d in snakemake.input.cams],
+        cam_dirs=[Path(snakemake.input.cams)],  # make_cam's shard of the same images
         irn_weights=Path(snakemake.input.irn),
         irn_cfg=from_mapping(irn_model.IrnModelConfig, snakemake.params.irn, "train_irn.model"),
         cfg=from_mapping(
