@@ -218,4 +218,5 @@ def expected_config(files: list[Path]) -> dict[str, Any]:
     pre = cfg["vqa"]["precomputed"]  # documented: {run} names this run's folder
     for kind in ("fg", "bg"):
         pre[kind] = pre[kind].replace("{run}", cfg["run"])
+    cfg["vqa"]["model"] = cfg["vqa"]["model"].replace("{run}", cfg["run"])  # and in vqa.model
     return cfg

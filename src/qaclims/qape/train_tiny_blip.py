@@ -50,9 +50,9 @@ class TinyBlipConfig:
     epochs: int = setting(6, ge=1, doc="passes over the (image, question, answer) rows.")
     batch_size: int = setting(64, ge=1, doc="rows per step.")
     lr: float = setting(2e-3, gt=0.0, doc="AdamW learning rate (one-cycle cosine).")
-    weight_decay: float = setting(0.01, ge=0.0)
+    weight_decay: float = setting(0.01, ge=0.0, doc="AdamW weight decay.")
     seed: int = setting(0, doc="seed of initialisation and data order.")
-    log_every: int = runtime(50, ge=1)
+    log_every: int = runtime(50, ge=1, doc="steps per log line.")
     resume_every: int = runtime(200, ge=1, doc="steps between resume-state saves.")
 
 
