@@ -55,6 +55,10 @@ def test_it_learns_the_facts_and_the_vqa_backend_loads_it(world: Path, tmp_path:
     assert stats["exact"] >= 0.9, stats  # colour and background read from the pixels
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert len(meta["qaclims_fingerprint"]) == 16  # the vqa cache's model key follows it
+    from qaclims.core.io import current_umask
+
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "m").iterdir()}
+    assert set(modes.values()) == {0o666 & ~current_umask()}, modes  # not transformers' 0600
     from qaclims.qape.vqa_config import VqaConfig
 
     ans = BlipAnswerer.load(VqaConfig(model=str(tmp_path / "m"), image_size=32, num_beams=1),

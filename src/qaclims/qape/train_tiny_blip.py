@@ -31,7 +31,7 @@ import torch
 from qaclims.core.config import from_mapping, runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
-from qaclims.core.io import files_digest, read_image, read_parquet
+from qaclims.core.io import current_umask, files_digest, read_image, read_parquet
 from qaclims.qape.blip import write_tiny_blip
 from qaclims.training import ResumeState, fingerprint, seed_everything
 from qaclims.training.loop import Plan, Trainer, stop_step
@@ -197,6 +197,9 @@ def train_tiny_blip(
         shutil.rmtree(tmp, ignore_errors=True)
         model.cpu().save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        mode = 0o666 & ~current_umask()  # transformers writes the weights 0600
+        for f in tmp.iterdir():
+            f.chmod(mode)
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
 
