@@ -208,7 +208,7 @@ def run(
         x, y = to_device(batch, dev)
         return {"loss": train_step(model, optimizer, x, y, cfg.amp)}
 
-    trainer.fit(loader, step, start, stop)
+    trainer.fit(loader, step, start)
 
     def write() -> None:
         save_weights(out_model, model, metadata={"num_classes": str(num_classes)})

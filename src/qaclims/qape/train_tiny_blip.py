@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from qaclims.artifacts.partial import PartialDir
 from qaclims.core.config import from_mapping, runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
@@ -183,7 +184,7 @@ def train_tiny_blip(
         opt.step()
         return {"loss": float(out.loss.detach())}
 
-    trainer.fit(StepBatches(len(df), batch, cfg.seed, start, stop), step, start, stop)
+    trainer.fit(StepBatches(len(df), batch, cfg.seed, start, stop), step, start)
     model.eval()
     stats: dict[str, float] = {}
 
@@ -193,15 +194,13 @@ def train_tiny_blip(
         log.info("train_tiny_blip: loss %.4f, greedy answer = a fact's answer for %.1f%% of rows",
                  stats["loss"], 100 * stats["exact"])  # fmt: skip
         model.config.qaclims_fingerprint = key  # the vqa cache's model key changes with it
-        tmp = Path(str(out_dir) + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.cpu().save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        part = PartialDir(Path(out_dir), {"fingerprint": key})  # renamed onto out_dir whole
+        model.cpu().save_pretrained(part.path)
+        processor.save_pretrained(part.path)
         mode = 0o666 & ~current_umask()  # transformers writes the weights 0600
-        for f in tmp.iterdir():
+        for f in part.path.iterdir():
             f.chmod(mode)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
+        part.finish()
 
     trainer.finish(stop, write)
     shutil.rmtree(init, ignore_errors=True)

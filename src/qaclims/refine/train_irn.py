@@ -329,8 +329,7 @@ def run_train(
     stop = stop_step(plan.total, max_steps)
     ds = AffinityDataset(items, cfg)
     batches = StepBatches(len(items), cfg.batch_size, cfg.seed, start, stop)
-    trainer.fit(_loader(ds, cfg, batches, dev), lambda b: train_step(model, opt, b, cfg), start,
-                stop)  # fmt: skip
+    trainer.fit(_loader(ds, cfg, batches, dev), lambda b: train_step(model, opt, b, cfg), start)
 
     def write() -> None:
         model.disp_mean.copy_(mean_displacement(model, ds, cfg))

@@ -345,7 +345,7 @@ def run(
         return terms
 
     names = list(class_names) if class_names else [f"class {c}" for c in range(num_classes)]
-    trainer.fit(loader, step, start, stop, lambda e: _guard(trainer, e, names, cfg))
+    trainer.fit(loader, step, start, lambda e: _guard(trainer, e, names, cfg))
 
     def write() -> None:
         meta = {"num_classes": str(num_classes), "method": "qa-clims"}

@@ -213,7 +213,7 @@ def _fit(
         opt.step()
         return {"loss": float(loss.detach())}
 
-    trainer.fit(enumerate(keys, start), step, start, stop)
+    trainer.fit(enumerate(keys, start), step, start)
     model.requires_grad_(False).eval()
     last = total % cfg.log_every or cfg.log_every
     return trainer.finish(stop, lambda: write(trainer.window_mean(last)["loss"]))

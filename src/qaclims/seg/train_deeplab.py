@@ -332,7 +332,7 @@ def train_run(
         return {"loss": share}  # this process's share; the plan sums the shares
 
     net.train()
-    trainer.fit(loader, step, start, stop)
+    trainer.fit(loader, step, start)
 
     def write() -> None:
         meta = {"num_classes": str(num_classes), "model": json.dumps(to_dict(cfg.model))}

@@ -136,20 +136,17 @@ class Trainer:
         batches: Iterable[B],
         step: Callable[[B], Terms],
         start: int,
-        stop: int,
         epoch_end: Callable[[int], None] | None = None,
     ) -> None:
-        """Run global steps ``start .. stop-1``, one per item of ``batches``; call
+        """Run global steps ``start, start + 1, ...``, one per item of ``batches`` (the
+        sampler ends where the run stops); call
         ``epoch_end(epoch)`` (on every process) after the last step of each epoch."""
         p = self.plan
         self.model.train()
         tick, since = time.perf_counter(), start
         bar = tqdm(total=p.total, initial=start, desc=p.name, unit="step", dynamic_ncols=True,
                    disable=not self.dist.main)  # fmt: skip
-        done = start
         for done, batch in enumerate(batches, start=start + 1):
-            if done > stop:
-                break
             if p.poly_power is not None:
                 set_poly_lr(self.optimizer, done - 1, p.total, p.poly_power)
             lr = float(self.optimizer.param_groups[0]["lr"])
