@@ -24,6 +24,7 @@ include: "workflow/rules/ritc.smk"
 include: "workflow/rules/irn.smk"
 include: "workflow/rules/deeplab.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/experiments.smk"
 
 
 report: "workflow/report/workflow.rst"

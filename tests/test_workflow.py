@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -236,6 +238,48 @@ def _jobs(smoke: tuple[Path, Path], overlay: dict | None = None) -> set[str]:
 
 def test_nothing_to_do_after_a_run(smoke: tuple[Path, Path]) -> None:
     assert _jobs(smoke) == set()
+
+
+def test_an_experiment_reuses_the_run_and_tables_its_cells(smoke: tuple[Path, Path]) -> None:
+    """Two variants x two seeds on the smoke run: only the cells' own stages run, the cell
+    with the run's settings and seed reproduces the run's figures, and every row of the
+    comparison is the mean, sd and n of the cells' own summaries."""
+    repo, work = smoke
+    variants = {"same": {}, "class_only": {"text_features": {"class_weight": 1.0}}}
+    exp = {"experiments": {"seeds": [0, 1], "until": "eval_cam", "variants": variants}}
+    files = (CONFIG, SMOKE, write_overlay(work / "experiment.yaml", exp))
+    planned = dry_run_jobs(work, configfiles=files, repo=repo)
+    shared = {r for r in planned if not r.endswith("_cell")} - {"run_config", "all"}
+    assert shared == {"compare_experiments"}  # nothing of the run itself reruns
+    assert planned["train_ritc_cell"] == 4 and planned["text_features_cell"] == 1
+    snakemake(work, "--cores", "2", "--resources", "gpu=1", configfiles=files, repo=repo)
+    run = work / "results" / "demo"
+    cell = run / "experiments"
+
+    def miou(path: Path) -> float:
+        return 100 * json.loads(path.read_text())["miou"]
+
+    same = cell / "same" / "seed0" / "eval_cam" / "ritc" / "val" / "summary.json"
+    assert miou(same) == miou(run / "eval_cam" / "ritc" / "val" / "summary.json")
+    table = pd.read_csv(cell / "comparison.csv").set_index(["variant", "metric"])
+    for v in variants:
+        vals = [miou(cell / v / f"seed{s}" / "eval_cam" / "ritc" / "val" / "summary.json")
+                for s in (0, 1)]  # fmt: skip
+        row = table.loc[(v, "cam_miou")]
+        assert row["n"] == 2 and row["seeds"] == "0 1"
+        assert row["mean"] == pytest.approx(np.mean(vals), abs=1e-4)
+        assert row["sd"] == pytest.approx(np.std(vals, ddof=1), abs=1e-4)
+    assert table.loc[("class_only", "cam_miou"), "delta"] == pytest.approx(
+        table.loc[("class_only", "cam_miou"), "mean"] - table.loc[("same", "cam_miou"), "mean"],
+        abs=1e-3,
+    )
+    # the class-only text is made once for both seeds, and differs from the run's
+    feats = cell / "class_only" / "common" / "text_features" / "features.safetensors"
+    assert feats.is_file() and not (cell / "class_only" / "seed0" / "text_features").exists()
+    own = run / "text_features" / "features.safetensors"
+    assert hashlib.sha256(feats.read_bytes()).digest() != hashlib.sha256(own.read_bytes()).digest()
+    assert (cell / "comparison.html").is_file() and (cell / "comparison.png").is_file()
+    assert set(dry_run_jobs(work, configfiles=files, repo=repo)) - {"run_config"} == set()
 
 
 @pytest.mark.parametrize(

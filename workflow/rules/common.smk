@@ -17,6 +17,7 @@ if SRC_ROOT not in sys.path:
     )  # the workflow's own library, wherever Snakemake runs from
 from qaclims.workflow import preflight  # noqa: E402  standard library only at import
 from qaclims.workflow import codegraph  # noqa: E402
+from qaclims.workflow import experiments  # noqa: E402
 
 # Every job (local, SLURM, any conda env) imports the library from this checkout: the env
 # files hold only third-party packages, and nothing depends on where Snakemake copies them.
@@ -58,6 +59,25 @@ preflight.check_paths(config)
 preflight.check_stage_configs(
     config, SRC_ROOT, cache_dir=os.path.join(".snakemake", "qaclims")
 )
+
+
+def _check_cell_config(cfg):
+    """What the run's own config passes, for one experiment variant's config."""
+    import jsonschema
+
+    err = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(SCHEMA).iter_errors(cfg)
+    )
+    if err is not None:
+        key = ".".join(str(p) for p in err.absolute_path)
+        raise ValueError(f"at key {key}: {err.message}")
+    preflight.check_stage_configs(
+        cfg, SRC_ROOT, cache_dir=os.path.join(".snakemake", "qaclims")
+    )
+
+
+# Experiments (workflow/rules/experiments.smk): every variant checked before any job runs.
+experiments.check(config, SCHEMA, _check_cell_config)
 _DATA_FINGERPRINT = []
 
 
@@ -99,7 +119,7 @@ def code(script):
     """Content digests of the library files a rule's script imports (transitively), a
     param: editing one reruns that rule and what follows; touching one reruns nothing.
     """
-    digests = codegraph.code_digests(os.path.join(SCRIPTS, script + ".py"), SRC_ROOT)
+    digests = codegraph.code_digests(os.path.join(SCRIPTS, f"{script}.py"), SRC_ROOT)
     # one string, not a dict: Snakemake applies wildcards to every param item of every job
     return " ".join(f"{path}:{digest}" for path, digest in sorted(digests.items()))
 
@@ -326,4 +346,137 @@ def all_targets():
         )
     if config["report"]["enabled"]:
         t.append(R("report", "index.html"))
+    if config["experiments"]["variants"]:
+        t.append(R("experiments", "comparison.csv"))  # rule compare_experiments
     return t
+
+
+# ---------------------------------------------------------------- experiments
+# Paths and settings of the cells of config `experiments` (workflow/rules/experiments.smk).
+import re
+from argparse import Namespace
+
+VARIANTS = list(config["experiments"]["variants"])
+CELLS = experiments.cells(config)
+_CELL_CONFIGS = {}
+_FOLDERS = {}
+
+
+def X(*parts):
+    """Path pattern under a cell's folder (wildcards exp and cell: seed<s> or common)."""
+    return os.path.join("results", RUN, "experiments", "{exp}", "{cell}", *parts)
+
+
+def XLOG(*parts):
+    return os.path.join("logs", RUN, "experiments", "{exp}", "{cell}", *parts)
+
+
+def XBENCH(*parts):
+    return X("benchmarks", *parts)
+
+
+def XRESUME(*parts):
+    return os.path.join(
+        "results", RUN, ".resume", "experiments", "{exp}", "{cell}", *parts
+    )
+
+
+def _seed(wc):
+    if wc.cell == experiments.COMMON:
+        return experiments.seeds_of(config, wc.exp)[0]
+    return int(wc.cell.removeprefix("seed"))
+
+
+def at(wc, stage, *parts):
+    """Where a job of cell ``wc`` reads ``stage``'s output: the variant's own folder when
+    the stage is in its reach (seed<s> or common), else the run's (computed once for all).
+    """
+    key = (wc.exp, _seed(wc), stage)
+    if key not in _FOLDERS:
+        _FOLDERS[key] = experiments.folder(config, *key)
+    where = _FOLDERS[key]
+    if where is None:
+        return R(stage, *parts)
+    return os.path.join("results", RUN, "experiments", wc.exp, where, stage, *parts)
+
+
+def cell_cfg(wc):
+    key = (wc.exp, wc.cell)
+    if key not in _CELL_CONFIGS:
+        _CELL_CONFIGS[key] = experiments.job_config(
+            config, {"exp": wc.exp, "cell": wc.cell}
+        )
+    return _CELL_CONFIGS[key]
+
+
+def xresult(key):
+    """A param: the cell's ``config[key]`` without runtime-only settings."""
+    return lambda wc: _result_only(cell_cfg(wc)[key], SCHEMA["properties"][key])
+
+
+def xsetting(*keys):
+    """A param: one nested setting of the cell's config (e.g. train_cam.model)."""
+
+    def get(wc):
+        value = cell_cfg(wc)
+        for k in keys:
+            value = value[k]
+        return value
+
+    return get
+
+
+def _cell_vqa_inputs():
+    """vqa's own inputs, the demo's tiny BLIP read from where the cell has it."""
+    files = dict(vqa_inputs(None))
+    if "blip" in files:
+        files["blip"] = lambda wc: at(wc, "train_tiny_blip")
+    return files
+
+
+def _cell_clip_weights():
+    if clip_weight_inputs(None):
+        return {
+            "clip_weights": lambda wc: at(wc, "train_tiny_clip", "model.safetensors")
+        }
+    return {}
+
+
+def _cells_eval_cam_dirs(wc):
+    return [
+        at(wc, "make_cam", wc.model, s, k)
+        for s in ([wc.split] if wc.split in SPLITS["cam"] else SPLITS["cam"])
+        for k in shard_ids()
+    ]
+
+
+def comparison_plan():
+    """Rows of the comparison: one per (variant, seed, measured stage), with the files
+    of that cell's evaluation (its own, or the run's where the variant does not reach
+    it); a param of compare_experiments."""
+    m, ev, val = refine_source(), SPLITS["eval_cam"], SPLITS["val"]
+    where = {
+        "eval_cam": ("eval_cam", m, ev),
+        "eval_seeds": ("eval_seeds", m, ev),
+        "eval_sem_seg": ("eval_sem_seg", m, ev),
+    }
+    rows = []
+    for c in CELLS:
+        wc = Namespace(exp=c.variant, cell=f"seed{c.seed}")
+        for stage in experiments.targets_until(config):
+            parts = [where[stage]] if stage in where else []
+            if stage == "eval_deeplab":
+                parts = [("eval_deeplab", val, v) for v in deeplab_variants()]
+            for p in parts:
+                label = stage if stage != "eval_deeplab" else f"eval_deeplab_{p[2]}"
+                base = at(wc, *p)
+                rows.append(
+                    {
+                        "variant": c.variant,
+                        "seed": c.seed,
+                        "stage": label,
+                        "summary": os.path.join(base, "summary.json"),
+                        "per_class": os.path.join(base, "per_class.parquet"),
+                    }
+                )
+    return rows

@@ -224,6 +224,54 @@ WORKFLOW: dict[str, Any] = {
             }
         },
     },
+    "experiments": {
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "description": "Named variants of the run's settings, each over several seeds, in the "
+        "same DAG (docs/EXPERIMENTS.md): every stage upstream of a variant's first override is "
+        "the run's own and shared; each (variant, seed) computes the rest under "
+        "results/<run>/experiments/<variant>/seed<seed>/, and rule compare_experiments "
+        "tables them (mean, sd and n over seeds).",
+        "properties": {
+            "variants": {
+                "type": "object",
+                "default": {},
+                "additionalProperties": {"type": ["object", "null"]},
+                "description": "variant name -> overrides of stage settings from vqa on "
+                "(nested like the config, e.g. {train_ritc: {w_bg: 0.0}}), plus an optional "
+                "seeds list of its own. Empty: no experiment.",
+            },
+            "seeds": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "minItems": 1,
+                "default": [0],
+                "description": "seeds of every variant without its own: the seed setting of "
+                "every seeded stage a variant computes itself.",
+            },
+            "reference": {
+                "type": "string",
+                "default": "",
+                "description": "the variant the comparison's per-class deltas are taken "
+                "against (empty: the first).",
+            },
+            "until": {
+                "type": "string",
+                "enum": ["eval_cam", "eval_seeds", "eval_sem_seg", "eval_deeplab"],
+                "default": "eval_deeplab",
+                "description": "the last evaluation each (variant, seed) runs (within what "
+                "refine.enabled and deeplab.enabled allow).",
+            },
+            "from": {
+                "type": "string",
+                "default": "train_ritc",
+                "description": "the stage where seeds start: it and every stage after it are "
+                "computed per (variant, seed) even for a variant that overrides nothing "
+                "before it.",
+            },
+        },
+    },
     "report": {
         "type": "object",
         "additionalProperties": False,

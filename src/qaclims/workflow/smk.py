@@ -1,10 +1,11 @@
 """The glue every workflow script shares, so the scripts stay a few lines long.
 
 ``with job(snakemake) as j:`` sets up the rule's log file (and tags the job's terminal
-lines), takes free GPUs when the rule asks for ``resources: gpu`` (see
-:mod:`qaclims.core.devices`), resolves the torch device from ``config["device"]``, sets torch's
-CPU threads to the rule's ``threads``, warns when a job holding GPUs runs on the CPU, and
-logs any exception with its traceback before re-raising it.
+lines), gives a job of an experiment's (variant, seed) that cell's config as ``smk.config``
+(:func:`qaclims.workflow.experiments.job_config`), takes free GPUs when the rule asks for
+``resources: gpu`` (see :mod:`qaclims.core.devices`), resolves the torch device from
+``config["device"]``, sets torch's CPU threads to the rule's ``threads``, warns when a job
+holding GPUs runs on the CPU, and logs any exception with its traceback before re-raising it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qaclims.core import devices, logs
+from qaclims.workflow import experiments
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ def job(smk: Any, gpus: bool = True) -> Iterator[Job]:
     """
     log_path = smk.log[0] if len(smk.log) else None
     tag = tag_of(smk)
+    wc = getattr(smk, "wildcards", None)
+    if wc is not None and hasattr(wc, "items"):
+        # a job of an experiment's (variant, seed): its scripts read that cell's config
+        smk.config = experiments.job_config(smk.config, dict(wc.items()))
     logger = logs.setup(log_path, tag=tag)
     threads = int(smk.threads)
     n_gpu = int(getattr(smk.resources, "gpu", 0) or 0) if gpus else 0
