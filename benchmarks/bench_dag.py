@@ -8,6 +8,10 @@ the chain, edges grow linearly with the shard count.
 
     python benchmarks/bench_dag.py                     # coco14 at 8, 32 and 128 shards
     python benchmarks/bench_dag.py --config voc12 --shards 8 64
+    python benchmarks/bench_dag.py --config voc12 --shards 8 --overlay config/ablations-voc12.yaml
+
+``--overlay``: more config files after the paper config (an experiment preset: its cells'
+jobs are counted too).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def main() -> None:
     ap.add_argument("--config", default="coco14", choices=["coco14", "voc12"])
     ap.add_argument("--shards", type=int, nargs="+", default=[8, 32, 128])
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--overlay", type=Path, nargs="*", default=[])
     args = ap.parse_args()
     cfg = ROOT / "config" / f"{args.config}.yaml"
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -49,11 +54,13 @@ def main() -> None:
         fake_checkpoints(tmp, cfg)
         over = write_overlay(tmp / "root.yaml", {"dataset": {"root": str(data)}})
         snakemake(tmp, "--cores", "1", "dataset", configfiles=(cfg, over))
-        print(f"config/{args.config}.yaml, dry run of the whole DAG, cpus={os.cpu_count()}")
+        extra = tuple(p.resolve() for p in args.overlay)
+        names = " + ".join([f"config/{args.config}.yaml", *map(str, args.overlay)])
+        print(f"{names}, dry run of the whole DAG, cpus={os.cpu_count()}")
         print(f"{'shards':>7} {'jobs':>7} {'edges':>7} {'seconds':>8}")
         for n in args.shards:
             sh = write_overlay(tmp / f"s{n}.yaml", {"shards": n})
-            files = (cfg, over, sh)
+            files = (cfg, *extra, over, sh)
             best = float("inf")
             jobs: dict[str, int] = {}
             for _ in range(args.repeat):

@@ -59,3 +59,27 @@ def test_the_readme_holds_one_generated_block() -> None:
     assert text.count(readme.BEGIN) == 1 and text.count(readme.END) == 1
     inner = text.split(readme.BEGIN)[1].split(readme.END)[0]
     assert "| stage | mIoU (%) |" in inner and "Run of " in inner
+
+
+def test_experiments_block_from_the_comparison_and_the_recorded_time(tmp_path: Path) -> None:
+    run = tmp_path / "results" / "demo"
+    (run / "experiments" / "benchmarks").mkdir(parents=True)
+    pd.DataFrame({
+        "variant": ["ref", "ref", "abl", "abl"], "metric": ["cam_miou", "cam_best_miou"] * 2,
+        "mean": [80.0, 81.0, 70.5, 72.0], "sd": [0.5, 0.25, 1.0, float("nan")],
+        "n": [2, 2, 2, 1], "seeds": ["0 1", "0 1", "0 1", "0"], "delta": [0.0, 0.0, -9.5, -9.0],
+    }).to_csv(run / "experiments" / "comparison.csv", index=False)  # fmt: skip
+    (run / "experiments" / "benchmarks" / "wall.json").write_text(json.dumps({
+        "seconds": 612.0, "jobs": {"train_ritc_cell": 4, "eval_cam_cell": 4, "compare_experiments": 1,
+        "all": 1}, "command": "snakemake --cores 2", "machine": "x86_64, 2 CPUs", "cores": 2,
+    }))  # fmt: skip
+    text = readme.experiments_block(run)
+    assert text.startswith(readme.EXP_BEGIN) and text.endswith(readme.EXP_END)
+    assert "| ref (reference) | 80.00 ± 0.50 | 81.00 ± 0.25 |" in text
+    assert "| abl | 70.50 ± 1.00 (-9.50) | 72.00 (-9.00) |" in text
+    assert "took 10.2 min" in text and "8 jobs of the cells and 1 of the run itself" in text
+    doc = f"a\n{readme.EXP_BEGIN}\nold\n{readme.EXP_END}\nb\n"
+    markers = (readme.EXP_BEGIN, readme.EXP_END)
+    assert readme.replace_block(doc, text, markers=markers) == f"a\n{text}\nb\n"
+    with pytest.raises(DataError, match="comparison.csv is missing"):
+        readme.experiments_block(tmp_path / "nothing")

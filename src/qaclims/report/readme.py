@@ -11,6 +11,12 @@ prints (or writes between the README's ``<!-- demo-figures:begin -->`` and
   (``benchmarks/make_demo_seconds.txt``);
 - with ``--seeds``, the seed table of ``benchmarks/bench_demo_seeds.py``: mean +- sd and n
   of both CAM stages over the seeds, and the smallest per-class gain.
+
+``python -m qaclims.report.readme --experiments results/demo [--write README.md]`` makes the
+block between ``<!-- experiments-figures:begin -->`` and ``<!-- experiments-figures:end -->``
+instead: the comparison of the run's experiment (rule ``compare_experiments``), one row per
+variant, mean ± sd (n seeds) and the change against the reference, with the wall time and
+jobs ``benchmarks/bench_experiments.py`` recorded.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from qaclims.core.errors import DataError
 from qaclims.report.summary import collect
 
 BEGIN, END = "<!-- demo-figures:begin -->", "<!-- demo-figures:end -->"
+EXP_BEGIN, EXP_END = "<!-- experiments-figures:begin -->", "<!-- experiments-figures:end -->"
 
 #: (stage, variant suffix) -> row label of the README table
 LABELS: tuple[tuple[str, str, str], ...] = (
@@ -134,12 +141,55 @@ def block(run_dir: Path, seeds_dir: Path | None = None) -> str:
     return "\n".join(parts)
 
 
-def replace_block(text: str, new_block: str, where: str = "README.md") -> str:
+def experiments_block(run_dir: Path) -> str:
+    """The experiment's comparison as Markdown between the experiments markers."""
+    from qaclims.report.experiments import HEADINGS
+
+    path = run_dir / "experiments" / "comparison.csv"
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run the experiment first")
+    t = pd.read_csv(path)
+    metrics = list(dict.fromkeys(t["metric"]))
+    lines = [
+        "| variant | " + " | ".join(HEADINGS[m] + " (%)" for m in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    ref = str(t.loc[t["delta"].abs() < 1e-12, "variant"].iloc[0])
+    for variant, rows in t.groupby("variant", sort=False):
+        by = rows.set_index("metric")
+        cells = []
+        for m in metrics:
+            r = by.loc[m]
+            sd = "" if math.isnan(r["sd"]) else f" ± {r['sd']:.2f}"
+            delta = "" if variant == ref else f" ({r['delta']:+.2f})"
+            cells.append(f"{r['mean']:.2f}{sd}{delta}")
+        name = f"{variant} (reference)" if variant == ref else str(variant)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    seeds = ", ".join(sorted(set(t["seeds"].astype(str))))
+    text = "\n".join(lines) + f"\n\nmean ± sd over seeds {seeds} (n = {int(t['n'].max())}); in "
+    text += "brackets the change of the mean against the reference."
+    wall = run_dir / "experiments" / "benchmarks" / "wall.json"
+    if wall.is_file():
+        w = yaml.safe_load(wall.read_text())
+        cells_run = sum(n for r, n in w["jobs"].items() if r.endswith("_cell"))
+        own = sum(n for r, n in w["jobs"].items() if not r.endswith("_cell")) - 1  # all
+        text += (
+            f" `{w['command']}` took {w['seconds'] / 60:.1f} min on {w['machine']} "
+            f"(--cores {w['cores']}; {cells_run} jobs of the cells and {own} of the run "
+            "itself, recorded by `benchmarks/bench_experiments.py`)."
+        )
+    return "\n".join([EXP_BEGIN, text, EXP_END])
+
+
+def replace_block(
+    text: str, new_block: str, where: str = "README.md", markers: tuple[str, str] = (BEGIN, END)
+) -> str:
     """``text`` with the part between the markers replaced; DataError without markers."""
-    if BEGIN not in text or END not in text:
-        raise DataError(f"{where} has no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    return head + new_block + rest.split(END, 1)[1]
+    begin, end = markers
+    if begin not in text or end not in text:
+        raise DataError(f"{where} has no {begin} ... {end} block")
+    head, rest = text.split(begin, 1)
+    return head + new_block + rest.split(end, 1)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,11 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", nargs="?", default="results/demo")
     ap.add_argument("--seeds", default=None, help="run folder of bench_demo_seeds.py")
     ap.add_argument("--write", default=None, help="README to update in place")
+    ap.add_argument("--experiments", action="store_true", help="the experiments block instead")
     args = ap.parse_args(argv)
-    text = block(Path(args.run_dir), Path(args.seeds) if args.seeds else None)
+    if args.experiments:
+        text, markers = experiments_block(Path(args.run_dir)), (EXP_BEGIN, EXP_END)
+    else:
+        text = block(Path(args.run_dir), Path(args.seeds) if args.seeds else None)
+        markers = (BEGIN, END)
     if args.write:
         readme = Path(args.write)
-        readme.write_text(replace_block(readme.read_text(), text, str(readme)))
+        readme.write_text(replace_block(readme.read_text(), text, str(readme), markers))
     else:
         print(text)
     return 0
