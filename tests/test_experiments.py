@@ -247,7 +247,7 @@ def test_the_demo_experiment_computes_each_shared_stage_once(tmp_path: Path) -> 
     assert jobs["vqa"] == shards
     assert jobs["make_cam"] == shards  # the baseline CAM on val, once
     assert "train_ritc" not in jobs  # methods: [cam]; every cell trains its own
-    assert jobs["train_ritc_cell"] == n_cells
+    assert jobs["train_ritc_cell"] == jobs["run_config_cell"] == n_cells
     assert jobs["make_cam_cell"] == n_cells * shards  # val only: what eval_cam reads
     assert jobs["eval_cam_cell"] == n_cells
     # class_name_only changes the text only: its text features once for both seeds
@@ -309,7 +309,7 @@ def test_every_twin_names_all_of_its_rules_inputs() -> None:
     rules = "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk"))
     twins = (ROOT / "workflow/rules/experiments.smk").read_text()
     pairs = [line.split()[2] for line in twins.splitlines() if line.startswith("use rule ")]
-    assert len(pairs) == 17
+    assert len(pairs) == 18
     for rule in pairs:
         own = _input_names(twins, f"use rule {rule} as {rule}_cell with:")
         if not own:

@@ -246,7 +246,8 @@ def test_an_experiment_reuses_the_run_and_tables_its_cells(smoke: tuple[Path, Pa
     comparison is the mean, sd and n of the cells' own summaries."""
     repo, work = smoke
     variants = {"same": {}, "class_only": {"text_features": {"class_weight": 1.0}}}
-    exp = {"experiments": {"seeds": [0, 1], "until": "eval_cam", "variants": variants}}
+    exp = {"experiments": {"seeds": [0, 1], "until": "eval_cam", "variants": variants,
+                           "reference": "same"}}  # fmt: skip
     files = (CONFIG, SMOKE, write_overlay(work / "experiment.yaml", exp))
     planned = dry_run_jobs(work, configfiles=files, repo=repo)
     shared = {r for r in planned if not r.endswith("_cell")} - {"run_config", "all"}
@@ -259,6 +260,14 @@ def test_an_experiment_reuses_the_run_and_tables_its_cells(smoke: tuple[Path, Pa
     def miou(path: Path) -> float:
         return 100 * json.loads(path.read_text())["miou"]
 
+    def digest(path: Path) -> bytes:
+        return hashlib.sha256(path.read_bytes()).digest()
+
+    # the run's settings and seed reproduce the run's network; another seed does not
+    weights = "train_ritc/model.safetensors"
+    assert digest(cell / "same" / "seed0" / weights) == digest(run / weights)
+    assert digest(cell / "same" / "seed1" / weights) != digest(run / weights)
+    assert digest(cell / "class_only" / "seed0" / weights) != digest(run / weights)
     same = cell / "same" / "seed0" / "eval_cam" / "ritc" / "val" / "summary.json"
     assert miou(same) == miou(run / "eval_cam" / "ritc" / "val" / "summary.json")
     table = pd.read_csv(cell / "comparison.csv").set_index(["variant", "metric"])
@@ -276,9 +285,11 @@ def test_an_experiment_reuses_the_run_and_tables_its_cells(smoke: tuple[Path, Pa
     # the class-only text is made once for both seeds, and differs from the run's
     feats = cell / "class_only" / "common" / "text_features" / "features.safetensors"
     assert feats.is_file() and not (cell / "class_only" / "seed0" / "text_features").exists()
-    own = run / "text_features" / "features.safetensors"
-    assert hashlib.sha256(feats.read_bytes()).digest() != hashlib.sha256(own.read_bytes()).digest()
+    assert digest(feats) != digest(run / "text_features" / "features.safetensors")
     assert (cell / "comparison.html").is_file() and (cell / "comparison.png").is_file()
+    seen = yaml.safe_load((cell / "class_only" / "seed1" / "config.yaml").read_text())
+    assert seen["train_ritc"]["seed"] == 1 and seen["text_features"]["class_weight"] == 1.0
+    assert seen["train_cam"]["seed"] == 0  # the run's own baseline CAM, not reseeded
     assert set(dry_run_jobs(work, configfiles=files, repo=repo)) - {"run_config"} == set()
 
 

@@ -16,6 +16,16 @@ wildcard_constraints:
     cell=rf"seed\d+|{experiments.COMMON}",
 
 
+use rule run_config as run_config_cell with:
+    output:
+        config=X("config.yaml"),
+    log:
+        XLOG("run_config.log"),
+    params:
+        code=code("run_config"),
+        resolved=cell_cfg,
+
+
 use rule train_tiny_blip as train_tiny_blip_cell with:
     output:
         model=directory(X("train_tiny_blip")),
@@ -291,6 +301,10 @@ rule compare_experiments:
     input:
         lambda wc: [
             f for r in comparison_plan() for f in (r["summary"], r["per_class"])
+        ],
+        configs=[
+            os.path.join("results", RUN, "experiments", c.variant, f"seed{c.seed}", "config.yaml")
+            for c in CELLS
         ],
     output:
         table=R("experiments", "comparison.parquet"),
