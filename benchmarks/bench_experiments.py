@@ -7,7 +7,8 @@ cores) beside the comparison; ``python -m qaclims.report.readme --experiments`` 
 the README with the table.
 
     python benchmarks/bench_experiments.py          # config.yaml + experiments-demo.yaml
-    python benchmarks/bench_experiments.py --configfiles config/voc12.yaml config/ablations-voc12.yaml
+    python benchmarks/bench_experiments.py --configfiles \
+        config/voc12.yaml config/ablations-voc12.yaml
 """
 
 from __future__ import annotations

@@ -70,8 +70,9 @@ def test_experiments_block_from_the_comparison_and_the_recorded_time(tmp_path: P
         "n": [2, 2, 2, 1], "seeds": ["0 1", "0 1", "0 1", "0"], "delta": [0.0, 0.0, -9.5, -9.0],
     }).to_csv(run / "experiments" / "comparison.csv", index=False)  # fmt: skip
     (run / "experiments" / "benchmarks" / "wall.json").write_text(json.dumps({
-        "seconds": 612.0, "jobs": {"train_ritc_cell": 4, "eval_cam_cell": 4, "compare_experiments": 1,
-        "all": 1}, "command": "snakemake --cores 2", "machine": "x86_64, 2 CPUs", "cores": 2,
+        "seconds": 612.0, "command": "snakemake --cores 2", "machine": "x86_64, 2 CPUs",
+        "jobs": {"train_ritc_cell": 4, "eval_cam_cell": 4, "compare_experiments": 1, "all": 1},
+        "cores": 2,
     }))  # fmt: skip
     text = readme.experiments_block(run)
     assert text.startswith(readme.EXP_BEGIN) and text.endswith(readme.EXP_END)

@@ -303,7 +303,14 @@ rule compare_experiments:
             f for r in comparison_plan() for f in (r["summary"], r["per_class"])
         ],
         configs=[
-            os.path.join("results", RUN, "experiments", c.variant, f"seed{c.seed}", "config.yaml")
+            os.path.join(
+                "results",
+                RUN,
+                "experiments",
+                c.variant,
+                f"seed{c.seed}",
+                "config.yaml",
+            )
             for c in CELLS
         ],
     output:
