@@ -30,6 +30,7 @@ from tests.workflow_util import (
     expected_config,
     fake_checkpoints,
     fake_voc,
+    snakemake,
 )
 
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
@@ -316,3 +317,38 @@ def test_every_twin_names_all_of_its_rules_inputs() -> None:
             continue  # inherits the rule's inputs unchanged
         base = [SPREADS.get(n, n) for n in _input_names(rules, f"\nrule {rule}:")]
         assert sorted(own) == sorted(base), rule
+
+
+# ---------------------------------------------------------------- released networks
+
+
+def test_a_released_network_replaces_the_training_once_for_all_seeds() -> None:
+    cfg = demo({"rel": {"released": {"ritc": "res50_qa_clims.pth"}}, "own": {}}, seeds=[0, 1])
+    assert ex.replaced(cfg, "rel") == {"train_ritc"} and ex.replaced(cfg, "own") == set()
+    assert ex.folder(cfg, "rel", 1, "train_ritc") == "common/released_ritc"
+    # a released file has no seed: the CAMs made from it are the same for every seed
+    for stage in ("make_cam", "eval_cam", "cam_to_ir_label"):
+        assert ex.folder(cfg, "rel", 1, stage) == ex.COMMON
+    assert ex.folder(cfg, "rel", 1, "train_irn") == "seed1"  # IRN itself is seeded
+    assert ex.folder(cfg, "own", 1, "train_ritc") == "seed1"
+
+
+@pytest.mark.workflow
+def test_a_released_network_is_a_variant(tmp_path: Path) -> None:
+    (tmp_path / "res50_qa_clims.pth").write_bytes(b"placeholder")  # a dry run opens nothing
+    exp = yaml.safe_load(DEMO_EXPERIMENT.read_text())
+    exp["experiments"]["variants"]["released"] = {"released": {"ritc": "res50_qa_clims.pth"}}
+    over = tmp_path / "exp.yaml"
+    over.write_text(yaml.safe_dump(exp, sort_keys=False))
+    jobs = dry_run_jobs(tmp_path, configfiles=(CONFIG, over))
+    shards = expected_config([CONFIG])["shards"]
+    trained = len(exp["experiments"]["variants"]) - 1
+    assert jobs["released_cell"] == 1  # once, for both seeds
+    assert jobs["train_ritc_cell"] == trained * 2
+    assert jobs["make_cam_cell"] == (trained * 2 + 1) * shards
+    assert jobs["eval_cam_cell"] == trained * 2 + 1
+    (tmp_path / "res50_qa_clims.pth").unlink()
+    r = snakemake(tmp_path, "-n", configfiles=(CONFIG, over), check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "experiments.variants.released" in out and "released.ritc" in out

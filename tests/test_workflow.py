@@ -291,6 +291,9 @@ def test_an_experiment_reuses_the_run_and_tables_its_cells(smoke: tuple[Path, Pa
     assert seen["train_ritc"]["seed"] == 1 and seen["text_features"]["class_weight"] == 1.0
     assert seen["train_cam"]["seed"] == 0  # the run's own baseline CAM, not reseeded
     assert set(dry_run_jobs(work, configfiles=files, repo=repo)) - {"run_config"} == set()
+    # leave the run as the tests after this one expect it: its config record without experiments
+    snakemake(work, "--cores", "1", "--", "results/demo/config.yaml", repo=repo)
+    assert _jobs(smoke) == set()
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,7 @@ def _check_cell_config(cfg):
     if err is not None:
         key = ".".join(str(p) for p in err.absolute_path)
         raise ValueError(f"at key {key}: {err.message}")
+    preflight.check_paths(cfg)  # a variant's released network file, for one
     preflight.check_stage_configs(
         cfg, SRC_ROOT, cache_dir=os.path.join(".snakemake", "qaclims")
     )

@@ -340,3 +340,43 @@ rule compare_experiments:
         reference=config["experiments"]["reference"] or (VARIANTS or [""])[0],
     script:
         "../scripts/compare_experiments.py"
+
+
+rule released_cell:
+    input:
+        pth=lambda wc: cell_cfg(wc)["released"][wc.net],
+        classes=R("data", "classes.json"),
+    output:
+        model=X("released_{net}", "train_{net}", "model.safetensors"),
+        history=X("released_{net}", "train_{net}", "history.parquet"),
+    log:
+        XLOG("released_{net}.log"),
+    wildcard_constraints:
+        net="cam|ritc",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    params:
+        code=code("released"),
+        model=xsetting("train_cam", "model"),
+    script:
+        "../scripts/released.py"
+
+
+rule released_deeplab_cell:
+    input:
+        pth=lambda wc: cell_cfg(wc)["released"]["deeplab"],
+        classes=R("data", "classes.json"),
+    output:
+        model=X("released_deeplab", "train_deeplab", "model.safetensors"),
+        history=X("released_deeplab", "train_deeplab", "history.parquet"),
+    log:
+        XLOG("released_deeplab.log"),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    params:
+        code=code("released_deeplab"),
+        model=xsetting("train_deeplab", "model"),
+    script:
+        "../scripts/released_deeplab.py"

@@ -43,9 +43,9 @@ GRAPH: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "corpus": (("corpus",), ("vqa",)),
     "train_tiny_clip": (("train_tiny_clip", "clip"), ()),
     "text_features": (("text_features", "clip"), ("corpus", "train_tiny_clip")),
-    "train_cam": (("train_cam",), ()),
+    "train_cam": (("train_cam", "released.cam"), ()),
     "train_ritc": (
-        ("train_ritc", "clip", "train_cam.model"),
+        ("train_ritc", "clip", "train_cam.model", "released.ritc"),
         ("train_cam", "text_features", "train_tiny_clip"),
     ),
     "make_cam": (("make_cam", "train_cam.model"), ("train_cam", "train_ritc")),
@@ -55,7 +55,7 @@ GRAPH: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train_irn": (("train_irn",), ("cam_to_ir_label",)),
     "make_sem_seg": (("make_sem_seg", "train_irn.model"), ("make_cam", "train_irn")),
     "eval_sem_seg": ((), ("make_sem_seg",)),
-    "train_deeplab": (("train_deeplab",), ("make_sem_seg",)),
+    "train_deeplab": (("train_deeplab", "released.deeplab"), ("make_sem_seg",)),
     "infer_deeplab": (("infer_deeplab", "train_deeplab.model"), ("train_deeplab",)),
     "eval_deeplab": ((), ("infer_deeplab",)),
 }
@@ -77,7 +77,11 @@ SECTIONS = (
     "make_sem_seg",
     "train_deeplab",
     "infer_deeplab",
+    "released",
 )
+
+#: training stage -> its key under ``released``: a file there replaces the training
+RELEASED = {"train_cam": "cam", "train_ritc": "ritc", "train_deeplab": "deeplab"}
 
 # The evaluations a cell can run up to, in DAG order, with the comparison's columns of each.
 UNTIL = ("eval_cam", "eval_seeds", "eval_sem_seg", "eval_deeplab")
@@ -139,17 +143,31 @@ def reach(config: Mapping[str, Any], variant: str) -> frozenset[str]:
     return frozenset(out)
 
 
+def replaced(config: Mapping[str, Any], variant: str) -> frozenset[str]:
+    """Training stages of the variant's reach that a released network replaces (its
+    ``released.<net>`` file, the variant's own or the run's)."""
+    merged = copy.deepcopy(dict(config["released"]))
+    _merge(merged, variants(config)[variant].get("released", {}))
+    stages = reach(config, variant)
+    return frozenset(s for s, key in RELEASED.items() if s in stages and merged[key])
+
+
 def seeded(config: Mapping[str, Any], variant: str) -> frozenset[str]:
     """Stages of the variant's reach whose output depends on the cell's seed: a stage with a
     ``seed`` setting, and every stage in reach downstream of one. The other stages in reach
     (say text_features of a variant that changes the text) are computed once per variant
     and shared by its seeds."""
     stages = reach(config, variant)
+    released = replaced(config, variant)
     out: set[str] = set()
     for stage, (_, upstream) in GRAPH.items():
         if stage not in stages:
             continue
-        own = isinstance(config.get(stage), Mapping) and "seed" in config[stage]
+        own = (
+            isinstance(config.get(stage), Mapping)
+            and "seed" in config[stage]
+            and stage not in released  # a released network is one file, whatever the seed
+        )
         if own or any(u in out for u in upstream):
             out.add(stage)
     return frozenset(out)
@@ -158,9 +176,12 @@ def seeded(config: Mapping[str, Any], variant: str) -> frozenset[str]:
 def folder(config: Mapping[str, Any], variant: str, seed: int, stage: str) -> str | None:
     """The cell's folder of ``stage`` under ``results/<run>/experiments/<variant>/``:
     ``seed<seed>`` for a seeded stage, ``common`` for one shared by the variant's seeds,
-    ``None`` where the stage is the run's own (not in the variant's reach)."""
+    ``common/released_<net>`` for a training stage a released network replaces, ``None``
+    where the stage is the run's own (not in the variant's reach)."""
     if stage not in reach(config, variant):
         return None
+    if stage in replaced(config, variant):
+        return f"{COMMON}/released_{RELEASED[stage]}"
     return f"seed{seed}" if stage in seeded(config, variant) else COMMON
 
 
