@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks workflow/scripts envs
 	$(VENV)/bin/mypy
 	$(VENV)/bin/snakemake --lint --configfile config/config.yaml
+	$(VENV)/bin/snakemake --lint --configfile config/config.yaml config/experiments-demo.yaml
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 
 schema: $(STAMP)

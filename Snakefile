@@ -24,7 +24,11 @@ include: "workflow/rules/ritc.smk"
 include: "workflow/rules/irn.smk"
 include: "workflow/rules/deeplab.smk"
 include: "workflow/rules/report.smk"
-include: "workflow/rules/experiments.smk"
+
+
+if config["experiments"]["variants"]:  # an experiment's cells and their comparison
+
+    include: "workflow/rules/experiments.smk"
 
 
 report: "workflow/report/workflow.rst"
