@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -26,20 +25,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def jobs_of(out: str) -> dict[str, int]:
-    """Rule -> jobs of a dry run's job table."""
-    if "Job stats:" not in out:
-        return {}
-    jobs = {}
-    for line in out.split("Job stats:", 1)[1].splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        jobs[m.group(1)] = int(m.group(2))
-    jobs.pop("total", None)
-    return jobs
+from tests.workflow_util import job_counts  # noqa: E402
 
 
 def main() -> None:
@@ -53,7 +41,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--resources",
            f"gpu={gpus}", "--configfile", *args.configfiles]  # fmt: skip
     dry = subprocess.run([*cmd, "-n"], cwd=ROOT, capture_output=True, text=True, check=True)
-    jobs = jobs_of(dry.stdout + dry.stderr)
+    jobs = job_counts(dry.stdout + dry.stderr)
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     seconds = time.perf_counter() - t0

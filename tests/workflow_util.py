@@ -59,9 +59,15 @@ def dry_run_jobs(workdir: Path, *args: str, **kw: Any) -> dict[str, int]:
     out = r.stdout + r.stderr
     if "Nothing to be done" in out:
         return {}
-    stats = out.split("Job stats:", 1)[1]
+    return job_counts(out)
+
+
+def job_counts(out: str) -> dict[str, int]:
+    """Rule -> job count of the job stats table in Snakemake's output ({} without one)."""
+    if "Job stats:" not in out:
+        return {}
     jobs: dict[str, int] = {}
-    for line in stats.splitlines()[3:]:
+    for line in out.split("Job stats:", 1)[1].splitlines()[3:]:
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if not m:
             break

@@ -176,12 +176,17 @@ def cam_dirs(model, splits=None):
     )
 
 
+def eval_cam_splits(split):
+    """The CAM splits eval_cam reads for ``split``: itself when make_cam runs on it, else
+    every CAM split (VOC's train is inside train_aug)."""
+    return [split] if split in SPLITS["cam"] else SPLITS["cam"]
+
+
 def eval_cam_dirs(wildcards):
     """The make_cam folders eval_cam reads: its own split's when make_cam runs on it (COCO's
     val), else every CAM split (VOC's train is inside train_aug); never a split it does not
     evaluate, whose CAMs (COCO's 82k train images) nothing else may need."""
-    splits = [wildcards.split] if wildcards.split in SPLITS["cam"] else SPLITS["cam"]
-    return cam_dirs(wildcards.model, splits)
+    return cam_dirs(wildcards.model, eval_cam_splits(wildcards.split))
 
 
 def cam_weights(wildcards):
@@ -354,9 +359,6 @@ def all_targets():
 
 # ---------------------------------------------------------------- experiments
 # Paths and settings of the cells of config `experiments` (workflow/rules/experiments.smk).
-import re
-from argparse import Namespace
-
 VARIANTS = list(config["experiments"]["variants"])
 CELLS = experiments.cells(config)
 _CELL_CONFIGS = {}
@@ -446,7 +448,7 @@ def _cell_clip_weights():
 def _cells_eval_cam_dirs(wc):
     return [
         at(wc, "make_cam", wc.model, s, k)
-        for s in ([wc.split] if wc.split in SPLITS["cam"] else SPLITS["cam"])
+        for s in eval_cam_splits(wc.split)
         for k in shard_ids()
     ]
 

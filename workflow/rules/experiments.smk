@@ -1,5 +1,3 @@
-# `use rule ... with: input:` replaces the whole input list (params merge by name): every
-# twin names all of its rule's inputs (tests/test_experiments.py compares the names).
 # Experiments: each (variant, seed) of config `experiments` runs the stages its overrides
 # reach under results/<run>/experiments/<variant>/seed<seed>/ (or .../common/ for stages no
 # seed changes) with the twin of each rule below (`use rule X as X_cell`: the cell's paths
@@ -7,12 +5,13 @@
 # variant does not change is computed once. Jobs of a cell run with that cell's config
 # (qaclims.workflow.smk.job); rule compare_experiments tables every cell. The reach and
 # the folders: qaclims.workflow.experiments. See docs/EXPERIMENTS.md.
+# `use rule ... with: input:` replaces the whole input list (params merge by name): every
+# twin names all of its rule's inputs (tests/test_experiments.py compares the names).
 import re
-from argparse import Namespace
 
 
 wildcard_constraints:
-    exp="|".join(re.escape(v) for v in VARIANTS) or "^$",
+    exp="|".join(re.escape(v) for v in VARIANTS),
     cell=rf"seed\d+|{experiments.COMMON}",
 
 
@@ -297,11 +296,12 @@ use rule eval_deeplab as eval_deeplab_cell with:
         XLOG("eval_deeplab", "{split}_{variant}.log"),
 
 
+COMPARISON = comparison_plan()  # one row per (variant, seed, evaluation)
+
+
 rule compare_experiments:
     input:
-        lambda wc: [
-            f for r in comparison_plan() for f in (r["summary"], r["per_class"])
-        ],
+        [f for r in COMPARISON for f in (r["summary"], r["per_class"])],
         configs=[
             os.path.join(
                 "results",
@@ -336,7 +336,7 @@ rule compare_experiments:
     threads: 1
     params:
         code=code("compare_experiments"),
-        plan=comparison_plan(),
+        plan=COMPARISON,
         reference=config["experiments"]["reference"] or (VARIANTS or [""])[0],
     script:
         "../scripts/compare_experiments.py"

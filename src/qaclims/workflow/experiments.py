@@ -227,7 +227,7 @@ def targets_until(config: Mapping[str, Any]) -> tuple[str, ...]:
     """The evaluations every cell runs: ``eval_cam`` up to ``experiments.until``, within
     what the run itself enables (refinement, DeepLab)."""
     last = UNTIL.index(config["experiments"]["until"])
-    out = [e for e in UNTIL[: last + 1]]
+    out = list(UNTIL[: last + 1])
     if not config["refine"]["enabled"]:
         out = [e for e in out if e == "eval_cam"]
     if not config["deeplab"]["enabled"]:
