@@ -275,7 +275,6 @@ def test_launcher_hands_its_gpus_to_the_workers_and_echoes_their_output(
     """launch.run: GPUs taken for the whole job, worker count = GPUs held, every worker line
     in the rule's log and, tagged, on the terminal; a progress bar's \\r updates become lines."""
     import io as _io
-    import types
 
     from qaclims.workflow import launch
 
@@ -299,8 +298,9 @@ def test_launcher_hands_its_gpus_to_the_workers_and_echoes_their_output(
     monkeypatch.setattr(launch, "command", command)
     echo = _io.StringIO()
     log = tmp_path / "logs" / "train_ritc.log"
-    stage = types.SimpleNamespace(__name__="qaclims.ritc.train_ritc")
-    rc = launch.run(stage, gpus=2, job={}, log_path=str(log), tag="[train_ritc] ", echo=echo)  # type: ignore[arg-type]
+    rc = launch.run(
+        "qaclims.ritc.train_ritc", gpus=2, job={}, log_path=str(log), tag="[train_ritc] ", echo=echo
+    )
     assert rc == 0 and seen == {"module": "qaclims.ritc.train_ritc", "workers": 2}
     lines = log.read_text().splitlines()
     assert lines[0] in ("GPUS 0,1", "GPUS 0,2", "GPUS 1,2")
@@ -308,3 +308,55 @@ def test_launcher_hands_its_gpus_to_the_workers_and_echoes_their_output(
     assert echo.getvalue().splitlines() == [f"[train_ritc] {line}" for line in lines]
     assert "CUDA_VISIBLE_DEVICES" not in os.environ  # released and restored after the job
     assert _free(["0", "1", "2"], locks)
+
+
+def test_launcher_refuses_a_module_that_is_not_a_training_stage() -> None:
+    """launch.run names its stage; a name outside cli.WORKERS fails before any GPU is taken."""
+    from qaclims.workflow import launch
+
+    with pytest.raises(ValueError, match=r"qaclims\.cam\.eval_cam.*not a training stage"):
+        launch.run("qaclims.cam.eval_cam", gpus=0, job={})
+
+
+JOB_PROBE = """
+import json, sys, types
+from qaclims.workflow.smk import job
+
+smk = types.SimpleNamespace(
+    rule="probe", log=[sys.argv[1]], threads=1, wildcards=None,
+    resources=types.SimpleNamespace(gpu=0), config={"device": "cpu"},
+)
+seen = {}
+with job(smk) as j:
+    seen["torch_in_block"] = "torch" in sys.modules
+    if sys.argv[2] == "read":
+        seen["device"] = j.device
+        seen["torch_after_read"] = "torch" in sys.modules
+        import torch
+        seen["threads"] = torch.get_num_threads()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("read", ["read", "skip"])
+def test_a_job_that_never_reads_its_device_never_imports_torch(tmp_path: Path, read) -> None:
+    """smk.job: a CPU job whose script has not imported torch does not import it (eval_cam,
+    corpus, report: 2-3 s a job); reading ``j.device`` resolves it then and sets the job's
+    threads."""
+    import json
+    import subprocess
+
+    script = tmp_path / "probe.py"
+    script.write_text(JOB_PROBE)
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "probe.log"), read],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    seen = json.loads(out.stdout)
+    assert seen["torch_in_block"] is False
+    if read == "read":
+        assert seen == {
+            "torch_in_block": False, "device": "cpu", "torch_after_read": True, "threads": 1
+        }  # fmt: skip
+    assert "rule probe with 1 threads" in (tmp_path / "probe.log").read_text()

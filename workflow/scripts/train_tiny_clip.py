@@ -1,5 +1,4 @@
 # One job in a worker process (one per GPU under torchrun): qaclims.workflow.launch.
-from qaclims.ritc import train_tiny_clip
 from qaclims.workflow import launch
 
-launch.run_rule(snakemake, train_tiny_clip)
+launch.run_rule(snakemake, "qaclims.ritc.train_tiny_clip")

@@ -15,8 +15,6 @@ import logging
 import os
 import sys
 
-import torch
-
 from qaclims.core import devices, logs
 
 WORKERS = (
@@ -37,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    import torch  # here, not at import: the launcher imports this module for WORKERS
+
     job = json.loads(args[1])
     rank = int(os.environ.get("RANK", "0"))
     # stderr only: the launcher writes it to the rule's log and, tagged, to the terminal

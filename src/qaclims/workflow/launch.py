@@ -1,8 +1,9 @@
 """Run a training stage from its rule: one job, one worker process, or ``torchrun`` started
 once with a worker per GPU. Every training rule (train_cam, train_tiny_clip, train_ritc,
 train_irn, train_deeplab) is called this one way: its script is
-``launch.run_rule(snakemake, <stage module>)`` and the stage's ``worker(job, device)`` reads
-the job (:func:`job_args`) in the worker process.
+``launch.run_rule(snakemake, "<stage module>")`` and the stage's ``worker(job, device)`` reads
+the job (:func:`job_args`) in the worker process. The stage is named, not imported: the
+job's own process never imports torch (3 s a job); only its workers do.
 
 Takes N free local GPUs (or the ones SLURM set in ``CUDA_VISIBLE_DEVICES``), then starts
 ``torchrun --standalone --nproc-per-node=<GPUs held>`` once, which forks one worker per GPU
@@ -20,7 +21,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TextIO
 
 from qaclims.core.devices import acquire_gpus, run_child
@@ -54,23 +54,30 @@ def command(module: str, job_json: str, workers: int) -> list[str]:
     return [sys.executable, *run, *worker]
 
 
+def _stage_name(stage: str) -> str:
+    if stage not in cli.WORKERS:
+        raise ValueError(f"{stage!r} is not a training stage: one of {', '.join(cli.WORKERS)}")
+    return stage
+
+
 def run(
-    stage: ModuleType,
+    stage: str,
     gpus: int,
     job: dict[str, Any],
     log_path: str | None = None,
     tag: str = "",
     echo: TextIO | None = None,
 ) -> int:
-    """Run ``stage.worker`` holding ``gpus`` free GPUs; returns the exit status.
+    """Run ``worker`` of the stage module named ``stage`` (one of
+    :data:`qaclims.workflow.cli.WORKERS`) holding ``gpus`` free GPUs; returns the exit status.
 
     Every output line of the workers is appended to ``log_path`` and written to ``echo``
     (default: stderr) prefixed with ``tag``.
     """
     out = echo if echo is not None else sys.stderr
     with acquire_gpus(gpus) as ids:
-        cmd = command(stage.__name__, json.dumps(job), len(ids))
-        log.info("%s holds GPUs %s: %d worker(s)", stage.__name__, ids or "none", max(1, len(ids)))
+        cmd = command(_stage_name(stage), json.dumps(job), len(ids))
+        log.info("%s holds GPUs %s: %d worker(s)", stage, ids or "none", max(1, len(ids)))
         if log_path is None:
             return run_child(cmd)
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -87,9 +94,10 @@ def run(
             return run_child(cmd, on_line=line, env=env)
 
 
-def run_rule(smk: Any, stage: ModuleType) -> None:
-    """The whole script of a multi-GPU rule (``smk`` is the ``snakemake`` object): the job's
-    log and tag, then :func:`run` with the GPUs of ``resources: gpu``; a failure raises."""
+def run_rule(smk: Any, stage: str) -> None:
+    """The whole script of a multi-GPU rule (``smk`` is the ``snakemake`` object, ``stage``
+    the training stage's module name): the job's log and tag, then :func:`run` with the GPUs
+    of ``resources: gpu``; a failure raises."""
     from qaclims.workflow.smk import job
 
     with job(smk, gpus=False) as j:

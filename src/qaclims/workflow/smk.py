@@ -6,12 +6,19 @@ lines), gives a job of an experiment's (variant, seed) that cell's config as ``s
 ``resources: gpu`` (see :mod:`qaclims.core.devices`), resolves the torch device from
 ``config["device"]``, sets torch's CPU threads to the rule's ``threads``, warns when a job
 holding GPUs runs on the CPU, and logs any exception with its traceback before re-raising it.
+
+A job whose script has not imported torch and holds no GPU (eval_cam, corpus, the report,
+...) does not import it here either (2-3 s a job): its device is resolved when the script
+first reads ``Job.device``; until then torch's threads follow ``OMP_NUM_THREADS``, which
+Snakemake sets to the job's threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +29,22 @@ from qaclims.workflow import experiments
 
 @dataclass(frozen=True)
 class Job:
-    """What a stage needs from its Snakemake job."""
+    """What a stage needs from its Snakemake job.
 
-    device: str
+    ``device``: the torch device (``"cpu"``, ``"cuda:0"``; ``""`` for a launcher job), read
+    lazily: a job that never reads it never imports torch."""
+
+    requested: str
     threads: int
     log: logging.Logger
     gpus: tuple[str, ...] = ()
     tag: str = ""
+
+    @functools.cached_property
+    def device(self) -> str:
+        if not self.requested:
+            return ""
+        return _set_up_torch(self.threads, self.requested)
 
 
 def tag_of(smk: Any) -> str:
@@ -71,7 +87,11 @@ def job(smk: Any, gpus: bool = True) -> Iterator[Job]:
         with devices.acquire_gpus(n_gpu) as ids:
             if not gpus:
                 logger.info("rule %s with %d threads", smk.rule, threads)
-                yield Job(device="", threads=threads, log=logger, tag=tag)
+                yield Job(requested="", threads=threads, log=logger, tag=tag)
+                return
+            if not ids and "torch" not in sys.modules:
+                logger.info("rule %s with %d threads (GPUs: none)", smk.rule, threads)
+                yield Job(requested=requested, threads=threads, log=logger, tag=tag)
                 return
             dev = _set_up_torch(threads, requested)
             logger.info(
@@ -82,7 +102,9 @@ def job(smk: Any, gpus: bool = True) -> Iterator[Job]:
                 ",".join(ids) or "none",
             )
             devices.warn_cpu_fallback(ids, dev, requested, logger)
-            yield Job(device=dev, threads=threads, log=logger, gpus=tuple(ids), tag=tag)
+            j = Job(requested=requested, threads=threads, log=logger, gpus=tuple(ids), tag=tag)
+            j.__dict__["device"] = dev  # resolved: the cached_property's value
+            yield j
     except Exception:
         logger.exception("rule %s failed", smk.rule)
         raise
