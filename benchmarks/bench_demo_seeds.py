@@ -45,6 +45,35 @@ def overlay(run: str, keys: list[str], seed: int) -> dict[str, object]:
     return out
 
 
+def run_cam_evals(
+    run: str,
+    over: dict[str, object],
+    cores: int,
+    env: dict[str, str] | None = None,
+    forcerun: tuple[str, ...] = (),
+) -> tuple[dict[str, pd.DataFrame], dict[str, float], float]:
+    """Run the workflow on ``config/config.yaml`` + ``over`` up to both CAM evaluations on
+    val in ``results/<run>``; returns per-class tables and mIoU (%) of ``cam`` and ``ritc``
+    and the wall time in seconds. ``env``: extra environment (say ``ATEN_CPU_CAPABILITY``);
+    ``forcerun``: rules to run again even when up to date."""
+    res = ROOT / "results" / run
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump({"run": run, **over}, f)
+    rel = res.relative_to(ROOT)  # Snakemake names outputs relative to the repository
+    targets = [str(rel / "eval_cam" / m / "val" / "summary.json") for m in ("cam", "ritc")]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--resources", "gpu=1",
+           "--configfile", "config/config.yaml", f.name]  # fmt: skip
+    if forcerun:
+        cmd += ["--forcerun", *forcerun]
+    t0 = time.perf_counter()
+    subprocess.run([*cmd, "--", *targets], cwd=ROOT, check=True, env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - t0
+    evals = {m: res / "eval_cam" / m / "val" for m in ("cam", "ritc")}
+    per = {m: pd.read_parquet(d / "per_class.parquet") for m, d in evals.items()}
+    miou = {m: 100 * float(read_json(d / "summary.json")["miou"]) for m, d in evals.items()}
+    return per, miou, seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -55,23 +84,12 @@ def main() -> None:
     res = ROOT / "results" / args.run
     rows, stages, seconds = [], [], []
     for seed in args.seeds:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(overlay(args.run, args.keys, seed), f)
-        rel = res.relative_to(ROOT)  # Snakemake names outputs relative to the repository
-        targets = [str(rel / "eval_cam" / m / "val" / "summary.json") for m in ("cam", "ritc")]
-        cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--resources",
-               "gpu=1", "--configfile", "config/config.yaml", f.name, "--", *targets]  # fmt: skip
-        t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, check=True)
-        seconds.append(time.perf_counter() - t0)
-        evals = {m: res / "eval_cam" / m / "val" for m in ("cam", "ritc")}
-        per = {m: pd.read_parquet(d / "per_class.parquet") for m, d in evals.items()}
+        over = overlay(args.run, args.keys, seed)
+        per, miou, took = run_cam_evals(args.run, over, args.cores)
+        seconds.append(took)
         for c, a, b in zip(per["cam"]["class"], per["cam"]["iou"], per["ritc"]["iou"], strict=True):
             rows.append({"seed": seed, "class": c, "cam": 100 * a, "ritc": 100 * b})
-        for m, d in evals.items():
-            stages.append(
-                {"seed": seed, "stage": m, "miou": 100 * read_json(d / "summary.json")["miou"]}
-            )
+        stages += [{"seed": seed, "stage": m, "miou": v} for m, v in miou.items()]
         print(f"seed {seed}: {stages[-2]['miou']:.2f} -> {stages[-1]['miou']:.2f} "
               f"({seconds[-1]:.0f} s)", flush=True)  # fmt: skip
     table = pd.DataFrame(rows)

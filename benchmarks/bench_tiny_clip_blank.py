@@ -17,16 +17,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 
 from qaclims.core.config import from_mapping
 from qaclims.core.io import read_json
 from qaclims.data import synthetic
 from qaclims.models.clip import ClipConfig, load_clip
-from qaclims.models.clip_encode import encode_image_masked, encode_texts
-from qaclims.ritc.tiny_clip_data import REGION_FG, load_region_set, region_masks
-from qaclims.ritc.train_tiny_clip import TinyClipConfig, train_tiny_clip
+from qaclims.ritc.tiny_clip_data import load_region_set
+from qaclims.ritc.train_tiny_clip import TinyClipConfig, above_blank, train_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,25 +36,15 @@ def shares(
     model, info, tok = load_clip(clip_cfg, "cpu", weights)
     classes = list(read_json(root / "classes.json")["classes"])
     data = load_region_set(root, root / "captions.parquet", classes, info, tcfg)
-    s = info.image_size
-    blank = F.normalize(
-        encode_image_masked(model, torch.zeros(1, 3, s, s), torch.ones(1, 1, s, s)), dim=-1
-    )
-    out = {}
-    for c, name in enumerate(classes):
-        idx = [i for i, (_, kind, cls) in enumerate(data.samples) if kind == REGION_FG and cls == c]
-        masks = region_masks(data, idx)
-        images = data.images[[data.samples[i][0] for i in idx]]
-        region = F.normalize(encode_image_masked(model, images * masks, masks), dim=-1)
-        text = F.normalize(encode_texts(model, tok, [tcfg.prompt.format(name)]), dim=-1)
-        above = (region @ text.T).squeeze(1) > (blank @ text.T).squeeze()
-        out[name] = float(above.float().mean())
-    return out
+    return above_blank(model, tok, data, classes, tcfg.prompt)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, nargs="+", default=[10])
+    ap.add_argument(
+        "--lr", type=float, default=None, help="train_tiny_clip.lr (default: the demo's)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,7 +58,8 @@ def main() -> None:
         }
         synthetic.run(tmp / "w", from_mapping(synthetic.SyntheticConfig, world, "synthetic"))
         for epochs in args.epochs:
-            tcfg = from_mapping(TinyClipConfig, {**demo["train_tiny_clip"], "epochs": epochs},
+            tcfg = from_mapping(TinyClipConfig, {**demo["train_tiny_clip"], "epochs": epochs,
+                                                  **({"lr": args.lr} if args.lr else {})},
                                 "train_tiny_clip")  # fmt: skip
             t0 = time.perf_counter()
             train_tiny_clip(tmp / "w", tmp / "w" / "captions.parquet", clip_cfg, tcfg,
@@ -78,7 +67,7 @@ def main() -> None:
             secs = time.perf_counter() - t0
             got = shares(tmp / "w", tmp / f"c{epochs}.st", clip_cfg, tcfg)
             text = ", ".join(f"{k} {100 * v:.0f}%" for k, v in got.items())
-            print(f"epochs {epochs} ({secs:.0f} s, {args.threads} threads): "
+            print(f"epochs {epochs}, lr {tcfg.lr} ({secs:.0f} s, {args.threads} threads): "
                   f"regions above the blank: {text}")  # fmt: skip
 
 

@@ -109,6 +109,36 @@ def test_stages_no_seed_changes_are_shared_by_the_variants_seeds() -> None:
     assert ex.folder(cfg, "v", 3, "train_tiny_clip") is None
 
 
+def test_a_cell_that_is_the_run_reads_the_runs_own_outputs() -> None:
+    """A stage computing exactly what the run's does (same settings, same seed, same inputs)
+    is the run's, not computed again; one differing setting or upstream stage makes it the
+    cell's own."""
+    run_seed = demo({})["train_ritc"]["seed"]
+    cfg = demo(
+        {
+            "same": {},
+            "equal": {"train_ritc": {"w_bg": demo({})["train_ritc"]["w_bg"]}},
+            "text": {"text_features": {"class_weight": 1.0}},
+            "scales": {"make_cam": {"scales": [1.0]}},
+        },
+        seeds=[run_seed, run_seed + 1],
+    )
+    for variant in ("same", "equal"):
+        assert ex.same_as_run(cfg, variant, run_seed) == AFTER_RITC
+        for stage in AFTER_RITC:
+            assert ex.folder(cfg, variant, run_seed, stage) is None, (variant, stage)
+        assert ex.same_as_run(cfg, variant, run_seed + 1) == set()
+        assert ex.folder(cfg, variant, run_seed + 1, "train_ritc") == f"seed{run_seed + 1}"
+    # the text differs, so RITC trained on it does too, whatever the seed
+    assert ex.same_as_run(cfg, "text", run_seed) == set()
+    assert ex.folder(cfg, "text", run_seed, "text_features") == ex.COMMON
+    assert ex.folder(cfg, "text", run_seed, "train_ritc") == f"seed{run_seed}"
+    # only make_cam and what reads it differ: the run's RITC network, the cell's CAMs
+    assert ex.same_as_run(cfg, "scales", run_seed) == {"train_ritc"}
+    assert ex.folder(cfg, "scales", run_seed, "make_cam") == f"seed{run_seed}"
+    assert ex.folder(cfg, "scales", run_seed, "eval_cam") == f"seed{run_seed}"
+
+
 def test_cell_config_merges_the_overrides_and_seeds_only_the_stages_in_reach() -> None:
     cfg = demo({"v": {"train_ritc": {"w_bg": 0.0}}, "w": {"train_tiny_blip": {"epochs": 1}}})
     cell = ex.cell_config(cfg, "v", 7)
@@ -243,14 +273,18 @@ def test_the_demo_experiment_computes_each_shared_stage_once(tmp_path: Path) -> 
     n_cells = len(cfg["variants"]) * len(cfg["seeds"])
     shards = expected_config([CONFIG])["shards"]
     for rule in ("dataset", "train_tiny_blip", "train_tiny_clip", "train_cam", "corpus",
-                 "text_features", "eval_cam", "compare_experiments"):  # fmt: skip
+                 "text_features", "compare_experiments"):  # fmt: skip
         assert jobs[rule] == 1, rule
     assert jobs["vqa"] == shards
-    assert jobs["make_cam"] == shards  # the baseline CAM on val, once
-    assert "train_ritc" not in jobs  # methods: [cam]; every cell trains its own
-    assert jobs["train_ritc_cell"] == jobs["run_config_cell"] == n_cells
-    assert jobs["make_cam_cell"] == n_cells * shards  # val only: what eval_cam reads
-    assert jobs["eval_cam_cell"] == n_cells
+    # the cell qa_clims/seed0 is the run itself (the demo's settings and seed): its RITC,
+    # CAMs and evaluation are the run's, made once; every other cell trains its own
+    assert jobs["train_ritc"] == 1
+    assert jobs["make_cam"] == 2 * shards  # the baseline's and the run's RITC CAM on val
+    assert jobs["eval_cam"] == 2
+    assert jobs["run_config_cell"] == n_cells
+    assert jobs["train_ritc_cell"] == n_cells - 1
+    assert jobs["make_cam_cell"] == (n_cells - 1) * shards  # val only: what eval_cam reads
+    assert jobs["eval_cam_cell"] == n_cells - 1
     # class_name_only changes the text only: its text features once for both seeds
     assert jobs["text_features_cell"] == 1
     assert not {"corpus_cell", "vqa_cell", "train_cam_cell"} & set(jobs)
@@ -274,9 +308,11 @@ def test_the_voc_ablation_preset_shares_every_stage_before_ritc(tmp_path: Path) 
                  "compare_experiments"):  # fmt: skip
         assert jobs[rule] == 1, rule
     assert jobs["vqa"] == shards
-    assert jobs["train_ritc_cell"] == n_cells
-    assert jobs["make_cam_cell"] == n_cells * shards  # train_aug: eval_cam scores train in it
-    assert jobs["eval_cam_cell"] == n_cells
+    # qa_clims at voc12's own seed is the run: one cell fewer
+    assert cfg["variants"]["qa_clims"] in ({}, None) and 0 in cfg["seeds"]
+    assert jobs["train_ritc_cell"] == n_cells - 1
+    assert jobs["make_cam_cell"] == (n_cells - 1) * shards  # train_aug: eval_cam scores it
+    assert jobs["eval_cam_cell"] == n_cells - 1
     assert jobs["text_features_cell"] == 1  # no_foreground_answers, shared by its seeds
     assert not {"vqa_cell", "corpus_cell", "train_cam_cell", "train_irn_cell"} & set(jobs)
 

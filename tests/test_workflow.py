@@ -242,7 +242,8 @@ def test_nothing_to_do_after_a_run(smoke: tuple[Path, Path]) -> None:
 
 def test_an_experiment_reuses_the_run_and_tables_its_cells(smoke: tuple[Path, Path]) -> None:
     """Two variants x two seeds on the smoke run: only the cells' own stages run, the cell
-    with the run's settings and seed reproduces the run's figures, and every row of the
+    with the run's settings and seed is the run itself (none of its jobs runs), a cell
+    computes what the run computes with the cell's settings, and every row of the
     comparison is the mean, sd and n of the cells' own summaries."""
     repo, work = smoke
     variants = {"same": {}, "class_only": {"text_features": {"class_weight": 1.0}}}
@@ -252,7 +253,9 @@ def test_an_experiment_reuses_the_run_and_tables_its_cells(smoke: tuple[Path, Pa
     planned = dry_run_jobs(work, configfiles=files, repo=repo)
     shared = {r for r in planned if not r.endswith("_cell")} - {"run_config", "all"}
     assert shared == {"compare_experiments"}  # nothing of the run itself reruns
-    assert planned["train_ritc_cell"] == 4 and planned["text_features_cell"] == 1
+    # same/seed0 is the run (its settings, seed 0): three cells train, four are tabled
+    assert planned["train_ritc_cell"] == 3 and planned["eval_cam_cell"] == 3
+    assert planned["text_features_cell"] == 1 and planned["run_config_cell"] == 4
     snakemake(work, "--cores", "2", "--resources", "gpu=1", configfiles=files, repo=repo)
     run = work / "results" / "demo"
     cell = run / "experiments"
@@ -263,17 +266,18 @@ def test_an_experiment_reuses_the_run_and_tables_its_cells(smoke: tuple[Path, Pa
     def digest(path: Path) -> bytes:
         return hashlib.sha256(path.read_bytes()).digest()
 
-    # the run's settings and seed reproduce the run's network; another seed does not
+    def summary(v: str, s: int) -> Path:
+        base = run if (v, s) == ("same", 0) else cell / v / f"seed{s}"
+        return base / "eval_cam" / "ritc" / "val" / "summary.json"
+
+    assert not (cell / "same" / "seed0" / "train_ritc").exists()
+    assert (cell / "same" / "seed0" / "config.yaml").is_file()
     weights = "train_ritc/model.safetensors"
-    assert digest(cell / "same" / "seed0" / weights) == digest(run / weights)
     assert digest(cell / "same" / "seed1" / weights) != digest(run / weights)
     assert digest(cell / "class_only" / "seed0" / weights) != digest(run / weights)
-    same = cell / "same" / "seed0" / "eval_cam" / "ritc" / "val" / "summary.json"
-    assert miou(same) == miou(run / "eval_cam" / "ritc" / "val" / "summary.json")
     table = pd.read_csv(cell / "comparison.csv").set_index(["variant", "metric"])
     for v in variants:
-        vals = [miou(cell / v / f"seed{s}" / "eval_cam" / "ritc" / "val" / "summary.json")
-                for s in (0, 1)]  # fmt: skip
+        vals = [miou(summary(v, s)) for s in (0, 1)]
         row = table.loc[(v, "cam_miou")]
         assert row["n"] == 2 and row["seeds"] == "0 1"
         assert row["mean"] == pytest.approx(np.mean(vals), abs=1e-4)
@@ -291,6 +295,13 @@ def test_an_experiment_reuses_the_run_and_tables_its_cells(smoke: tuple[Path, Pa
     assert seen["train_ritc"]["seed"] == 1 and seen["text_features"]["class_weight"] == 1.0
     assert seen["train_cam"]["seed"] == 0  # the run's own baseline CAM, not reseeded
     assert set(dry_run_jobs(work, configfiles=files, repo=repo)) - {"run_config"} == set()
+    # a cell computes what a run with the cell's settings computes: run "seed1" (the smoke
+    # settings, train_ritc seed 1, its own upstream from scratch) trains same/seed1's network
+    other = write_overlay(work / "seed1.yaml", {"run": "seed1", "train_ritc": {"seed": 1}})
+    snakemake(work, "--cores", "2", "--resources", "gpu=1", "--",
+              "results/seed1/train_ritc/model.safetensors",
+              configfiles=(CONFIG, SMOKE, other), repo=repo)  # fmt: skip
+    assert digest(work / "results" / "seed1" / weights) == digest(cell / "same" / "seed1" / weights)
     # leave the run as the tests after this one expect it: its config record without experiments
     snakemake(work, "--cores", "1", "--", "results/demo/config.yaml", repo=repo)
     assert _jobs(smoke) == set()

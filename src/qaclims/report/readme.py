@@ -125,10 +125,35 @@ def seed_table(seeds_dir: Path) -> str:
         lines.append(f"| {names.get(str(r.stage), r.stage)} | {r.mean:.2f} ± {r.sd:.2f} | {r.n} |")
     ritc = s[s["stage"] == "ritc"].iloc[0]
     cam = s[s["stage"] == "cam"].iloc[0]
-    return "\n".join(lines) + (
-        f"\n\nGain {ritc['mean'] - cam['mean']:+.2f} points over seeds {ritc['seeds']} of "
-        f"`{ritc['keys']}`; the smallest per-class gain (mean over the seeds) is "
-        f"{ritc['min_class_gain']:+.2f} ({ritc['min_class']}); {ritc['machine']}."
+    return (
+        "\n".join(lines)
+        + (
+            f"\n\nGain {ritc['mean'] - cam['mean']:+.2f} points over seeds {ritc['seeds']} of "
+            f"`{ritc['keys']}`; the smallest per-class gain (mean over the seeds) is "
+            f"{ritc['min_class_gain']:+.2f} ({ritc['min_class']}); {ritc['machine']}."
+        )
+        + kernel_spread(seeds_dir)
+    )
+
+
+def kernel_spread(seeds_dir: Path) -> str:
+    """``bench_demo_kernels.py``'s table as one sentence (``""`` where it has not run): the
+    QA-CLIMS mIoU per CPU-kernel and thread setting on identical inputs and seed, and its
+    spread."""
+    path = seeds_dir / "benchmarks" / "kernels.csv"
+    if not path.is_file():
+        return ""
+    k = pd.read_csv(path)
+    each = ", ".join(
+        f"{r.ritc:.2f} ({str(r.kernels).upper()}{' native' if r.native else ''}, "
+        f"{r.threads} thread{'s' if r.threads != 1 else ''})"
+        for r in k.itertuples()
+    )
+    return (
+        f" On identical inputs and seed ({k['seed'].iloc[0]}), the CPU's kernels and torch's "
+        f"training threads alone give QA-CLIMS {each}: a spread of "
+        f"{k['ritc'].max() - k['ritc'].min():.2f} points ({k['machine'].iloc[0]}; "
+        "`benchmarks/bench_demo_kernels.py`)."
     )
 
 

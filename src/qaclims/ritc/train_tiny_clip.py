@@ -148,6 +148,21 @@ def train_tiny_clip(
     def write(loss: float) -> None:
         stats.update(loss=loss, **retrieval_accuracy(model, tokenizer, data, cfg))
         log.info("train_tiny_clip: %s", json.dumps({k: round(v, 4) for k, v in stats.items()}))
+        shares = above_blank(model, tokenizer, data, classes, cfg.prompt)
+        log.info(
+            "train_tiny_clip: share of each class's regions scored above a blank: %s",
+            ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()),
+        )
+        weak = [k for k, v in shares.items() if v < BLANK_WARN]
+        if weak:
+            log.warning(
+                "train_tiny_clip: %s: fewer than %d%% of the regions score above a blank masked "
+                "image, so RITC's foreground loss cannot tell a dead CAM from the object; "
+                "train longer (train_tiny_clip.epochs)",
+                ", ".join(weak),
+                round(100 * BLANK_WARN),
+            )
+        stats["above_blank_min"] = min(shares.values()) if shares else float("nan")
         meta = {"arch": json.dumps(vars(clip_cfg.tiny)), "stats": json.dumps(stats)}
         save_weights(out, model, metadata=meta)
 
@@ -217,6 +232,36 @@ def _fit(
     model.requires_grad_(False).eval()
     last = total % cfg.log_every or cfg.log_every
     return trainer.finish(stop, lambda: write(trainer.window_mean(last)["loss"]))
+
+
+BLANK_WARN = 0.9  # share of a class's regions above the blank below which training warns
+
+
+@torch.no_grad()
+def above_blank(
+    model: ClipModel, tokenizer: Tokenizer, data: RegionSet, classes: list[str], prompt: str
+) -> dict[str, float]:
+    """Class name -> share (in [0, 1]) of its foreground regions whose cosine to the class's
+    prompt (``prompt.format(name)``) is above that of a blank: the zero image (the mean
+    colour after normalisation) under an all-ones mask, which is what a dead CAM shows CLIP.
+    A class whose share is low cannot be told from nothing by RITC's foreground loss."""
+    dev = next(model.parameters()).device
+    s = int(data.images.shape[-1])
+    blank = encode_image_masked(model, torch.zeros(1, 3, s, s, device=dev),
+                                torch.ones(1, 1, s, s, device=dev))  # fmt: skip
+    blank = F.normalize(blank, dim=-1)
+    out: dict[str, float] = {}
+    for c, name in enumerate(classes):
+        idx = [i for i, (_, kind, cls) in enumerate(data.samples) if kind == REGION_FG and cls == c]
+        if not idx:
+            continue
+        masks = region_masks(data, idx).to(dev)
+        images = data.images[[data.samples[i][0] for i in idx]].to(dev)
+        region = F.normalize(encode_image_masked(model, images * masks, masks), dim=-1)
+        text = F.normalize(encode_texts(model, tokenizer, [prompt.format(name)]).to(dev), dim=-1)
+        above = (region @ text.T).squeeze(1) > (blank @ text.T).squeeze()
+        out[name] = float(above.float().mean())
+    return out
 
 
 @torch.no_grad()

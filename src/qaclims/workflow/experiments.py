@@ -173,12 +173,52 @@ def seeded(config: Mapping[str, Any], variant: str) -> frozenset[str]:
     return frozenset(out)
 
 
+def _setting(config: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for key in dotted.split("."):
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _overridden(config: Mapping[str, Any], variant: str, seed: int) -> dict[str, Any]:
+    """The run's config with the variant's overrides and the cell's seed in every stage of
+    its reach that has one (:func:`cell_config` before it moves a retrained tiny BLIP)."""
+    out = copy.deepcopy(dict(config))
+    _merge(out, variants(config)[variant])
+    for stage in reach(config, variant):
+        section = out.get(stage)
+        if isinstance(section, dict) and "seed" in section:
+            section["seed"] = int(seed)
+    return out
+
+
+def same_as_run(config: Mapping[str, Any], variant: str, seed: int) -> frozenset[str]:
+    """Stages of the cell's reach that compute exactly what the run's own do: every setting
+    they read equals the run's (the seed included) and so does every stage they read from.
+    They are read from the run, not computed again: the cell ``{}`` (or overrides equal to
+    the run's) at the run's own seed is the run itself."""
+    cell = _overridden(config, variant, seed)
+    stages = reach(config, variant)
+    released = replaced(config, variant)
+    out: set[str] = set()
+    for stage, (sections, upstream) in GRAPH.items():
+        if stage not in stages or stage in released:
+            continue
+        own = all(_setting(cell, sec) == _setting(config, sec) for sec in sections)
+        if own and all(u not in stages or u in out for u in upstream):
+            out.add(stage)
+    return frozenset(out)
+
+
 def folder(config: Mapping[str, Any], variant: str, seed: int, stage: str) -> str | None:
     """The cell's folder of ``stage`` under ``results/<run>/experiments/<variant>/``:
     ``seed<seed>`` for a seeded stage, ``common`` for one shared by the variant's seeds,
     ``common/released_<net>`` for a training stage a released network replaces, ``None``
-    where the stage is the run's own (not in the variant's reach)."""
-    if stage not in reach(config, variant):
+    where the stage is the run's own: not in the variant's reach, or computing exactly what
+    the run's does (:func:`same_as_run`)."""
+    if stage not in reach(config, variant) or stage in same_as_run(config, variant, seed):
         return None
     if stage in replaced(config, variant):
         return f"{COMMON}/released_{RELEASED[stage]}"
@@ -197,13 +237,7 @@ def cell_config(config: Mapping[str, Any], variant: str, seed: int) -> dict[str,
     """The run's config with the variant's overrides, and ``seed`` as the seed of every
     seeded stage in the cell's reach. A VQA model the run trains itself (the demo's tiny
     BLIP, ``results/<run>/train_tiny_blip``) is the cell's own when the cell retrains it."""
-    out = copy.deepcopy(dict(config))
-    _merge(out, variants(config)[variant])
-    stages = reach(config, variant)
-    for stage in stages:
-        section = out.get(stage)
-        if isinstance(section, dict) and "seed" in section:
-            section["seed"] = int(seed)
+    out = _overridden(config, variant, seed)
     own_blip = f"results/{config['run']}/train_tiny_blip"
     where = folder(config, variant, seed, "train_tiny_blip")
     if out["vqa"]["model"] == own_blip and where is not None:
