@@ -53,6 +53,36 @@ def test_closure_follows_nested_imports_and_parent_packages(pkg: tuple[Path, Pat
     }
 
 
+def test_a_training_script_depends_on_the_stage_it_names(pkg: tuple[Path, Path]) -> None:
+    """A training script names its stage for the launcher (``launch.run_rule(snakemake,
+    "qaclims.d")``) instead of importing it: the stage's file is in its code all the same;
+    another string is not."""
+    src, _ = pkg
+    script = src.parent / "train.py"
+    script.write_text(
+        'from qaclims.sub import c\nlaunch.run_rule(snakemake, "qaclims.d")\nprint("qaclims.a")\n'
+    )
+    got = {
+        Path(p).relative_to(src.resolve()).as_posix() for p in codegraph.library_files(script, src)
+    }
+    assert got == {"qaclims/__init__.py", "qaclims/d.py", "qaclims/sub/__init__.py",
+                   "qaclims/sub/c.py"}  # fmt: skip
+
+
+def test_the_shipped_training_scripts_depend_on_their_stage_modules() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = sorted((root / "workflow" / "scripts").glob("train_*.py"))
+    assert len(scripts) == 6
+    for script in scripts:
+        m = re.search(r'run_rule\(snakemake, "([\w.]+)"\)', script.read_text())
+        assert m, script.name
+        files = codegraph.code_digests(script, root / "src")
+        assert m.group(1).replace(".", "/") + ".py" in files, script.name
+        assert "qaclims/workflow/launch.py" in files and "qaclims/workflow/cli.py" in files
+
+
 def test_digests_are_relative_content_hashes(pkg: tuple[Path, Path]) -> None:
     src, script = pkg
     d = codegraph.code_digests(script, src)

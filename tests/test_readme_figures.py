@@ -89,7 +89,14 @@ def test_experiments_block_from_the_comparison_and_the_recorded_time(tmp_path: P
     assert text.startswith(readme.EXP_BEGIN) and text.endswith(readme.EXP_END)
     assert "| ref (reference) | 80.00 ± 0.50 | 81.00 ± 0.25 |" in text
     assert "| abl | 70.50 ± 1.00 (-9.50) | 72.00 (-9.00) |" in text
-    assert "took 10.2 min" in text and "8 jobs of the cells and 1 of the run itself" in text
+    assert "took 10.2 min after the run's own stages" in text
+    assert "8 jobs of the cells and 1 of the run itself" in text
+    w = json.loads((run / "experiments" / "benchmarks" / "wall.json").read_text())
+    w["jobs"].update(synthetic=1, train_cam=1)
+    (run / "experiments" / "benchmarks" / "wall.json").write_text(json.dumps(w))
+    text = readme.experiments_block(run)
+    assert "took 10.2 min from a fresh clone (the run's own stages included)" in text
+    assert "8 jobs of the cells and 3 of the run itself" in text
     doc = f"a\n{readme.EXP_BEGIN}\nold\n{readme.EXP_END}\nb\n"
     markers = (readme.EXP_BEGIN, readme.EXP_END)
     assert readme.replace_block(doc, text, markers=markers) == f"a\n{text}\nb\n"

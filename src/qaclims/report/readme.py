@@ -198,8 +198,13 @@ def experiments_block(run_dir: Path) -> str:
         w = yaml.safe_load(wall.read_text())
         cells_run = sum(n for r, n in w["jobs"].items() if r.endswith("_cell"))
         own = sum(n for r, n in w["jobs"].items() if not r.endswith("_cell")) - 1  # all
+        start = (
+            "from a fresh clone (the run's own stages included)"
+            if "synthetic" in w["jobs"]
+            else "after the run's own stages"
+        )
         text += (
-            f" `{w['command']}` took {w['seconds'] / 60:.1f} min on {w['machine']} "
+            f" `{w['command']}` took {w['seconds'] / 60:.1f} min {start} on {w['machine']} "
             f"(--cores {w['cores']}; {cells_run} jobs of the cells and {own} of the run "
             "itself, recorded by `benchmarks/bench_experiments.py`)."
         )

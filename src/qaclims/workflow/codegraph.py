@@ -79,11 +79,27 @@ def _imported_modules(path: Path) -> frozenset[str]:
     return found
 
 
+LAUNCHERS = ("run_rule",)  # qaclims.workflow.launch: the stage module is named, not imported
+
+
 def _scan(path: Path) -> frozenset[str]:
+    """Modules named by import statements, and the stage module a training script hands to
+    ``launch.run_rule(snakemake, "qaclims....")`` (its worker process imports it)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in LAUNCHERS:
+                found |= {
+                    a.value
+                    for a in node.args
+                    if isinstance(a, ast.Constant)
+                    and isinstance(a.value, str)
+                    and a.value.split(".")[0] == PACKAGE
+                }
+        elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module.split(".")[0] == PACKAGE:
