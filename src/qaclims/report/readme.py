@@ -138,20 +138,19 @@ def seed_table(seeds_dir: Path) -> str:
 
 def kernel_spread(seeds_dir: Path) -> str:
     """``bench_demo_kernels.py``'s table as one sentence (``""`` where it has not run): the
-    QA-CLIMS mIoU per CPU-kernel and thread setting on identical inputs and seed, and its
-    spread."""
+    QA-CLIMS mIoU per choice of CPU kernels on identical inputs and seed, and its spread."""
     path = seeds_dir / "benchmarks" / "kernels.csv"
     if not path.is_file():
         return ""
     k = pd.read_csv(path)
     each = ", ".join(
-        f"{r.ritc:.2f} ({str(r.kernels).upper()}{' native' if r.native else ''}, "
-        f"{r.threads} thread{'s' if r.threads != 1 else ''})"
+        f"{r.ritc:.2f} ({str(r.kernels).upper()}{' native' if r.native else ''})"
         for r in k.itertuples()
     )
+    threads = ", ".join(str(t) for t in sorted(set(k["threads"])))
     return (
-        f" On identical inputs and seed ({k['seed'].iloc[0]}), the CPU's kernels and torch's "
-        f"training threads alone give QA-CLIMS {each}: a spread of "
+        f" On identical inputs and seed ({k['seed'].iloc[0]}) at {threads} training threads, "
+        f"the CPU's kernels alone give QA-CLIMS {each}: a spread of "
         f"{k['ritc'].max() - k['ritc'].min():.2f} points ({k['machine'].iloc[0]}; "
         "`benchmarks/bench_demo_kernels.py`)."
     )
