@@ -363,6 +363,7 @@ VARIANTS = list(config["experiments"]["variants"])
 CELLS = experiments.cells(config)
 _CELL_CONFIGS = {}
 _FOLDERS = {}
+_SAME = {}
 
 
 def X(*parts):
@@ -396,7 +397,9 @@ def at(wc, stage, *parts):
     """
     key = (wc.exp, _seed(wc), stage)
     if key not in _FOLDERS:
-        _FOLDERS[key] = experiments.folder(config, *key)
+        if key[:2] not in _SAME:  # once per cell: it merges and compares whole configs
+            _SAME[key[:2]] = experiments.same_as_run(config, *key[:2])
+        _FOLDERS[key] = experiments.folder(config, *key, same=_SAME[key[:2]])
     where = _FOLDERS[key]
     if where is None:
         return R(stage, *parts)

@@ -212,13 +212,21 @@ def same_as_run(config: Mapping[str, Any], variant: str, seed: int) -> frozenset
     return frozenset(out)
 
 
-def folder(config: Mapping[str, Any], variant: str, seed: int, stage: str) -> str | None:
+def folder(
+    config: Mapping[str, Any],
+    variant: str,
+    seed: int,
+    stage: str,
+    same: frozenset[str] | None = None,
+) -> str | None:
     """The cell's folder of ``stage`` under ``results/<run>/experiments/<variant>/``:
     ``seed<seed>`` for a seeded stage, ``common`` for one shared by the variant's seeds,
     ``common/released_<net>`` for a training stage a released network replaces, ``None``
     where the stage is the run's own: not in the variant's reach, or computing exactly what
-    the run's does (:func:`same_as_run`)."""
-    if stage not in reach(config, variant) or stage in same_as_run(config, variant, seed):
+    the run's does (:func:`same_as_run`; ``same``: its value for this cell, if known)."""
+    if stage not in reach(config, variant):
+        return None
+    if stage in (same if same is not None else same_as_run(config, variant, seed)):
         return None
     if stage in replaced(config, variant):
         return f"{COMMON}/released_{RELEASED[stage]}"
