@@ -93,7 +93,8 @@ def job(smk: Any, gpus: bool = True) -> Iterator[Job]:
                 logger.info("rule %s with %d threads (GPUs: none)", smk.rule, threads)
                 yield Job(requested=requested, threads=threads, log=logger, tag=tag)
                 return
-            dev = _set_up_torch(threads, requested)
+            j = Job(requested=requested, threads=threads, log=logger, gpus=tuple(ids), tag=tag)
+            dev = j.device  # resolved now: sets torch's threads
             logger.info(
                 "rule %s on %s with %d threads (GPUs: %s)",
                 smk.rule,
@@ -102,8 +103,6 @@ def job(smk: Any, gpus: bool = True) -> Iterator[Job]:
                 ",".join(ids) or "none",
             )
             devices.warn_cpu_fallback(ids, dev, requested, logger)
-            j = Job(requested=requested, threads=threads, log=logger, gpus=tuple(ids), tag=tag)
-            j.__dict__["device"] = dev  # resolved: the cached_property's value
             yield j
     except Exception:
         logger.exception("rule %s failed", smk.rule)
