@@ -113,7 +113,7 @@ def time_eval(dirs: list[Path], run: Path, split: str, threshold: float) -> tupl
     t0 = time.perf_counter()
     for gt, (_, p) in zip(gts, pairs, strict=True):
         keys, cam = camfile.read_cam_arrays(p)
-        eval_cam.score_image(gt, cam, keys, threshold, sweep)
+        sweep.update(gt, cam, keys)
     ours = (time.perf_counter() - t0) / max(1, len(pairs))
     return ours, ref
 

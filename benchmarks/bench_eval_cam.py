@@ -6,8 +6,8 @@ Prints milliseconds per image, on the same CAMs and GT:
   float32 ``high_res``), the threshold padded in front, argmax, key lookup, one bincount
   confusion (IRN's ``eval_cam.py`` with chainercv's confusion written as a bincount);
 - this project at one threshold: the CAM file read (format 2: uint8 levels) and
-  :func:`qaclims.cam.eval_cam.score_image` (one argmax, level tables), without and with
-  the 55-threshold sweep it adds for free;
+  :meth:`qaclims.cam.eval_cam.ThresholdSweep.update` (a running max over the channels, a
+  level table, one bincount), without and with the 55-threshold sweep eval_cam runs;
 - the older per-threshold path (``cam_to_label`` on the levels + ``confusion``);
 - ``eval_cam.run`` end to end (PNG GT and CAM reads, fixed threshold and sweep).
 
@@ -83,14 +83,17 @@ def main(n: int) -> None:
 
         def ours(i: str, sweep: eval_cam.ThresholdSweep = one) -> np.ndarray:
             keys, cam = camfile.read_cam_arrays(root / "cams" / f"{i}.npz")
-            return eval_cam.score_image(gts[i], cam, keys, T, sweep)
+            sweep.update(gts[i], cam, keys)
+            return sweep.hist
 
         def older(i: str) -> np.ndarray:
             keys, cam = camfile.read_cam_arrays(root / "cams" / f"{i}.npz")
             return confusion(gts[i], eval_cam.cam_to_label(cam, keys, T), k)
 
         for i in ids[:3]:  # the three agree
-            a, b, c = reference(i).reshape(k, k), ours(i), older(i)
+            check = eval_cam.ThresholdSweep([T], k)
+            ours(i, check)
+            a, b, c = reference(i).reshape(k, k), check.confusions()[0], older(i)
             assert np.array_equal(a, b) and np.array_equal(b, c)
         for label, fn in [
             ("reference style, one threshold (float32 .npy)", reference),

@@ -286,3 +286,21 @@ def test_run_labels_errors(tmp_path: Path) -> None:
     io.write_label_png(tmp_path / "p1" / "a.png", np.zeros((3, 3), np.uint8))
     with pytest.raises(DataError, match="shape"):
         evaluate.run_labels(man, dirs, CLASSES[:2], *out)
+
+
+def test_sweep_of_levels_with_more_thresholds_than_a_byte_holds_equals_direct() -> None:
+    # 300 thresholds: the per-level table no longer fits uint8 (it is uint16 then)
+    rng = np.random.default_rng(3)
+    n, thresholds = 5, list(np.linspace(0.0, 1.0, 300)[::-1])
+    sw = eval_cam.ThresholdSweep(thresholds, n)
+    assert sw._below_level.dtype == np.uint16
+    direct = np.zeros((len(thresholds), n, n), np.int64)
+    for _ in range(3):
+        keys = np.sort(rng.choice(n - 1, size=2, replace=False))
+        levels = rng.integers(0, 201, (2, 6, 7)).astype(np.uint8)
+        gt = rng.integers(0, n, (6, 7)).astype(np.uint8)
+        gt[0, :2] = 255
+        sw.update(gt, levels, keys)
+        for j, t in enumerate(thresholds):
+            direct[j] += metrics.confusion(gt, eval_cam.cam_to_label(levels, keys, t), n)
+    np.testing.assert_array_equal(sw.confusions(), direct)

@@ -44,8 +44,6 @@ from qaclims.evaluation.eval_labels import (
     write_outputs,
 )
 from qaclims.evaluation.metrics import (
-    IGNORE_INDEX,
-    ConfusionAccumulator,
     miou,
     per_class_frame,
     pixel_accuracy,
@@ -56,6 +54,9 @@ log = logging.getLogger(__name__)
 
 #: QA-CLIMS ``eval_cam_best``: ``np.arange(5, 60, 1) / 100`` = 0.05, 0.06, ..., 0.59.
 DEFAULT_SWEEP: tuple[float, ...] = tuple(round(0.05 + 0.01 * i, 2) for i in range(55))
+
+#: the float64 value each uint8 CAM level stands for (``q / 200``)
+LEVEL_VALUES = camfile.LEVEL_VALUES
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,13 @@ def cam_to_label(cam: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndar
 
 
 class ThresholdSweep:
-    """Accumulates, in one pass, the split's confusion at every background threshold."""
+    """Accumulates, in one pass, the split's confusion at every background threshold.
+
+    Per image one histogram of (GT row, top class label, thresholds below the top CAM) is
+    added with a single ``bincount`` (IGNORE GT pixels go to an extra row that is dropped,
+    so no masked copies are made). Thresholds may repeat (the fixed threshold is appended
+    to the sweep by :func:`score_cams`); each keeps its own confusion.
+    """
 
     def __init__(self, thresholds: Sequence[float], num_classes: int):
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
@@ -114,28 +121,37 @@ class ThresholdSweep:
         t = len(self.thresholds)
         # hist[g, f, j]: pixels with GT g, top class label f, j thresholds below the top CAM
         self.hist = np.zeros((num_classes, num_classes, t + 1), dtype=np.int64)
-        # the same count for each uint8 CAM level (format-2 CAM files): a table lookup
-        self._below_level = np.searchsorted(self._sorted, LEVEL_VALUES, side="left")
+        # the same count for each uint8 CAM level (format-2 CAM files): a table lookup, in
+        # the smallest dtype that holds 0..t (np.take on a uint8 table is ~5x an int64 one)
+        below = np.searchsorted(self._sorted, LEVEL_VALUES, side="left")
+        self._below_level = below.astype(np.min_scalar_type(t))
 
     def update(self, gt: np.ndarray, cam: np.ndarray, keys: np.ndarray) -> None:
-        """Add one image: ``gt`` HxW ints (255 ignored), ``cam`` KxHxW in [0,1] (float, or
-        ``uint8`` levels of :mod:`qaclims.artifacts.camfile`), ``keys`` (K,)."""
-        keep = gt != IGNORE_INDEX
+        """Add one image.
+
+        Args:
+            gt: ``HxW`` integer GT in ``[0, n)`` or 255 (ignored; checked by the caller).
+            cam: ``KxHxW`` CAMs in [0, 1], float or ``uint8`` levels of
+                :mod:`qaclims.artifacts.camfile` (K may be 0).
+            keys: ``(K,)`` fg class indices of the channels.
+        """
+        n, t1 = self.num_classes, self.hist.shape[2]
         top, peak = top_and_peak(cam, keys)
-        self.add(gt[keep].astype(np.int64), top[keep], self.below(peak[keep]))
+        # GT row: 0..n-1 as is, the ignore value (any value >= n) row n, dropped below
+        idx = np.minimum(gt, n).astype(np.intp)
+        idx *= n
+        idx += top
+        idx *= t1
+        idx += self.below(peak)
+        counts = np.bincount(idx.ravel(), minlength=(n + 1) * n * t1)
+        self.hist += counts[: n * n * t1].reshape(n, n, t1)
 
     def below(self, peak: np.ndarray) -> np.ndarray:
         """How many thresholds lie strictly below each top CAM value (``uint8`` levels or
         float)."""
         if peak.dtype == np.uint8:
-            return self._below_level[peak]
+            return np.take(self._below_level, peak)
         return np.searchsorted(self._sorted, peak.astype(np.float64), side="left")
-
-    def add(self, g: np.ndarray, top: np.ndarray, n_below: np.ndarray) -> None:
-        """Add pixels: GT ``g``, top class label ``top`` (``keys[k] + 1``), thresholds below."""
-        n, t1 = self.num_classes, self.hist.shape[2]
-        idx = (g * n + top) * t1 + n_below
-        self.hist += np.bincount(idx, minlength=n * n * t1).reshape(n, n, t1)
 
     def confusions(self) -> np.ndarray:
         """``T x n x n int64`` confusions, in the order of the given thresholds."""
@@ -150,10 +166,6 @@ class ThresholdSweep:
         return out
 
 
-#: the float64 value each uint8 CAM level stands for (``q / 200``)
-LEVEL_VALUES = camfile.LEVEL_VALUES
-
-
 def top_and_peak(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel the top class label and its CAM value.
 
@@ -162,42 +174,20 @@ def top_and_peak(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndar
         keys: ``(K,)`` fg class indices.
 
     Returns:
-        ``top``: ``HxW int64`` ``keys[argmax] + 1`` (first channel on ties; 0 when K = 0);
+        ``top``: ``HxW intp`` ``keys[argmax] + 1`` (first channel on ties; 0 when K = 0);
         ``peak``: ``HxW`` the channel maximum, in ``cam``'s dtype (0 when K = 0).
     """
     if cam.shape[0] == 0:
-        return np.zeros(cam.shape[1:], np.int64), np.zeros(cam.shape[1:], cam.dtype)
-    labels = np.asarray(keys, dtype=np.int64) + 1
+        return np.zeros(cam.shape[1:], np.intp), np.zeros(cam.shape[1:], cam.dtype)
+    labels = np.asarray(keys, dtype=np.intp) + 1
     # a running max over the channels: K passes over HxW, much faster than np.argmax along
     # axis 0; a later channel wins only if strictly larger (np.argmax's tie rule)
     peak = cam[0].copy()
-    top = np.full(cam.shape[1:], labels[0], dtype=np.int64)
+    top = np.full(cam.shape[1:], labels[0], dtype=np.intp)
     for c in range(1, cam.shape[0]):
-        wins = cam[c] > peak
-        top[wins] = labels[c]
+        np.copyto(top, labels[c], where=cam[c] > peak)
         np.maximum(peak, cam[c], out=peak)
     return top, peak
-
-
-def score_image(
-    gt: np.ndarray, cam: np.ndarray, keys: np.ndarray, threshold: float, sweep: ThresholdSweep
-) -> np.ndarray:
-    """Add one image to ``sweep`` and return its confusion at ``threshold``: the
-    ``n x n int64`` confusion of :func:`cam_to_label`'s labels, computed from one pass over
-    the channels. ``gt``: ``HxW`` uint8 in ``[0, n)`` or 255 (checked by the caller)."""
-    top, peak = top_and_peak(cam, keys)
-    if peak.dtype == np.uint8:
-        fg, below = (LEVEL_VALUES > threshold)[peak], sweep._below_level[peak]
-    else:
-        fg, below = peak.astype(np.float64) > threshold, sweep.below(peak)
-    n, t1 = sweep.num_classes, sweep.hist.shape[2]
-    # 255 (ignored) GT pixels land in bins past n*n, dropped: no masked copies
-    row = gt.astype(np.int64).ravel() * n
-    pred = np.where(fg, top, 0).ravel()
-    fixed = np.bincount(row + pred, minlength=256 * n)[: n * n].reshape(n, n)
-    idx = (row + top.ravel()) * t1 + below.ravel()
-    sweep.hist += np.bincount(idx, minlength=256 * n * t1)[: n * n * t1].reshape(n, n, t1)
-    return fixed
 
 
 def upsample_strided(cam_strided: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -237,15 +227,18 @@ def read_cam(
 def score_cams(
     gt_paths: Sequence[str], cam_paths: Sequence[Path], num_fg: int, cfg: EvalCamConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split confusions: fixed threshold ``n x n`` and sweep ``T x n x n`` (``n = num_fg + 1``)."""
-    fixed = ConfusionAccumulator(num_fg + 1)
-    sweep = ThresholdSweep(cfg.thresholds, num_fg + 1)
+    """Split confusions: fixed threshold ``n x n`` and sweep ``T x n x n`` (``n = num_fg + 1``).
+
+    The fixed threshold rides along as one more threshold of the sweep: one histogram per
+    image gives both (equal to :func:`cam_to_label` + confusion at each threshold)."""
+    sweep = ThresholdSweep([*cfg.thresholds, cfg.threshold], num_fg + 1)
     pairs = zip(gt_paths, cam_paths, strict=True)
     for gt_path, cam_path in tqdm(pairs, total=len(gt_paths), desc="eval_cam", unit="img"):
         gt = read_gt(gt_path, num_fg + 1)
         keys, cam = read_cam(cam_path, num_fg, gt.shape, cfg.use_strided)
-        fixed.add(score_image(gt, cam, keys, cfg.threshold, sweep))
-    return fixed.matrix, sweep.confusions()
+        sweep.update(gt, cam, keys)
+    confs = sweep.confusions()
+    return confs[-1], confs[:-1]
 
 
 def sweep_frame(thresholds: Sequence[float], confs: np.ndarray) -> pd.DataFrame:
