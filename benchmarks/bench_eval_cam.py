@@ -1,4 +1,5 @@
-"""Time eval_cam on synthetic VOC-sized CAMs (500x375, 2 classes of 20, 55-threshold sweep).
+"""Time eval_cam on synthetic VOC-sized CAMs (500x375, 2 classes of 20, 55-threshold sweep)
+or COCO-sized ones (``--coco``: 640x480, 3 classes of 80).
 
 Prints milliseconds per image, on the same CAMs and GT:
 
@@ -11,13 +12,13 @@ Prints milliseconds per image, on the same CAMs and GT:
 - the older per-threshold path (``cam_to_label`` on the levels + ``confusion``);
 - ``eval_cam.run`` end to end (PNG GT and CAM reads, fixed threshold and sweep).
 
-Usage: ``python benchmarks/bench_eval_cam.py [n_images]``.
+Usage: ``python benchmarks/bench_eval_cam.py [n_images] [--coco]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from qaclims.cam import eval_cam
 from qaclims.core import io
 from qaclims.evaluation.metrics import confusion
 
-H, W, C = 375, 500, 20
+H, W, C, K = 375, 500, 20, 2
 T = 0.15
 
 
@@ -38,10 +39,10 @@ def make(root: Path, n: int, rng: np.random.Generator) -> Path:
     """``n`` images: GT PNGs, format-2 CAM files and the same CAMs as float32 ``.npy``."""
     rows = []
     for i in range(n):
-        keys = np.sort(rng.choice(C, size=2, replace=False)).astype(np.int16)
-        cam = rng.random((2, H, W)).astype(np.float32)
+        keys = np.sort(rng.choice(C, size=K, replace=False)).astype(np.int16)
+        cam = rng.random((K, H, W)).astype(np.float32)
         gt = rng.integers(0, C + 1, size=(H, W)).astype(np.uint8)
-        strided = rng.random((2, 94, 125)).astype(np.float32)
+        strided = rng.random((K, -(-H // 4), -(-W // 4))).astype(np.float32)
         camfile.write_cam(root / "cams" / f"{i:05d}.npz", camfile.cam_arrays(keys, cam, strided))
         (root / "ref").mkdir(parents=True, exist_ok=True)
         np.save(root / "ref" / f"{i:05d}.npy", camfile.read_cam(root / "cams" / f"{i:05d}.npz")[1])
@@ -108,9 +109,16 @@ def main(n: int) -> None:
         eval_cam.run(man, [root / "cams"], [f"c{i}" for i in range(C)], cfg,
                      o / "s.json", o / "p.parquet", o / "w.parquet")  # fmt: skip
         run_ms = (time.perf_counter() - t) / n * 1e3
-    print(f"eval_cam.run with file I/O: {run_ms:.2f} ms/image ({n} images)")
+    print(f"eval_cam.run with file I/O: {run_ms:.2f} ms/image ({n} images of {W}x{H}, "
+          f"{K} of {C} classes)")  # fmt: skip
     print(f"machine: {os.uname().machine}, {os.cpu_count()} CPUs, one process")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 40)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("n_images", type=int, nargs="?", default=40)
+    ap.add_argument("--coco", action="store_true", help="640x480, 3 of 80 classes")
+    args = ap.parse_args()
+    if args.coco:
+        H, W, C, K = 480, 640, 80, 3
+    main(args.n_images)
