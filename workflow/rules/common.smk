@@ -4,9 +4,6 @@ import sys
 from argparse import Namespace
 
 import yaml
-from snakemake.utils import validate
-
-validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 SRC_ROOT = os.path.join(workflow.basedir, "src")
 SRC = os.path.join(SRC_ROOT, "qaclims")
@@ -27,6 +24,9 @@ with open(
     os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 ) as _f:
     SCHEMA = yaml.load(_f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+# The schema's checks and defaults (what snakemake.utils.validate does, without loading the
+# schema a second time with the pure-Python YAML loader).
+preflight.validate_config(config, SCHEMA)
 
 RUN = config["run"]
 # Answer files may name this run's folder as {run} (the demo's synthetic answers do).
@@ -63,14 +63,7 @@ preflight.check_stage_configs(
 
 def _check_cell_config(cfg):
     """What the run's own config passes, for one experiment variant's config."""
-    import jsonschema
-
-    err = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(SCHEMA).iter_errors(cfg)
-    )
-    if err is not None:
-        key = ".".join(str(p) for p in err.absolute_path)
-        raise ValueError(f"at key {key}: {err.message}")
+    preflight.validate_config(cfg, SCHEMA)
     preflight.check_paths(cfg)  # a variant's released network file, for one
     preflight.check_stage_configs(
         cfg, SRC_ROOT, cache_dir=os.path.join(".snakemake", "qaclims")
