@@ -31,12 +31,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from qaclims.artifacts import camfile
 from qaclims.cam.make_cam import MakeCamConfig
 from qaclims.cam.multiscale import batch_cams, cam_sizes, flip_cam
 from qaclims.core.config import from_mapping  # noqa: E402
 from qaclims.core.devices import torch_device  # noqa: E402
 from qaclims.data import augment  # noqa: E402
 from qaclims.models.cam_resnet import CamModelConfig, CamNet  # noqa: E402
+from qaclims.report import speed  # noqa: E402
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
 
@@ -51,6 +53,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=20)
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU) in both variants")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--record", default=None, help="append the result to this JSON-lines file")
     p.add_argument("--variant", choices=["reference", "batched"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -80,7 +83,7 @@ def build(
 
 @torch.no_grad()
 def reference_one(net: CamNet, x: torch.Tensor, keys: list[int], amp: bool) -> np.ndarray:
-    """IRN's per-image loop (on the device): returns the normalised high-res CAM (float16)."""
+    """IRN's per-image loop (on the device): returns the normalised high-res CAM (float32)."""
     h, w = x.shape[-2:]
     st_size, up_size = cam_sizes(h, w, net.output_stride)
     outs = [
@@ -95,8 +98,14 @@ def reference_one(net: CamNet, x: torch.Tensor, keys: list[int], amp: bool) -> n
     strided, highres = strided[sel], highres[sel]
     strided = strided / (strided.amax(dim=(1, 2), keepdim=True) + 1e-5)
     highres = highres / (highres.amax(dim=(1, 2), keepdim=True) + 1e-5)
-    strided.half().cpu().numpy()
-    return highres.half().cpu().numpy()
+    strided.cpu().numpy()
+    return highres.float().cpu().numpy()
+
+
+def stored_sum(cam: np.ndarray) -> float:
+    """Sum of the CAM values a stored array stands for (uint8 levels or floats)."""
+    values = camfile.dequantise(cam) if cam.dtype == np.uint8 else cam
+    return float(values.astype(np.float64).sum())
 
 
 def variant(a: argparse.Namespace) -> dict[str, float | list[float]]:
@@ -111,16 +120,15 @@ def variant(a: argparse.Namespace) -> dict[str, float | list[float]]:
     def work(idx: range) -> None:
         if a.variant == "reference":
             for i in idx:
-                sums.append(
-                    float(reference_one(net, images[i], labels[i], a.amp).astype(np.float64).sum())
-                )
+                cam = reference_one(net, images[i], labels[i], a.amp)
+                sums.append(stored_sum(camfile.quantise(cam)))  # on make_cam's level grid
             return
         for s in range(idx.start, idx.stop, a.batch_size):
             rows = range(s, min(s + a.batch_size, idx.stop))
             out = batch_cams(
                 net, torch.stack([images[i] for i in rows]), [labels[i] for i in rows], cfg
             )
-            sums.extend(float(o["cam"].astype(np.float64).sum()) for o in out)
+            sums.extend(stored_sum(o["cam"]) for o in out)
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     work(range(0, min(a.batch_size, a.images)))  # warm-up (not timed)
@@ -185,6 +193,21 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"(peak RSS after building model and images, before inference: "
             f"a {ref['rss_before_mib']:.1f}, b {bat['rss_before_mib']:.1f} MiB)"
+        )
+    if a.record:
+        w, h = a.size.split("x")
+        speed.append(
+            a.record,
+            bench="bench_make_cam.py",
+            what=f"make_cam, {a.arch}, {w}×{h}, {len(SCALES)} scales + flip"
+            + (", bf16" if a.amp else ""),
+            unit="img/s",
+            reference=ref["img_s"],
+            ours=bat["img_s"],
+            device=ref["device"],
+            threads=None
+            if ref["device"].startswith("cuda")
+            else a.threads or torch.get_num_threads(),
         )
 
 
