@@ -6,7 +6,7 @@ CORES  ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint schema clean-demo
+.PHONY: demo test lint schema speed-table clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(STAMP)
 
 schema: $(STAMP)
 	$(PY) -m qaclims.core.schema > workflow/schemas/config.schema.yaml
+
+# the README's speed table from the benchmarks' records (benchmarks/speed_cpu.sh, gpu_check.sh)
+speed-table: $(STAMP)
+	$(PY) -m qaclims.report.readme --speed benchmarks/records/*.jsonl --write README.md
 
 clean-demo:
 	rm -rf results/demo logs/demo benchmarks/demo

@@ -30,6 +30,7 @@ from qaclims.artifacts import camfile
 from qaclims.cam import eval_cam
 from qaclims.core import io
 from qaclims.evaluation.metrics import confusion
+from qaclims.report import speed
 
 H, W, C, K = 375, 500, 20, 2
 T = 0.15
@@ -60,7 +61,7 @@ def per_image(fn, items: list) -> float:  # type: ignore[no-untyped-def,type-arg
     return (time.perf_counter() - t) / len(items) * 1e3
 
 
-def main(n: int) -> None:
+def main(n: int, record: str | None = None) -> None:
     rng = np.random.default_rng(0)
     cfg = eval_cam.EvalCamConfig()
     with tempfile.TemporaryDirectory() as d:
@@ -96,6 +97,7 @@ def main(n: int) -> None:
             ours(i, check)
             a, b, c = reference(i).reshape(k, k), check.confusions()[0], older(i)
             assert np.array_equal(a, b) and np.array_equal(b, c)
+        ms = {}
         for label, fn in [
             ("reference style, one threshold (float32 .npy)", reference),
             ("this project, one threshold (format 2)", ours),
@@ -103,7 +105,8 @@ def main(n: int) -> None:
             ("older path: cam_to_label + confusion (float)", older),
         ]:
             fn(ids[0])  # warm-up
-            print(f"{label}: {per_image(fn, ids):.2f} ms/image")
+            ms[label] = per_image(fn, ids)
+            print(f"{label}: {ms[label]:.2f} ms/image")
         o = root / "out"
         t = time.perf_counter()
         eval_cam.run(man, [root / "cams"], [f"c{i}" for i in range(C)], cfg,
@@ -112,13 +115,23 @@ def main(n: int) -> None:
     print(f"eval_cam.run with file I/O: {run_ms:.2f} ms/image ({n} images of {W}x{H}, "
           f"{K} of {C} classes)")  # fmt: skip
     print(f"machine: {os.uname().machine}, {os.cpu_count()} CPUs, one process")
+    if record:
+        speed.append(
+            record,
+            bench="bench_eval_cam.py",
+            what=f"eval_cam, one threshold, {W}×{H}, {K} of {C} classes (CAM read + confusion)",
+            unit="ms/img",
+            reference=ms["reference style, one threshold (float32 .npy)"],
+            ours=ms["this project, one threshold (format 2)"],
+        )
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("n_images", type=int, nargs="?", default=40)
     ap.add_argument("--coco", action="store_true", help="640x480, 3 of 80 classes")
+    ap.add_argument("--record", default=None, help="append the result to this JSON-lines file")
     args = ap.parse_args()
     if args.coco:
         H, W, C, K = 480, 640, 80, 3
-    main(args.n_images)
+    main(args.n_images, args.record)

@@ -28,6 +28,7 @@ from qaclims.core.devices import torch_device
 from qaclims.core.io import write_image, write_npz, write_parquet
 from qaclims.refine import cam_to_ir_label as c2i
 from qaclims.refine.random_walk import propagate
+from qaclims.report import speed
 
 
 def synthetic_image(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +67,7 @@ def make_inputs(root: Path, n: int, h: int, w: int) -> Path:
     return root / "manifest.parquet"
 
 
-def bench_ir_label(n: int, h: int, w: int, threads: list[int]) -> None:
+def bench_ir_label(n: int, h: int, w: int, threads: list[int], record: str | None) -> None:
     cfg = c2i.IrLabelConfig()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -86,6 +87,16 @@ def bench_ir_label(n: int, h: int, w: int, threads: list[int]) -> None:
             c2i.run(manifest, [root / "cam"], cfg, root / f"out{t}", 0, 1, t)
             rate = n / (time.perf_counter() - t0)
             print(f"  run(threads={t}): {rate:.2f} img/s ({rate / base:.2f}x), incl. start-up")
+            if record:
+                speed.append(
+                    record,
+                    bench="bench_refine.py",
+                    what=f"cam_to_ir_label (dense CRF), {w}×{h}, {t} worker processes",
+                    unit="img/s",
+                    reference=base,
+                    ours=rate,
+                    threads=t,
+                )
 
 
 def walk_inputs(n: int, h: int, w: int, device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -114,7 +125,7 @@ def time_walk(items: list[tuple[torch.Tensor, torch.Tensor]], method: str) -> tu
     return len(items) / (time.perf_counter() - t0), res
 
 
-def bench_walk(n: int, h: int, w: int, device: str) -> None:
+def bench_walk(n: int, h: int, w: int, device: str, record: str | None) -> None:
     items = walk_inputs(n, h, w, device)
     dense, a = time_walk(items, "dense")
     sparse, b = time_walk(items, "sparse")
@@ -124,9 +135,22 @@ def bench_walk(n: int, h: int, w: int, device: str) -> None:
         f"dense squaring (reference) {dense:.2f} img/s, sparse {sparse:.2f} img/s "
         f"({sparse / dense:.1f}x); max relative difference {diff:.1e}"
     )
+    if record:
+        speed.append(
+            record,
+            bench="bench_refine.py",
+            what=f"random walk, {h}×{w} grid, 2^8 steps (reference: dense squaring)",
+            unit="img/s",
+            reference=dense,
+            ours=sparse,
+            device=device,
+            threads=None if device.startswith("cuda") else torch.get_num_threads(),
+        )
 
 
-def bench_irn(device: str, batch: int, steps: int, size: tuple[int, int]) -> None:
+def bench_irn(
+    device: str, batch: int, steps: int, size: tuple[int, int], record: str | None
+) -> None:
     """IRN (ResNet-50, random weights: nothing downloaded) training steps at crop 512 and
     make_sem_seg's per-image work (boundary inference + sparse walk) on ``device``."""
     from qaclims.models import irn as irn_model
@@ -154,6 +178,17 @@ def bench_irn(device: str, batch: int, steps: int, size: tuple[int, int]) -> Non
             f"IRN train step, batch {batch}, crop 512, amp={amp}: {dt * 1e3:.0f} ms "
             f"({batch / dt:.1f} img/s)"
         )
+        if record:
+            speed.append(
+                record,
+                bench="bench_refine.py",
+                what=f"IRN training step, ResNet-50, batch {batch}, crop 512"
+                + (", bf16" if amp else ""),
+                unit="img/s",
+                ours=batch / dt,
+                device=device,
+                threads=None if dev.type == "cuda" else torch.get_num_threads(),
+            )
     net.eval()
     rng = np.random.default_rng(0)
     sem = make_sem_seg.SemSegConfig()
@@ -168,6 +203,16 @@ def bench_irn(device: str, batch: int, steps: int, size: tuple[int, int]) -> Non
         make_sem_seg.segment(net, item, model_cfg, sem, dev)
     rate = len(items) / (time.perf_counter() - t0)
     print(f"make_sem_seg per image {size[0]}x{size[1]} (IRN boundary + walk): {rate:.1f} img/s")
+    if record:
+        speed.append(
+            record,
+            bench="bench_refine.py",
+            what=f"make_sem_seg, ResNet-50 IRN, {size[1]}×{size[0]} (boundary + walk)",
+            unit="img/s",
+            ours=rate,
+            device=device,
+            threads=None if dev.type == "cuda" else torch.get_num_threads(),
+        )
 
 
 def main() -> None:
@@ -189,15 +234,16 @@ def main() -> None:
     p.add_argument("--irn", action="store_true", help="also time IRN training / inference")
     p.add_argument("--irn-batch", type=int, default=32)
     p.add_argument("--irn-steps", type=int, default=5)
+    p.add_argument("--record", default=None, help="append the results to this JSON-lines file")
     a = p.parse_args()
     dev = torch_device(a.device)
     grid = a.walk_grid or ((94, 125) if dev.startswith("cuda") else (32, 40))
     if not a.skip_walk:
-        bench_walk(a.walk_images, grid[0], grid[1], dev)
+        bench_walk(a.walk_images, grid[0], grid[1], dev, a.record)
     if a.irn:
-        bench_irn(dev, a.irn_batch, a.irn_steps, tuple(a.size))
+        bench_irn(dev, a.irn_batch, a.irn_steps, tuple(a.size), a.record)
     if not a.skip_crf:
-        bench_ir_label(a.images, a.size[0], a.size[1], a.threads)
+        bench_ir_label(a.images, a.size[0], a.size[1], a.threads, a.record)
 
 
 if __name__ == "__main__":

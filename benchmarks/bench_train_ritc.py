@@ -146,6 +146,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--gpu", action="store_true", help="ResNet-50 + ViT-L/14 at batch 8 on CUDA")
+    ap.add_argument("--record", default=None, help="append the result to this JSON-lines file")
     a = ap.parse_args()
     ctx = mp.get_context("spawn")
     rows = []
@@ -164,6 +165,23 @@ def main() -> None:
     print("|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['img_per_s']:.2f} | {r['peak_mib']:.0f} |")
+    if a.record:
+        from qaclims.report import speed
+
+        speed.append(
+            a.record,
+            bench="bench_train_ritc.py",
+            what=(
+                "RITC training step, ResNet-50 + ViT-L/14, batch 8, 512 px"
+                if a.gpu
+                else "RITC training step, tiny CAM net + tiny CLIP, batch 8"
+            ),
+            unit="img/s",
+            reference=rows[0]["img_per_s"],
+            ours=rows[1]["img_per_s"],
+            device="cuda" if a.gpu else "cpu",
+            threads=None if a.gpu else int(threads),
+        )
 
 
 if __name__ == "__main__":

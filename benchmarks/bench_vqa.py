@@ -27,6 +27,7 @@ from qaclims.core.config import from_mapping  # noqa: E402
 from qaclims.core.devices import torch_device  # noqa: E402
 from qaclims.core.questions import BG_QUESTIONS, FG_QUESTIONS
 from qaclims.qape import blip, vqa  # noqa: E402
+from qaclims.report import speed  # noqa: E402
 
 CLASSES = ["dog", "cat", "dining table", "tv monitor", "potted plant", "person"]
 WORDS = sorted(
@@ -51,6 +52,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
+    p.add_argument("--record", default=None, help="append the result to this JSON-lines file")
     return p.parse_args()
 
 
@@ -149,6 +151,19 @@ def main() -> None:
     print(f"reference loop : {n / t_ref:8.1f} answers/s ({t_ref:.2f} s)")
     print(f"batched backend: {n / t_new:8.1f} answers/s ({t_new:.2f} s)")
     print(f"speed-up {t_ref / t_new:.1f}x; identical answers {same}/{n}")
+    if a.record:
+        speed.append(
+            a.record,
+            bench="bench_vqa.py",
+            what=f"BLIP VQA, {'tiny' if not a.model else Path(a.model).name} model, "
+            f"{a.image_size} px, {a.num_beams} beams, {str(ans.dtype).removeprefix('torch.')} "
+            f"(same answers: {same}/{n})",
+            unit="answers/s",
+            reference=n / t_ref,
+            ours=n / t_new,
+            device=str(device),
+            threads=None if str(device).startswith("cuda") else torch.get_num_threads(),
+        )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 # What only a GPU shows, in one run (used on a lent GPU machine; also useful on a
 # workstation): CUDA tests, make_cam / random-walk / VQA throughput, and the demo DAG at
 # smoke size with jobs on the GPU. Usage: bash benchmarks/gpu_check.sh OUT_DIR [all|demo]
+# The benchmarks' results go to OUT_DIR/speed.jsonl (with the machine); copy it to
+# benchmarks/records/gpu.jsonl and run `make speed-table` to put them in the README.
 # If .whl/ holds wheels (packages the machine lacks), they are installed to /tmp/site first.
 set -uo pipefail
 OUT=${1:-gpu_check_out}; mkdir -p "$OUT"
@@ -20,10 +22,12 @@ nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch
 step() { echo "=== $1"; shift; /usr/bin/time -f "%e s" "$@" 2>&1 | tee -a "$OUT/gpu_check.log" | tail -25; }
 if [ "${2:-all}" = all ]; then
 step "CUDA tests" python3 -m pytest -q -p no:cacheprovider tests/test_random_walk.py tests/test_vqa.py tests/test_cam_infer.py
-step "make_cam resnet50 500x375 fp32" python3 benchmarks/bench_make_cam.py --device cuda --arch resnet50 --size 500x375 --images 64 --batch-size 16
-step "make_cam resnet50 500x375 bf16" python3 benchmarks/bench_make_cam.py --device cuda --arch resnet50 --size 500x375 --images 64 --batch-size 16 --amp
-step "random walk + IRN" python3 benchmarks/bench_refine.py --device cuda --skip-crf --irn --irn-batch 32 --irn-steps 5
-step "VQA tiny" python3 benchmarks/bench_vqa.py --device cuda --images 32
+REC="$OUT/speed.jsonl"  # the records the README's speed table is made from
+step "make_cam resnet50 500x375 fp32" python3 benchmarks/bench_make_cam.py --device cuda --arch resnet50 --size 500x375 --images 64 --batch-size 16 --record "$REC"
+step "make_cam resnet50 500x375 bf16" python3 benchmarks/bench_make_cam.py --device cuda --arch resnet50 --size 500x375 --images 64 --batch-size 16 --amp --record "$REC"
+step "random walk + IRN" python3 benchmarks/bench_refine.py --device cuda --skip-crf --irn --irn-batch 32 --irn-steps 5 --record "$REC"
+step "VQA tiny" python3 benchmarks/bench_vqa.py --device cuda --images 32 --record "$REC"
+step "RITC step ViT-L/14" python3 benchmarks/bench_train_ritc.py --gpu --steps 5 --record "$REC"
 fi
 step "demo DAG (smoke) on the GPU" python3 -m snakemake --cores 16 --resources gpu=1 --scheduler greedy \
   --configfiles config/config.yaml config/smoke.yaml --directory /tmp/gpu_demo -s Snakefile --workflow-profile none

@@ -4,13 +4,14 @@ the seed benchmark's table, and replaces only what lies between its markers."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from qaclims.core.errors import DataError
-from qaclims.report import readme
+from qaclims.report import readme, speed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +103,54 @@ def test_experiments_block_from_the_comparison_and_the_recorded_time(tmp_path: P
     assert readme.replace_block(doc, text, markers=markers) == f"a\n{text}\nb\n"
     with pytest.raises(DataError, match="comparison.csv is missing"):
         readme.experiments_block(tmp_path / "nothing")
+
+
+def _rec(**kw: object) -> dict[str, object]:
+    base = {"bench": "b.py", "what": "w", "unit": "img/s", "reference": 2.0, "ours": 8.0,
+            "device": "cpu", "threads": 2, "machine": "CPU X, 2 CPUs", "torch": "2.9",
+            "date": "2026-12-06", "commit": "abc1234"}  # fmt: skip
+    return base | kw
+
+
+def test_speed_records_make_the_table_latest_record_per_row(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    rec = speed.append(path, bench="b.py", what="w", unit="img/s", ours=8.0, reference=2.0,
+                       threads=2)  # fmt: skip
+    assert speed.read([path]) == [rec] and rec["device"] == "cpu" and rec["machine"]
+    recs = [
+        _rec(ours=3.0),  # replaced by the next record of the same row
+        _rec(),
+        _rec(what="t", unit="ms/img", reference=7.5, ours=2.5),  # times: reference / ours
+        _rec(what="g", device="NVIDIA H200", threads=None, reference=None, ours=134.0,
+             machine="CPU Y, 16 CPUs"),  # fmt: skip
+    ]
+    text = speed.table(recs)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == [
+        "| g | NVIDIA H200 |  | 134 img/s |  |",  # GPU rows first
+        "| w | cpu, 2 threads | 2 img/s | 8 img/s | 4.00× |",
+        "| t | cpu, 2 threads | 7.5 ms/img | 2.5 ms/img | 3.00× |",
+    ]
+    assert "CPU X, 2 CPUs (torch 2.9, 2026-12-06, commit abc1234)" in text
+    assert "CPU Y, 16 CPUs" in text
+    with pytest.raises(ValueError, match="ours must be positive"):
+        speed.append(path, bench="b", what="w", unit="img/s", ours=float("nan"))
+    path.write_text('{"bench": "b"}\nnot json\n')
+    with pytest.raises(DataError, match=r"r\.jsonl:1: a speed record lacks \['what'"):
+        speed.read([path])
+    path.write_text(json.dumps(_rec()) + "\nnot json\n")
+    with pytest.raises(DataError, match=r"r\.jsonl:2: not JSON"):
+        speed.read([path])
+    with pytest.raises(DataError, match="do not exist"):
+        speed.read([tmp_path / "none.jsonl"])
+
+
+def test_the_readme_speed_table_is_the_one_its_records_make() -> None:
+    text = (ROOT / "README.md").read_text()
+    records = sorted((ROOT / "benchmarks" / "records").glob("*.jsonl"))
+    assert records, "benchmarks/records/ holds the README's speed records"
+    rel = [p.relative_to(ROOT) for p in records]
+    want = speed.block(rel)
+    assert text.count(speed.BEGIN) == 1 and want in text
+    r = subprocess.run(["make", "-n", "speed-table"], cwd=ROOT, capture_output=True, text=True)
+    assert "-m qaclims.report.readme --speed benchmarks/records/*.jsonl --write README.md" in r.stdout

@@ -17,6 +17,10 @@ block between ``<!-- experiments-figures:begin -->`` and ``<!-- experiments-figu
 instead: the comparison of the run's experiment (rule ``compare_experiments``), one row per
 variant, mean ± sd (n seeds) and the change against the reference, with the wall time and
 jobs ``benchmarks/bench_experiments.py`` recorded.
+
+``python -m qaclims.report.readme --speed benchmarks/records/speed.jsonl [--write README.md]``
+makes the speed table between ``<!-- speed:begin -->`` and ``<!-- speed:end -->`` from the
+benchmarks' records (:mod:`qaclims.report.speed`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import pandas as pd
 import yaml
 
 from qaclims.core.errors import DataError
+from qaclims.report import speed
 from qaclims.report.summary import collect
 
 BEGIN, END = "<!-- demo-figures:begin -->", "<!-- demo-figures:end -->"
@@ -96,21 +101,11 @@ def provenance(run_dir: Path) -> str:
     took = (
         f"; `make demo` took {int(wall.read_text().strip()) / 60:.1f} min" if wall.is_file() else ""
     )
-    cpu = _cpu_model()
+    cpu = speed.cpu_model()
     return (
         f"Run of {when} on {platform.system()} {platform.machine()} ({cpu}, {os.cpu_count()} CPUs, "
         f"no GPU), torch training threads {threads}; seeds: {seeds or 'as shipped'}{took}."
     )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def seed_table(seeds_dir: Path) -> str:
@@ -227,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=None, help="run folder of bench_demo_seeds.py")
     ap.add_argument("--write", default=None, help="README to update in place")
     ap.add_argument("--experiments", action="store_true", help="the experiments block instead")
+    ap.add_argument("--speed", nargs="+", default=None, help="speed record files: that block")
     args = ap.parse_args(argv)
-    if args.experiments:
+    if args.speed:
+        text, markers = speed.block(args.speed), (speed.BEGIN, speed.END)
+    elif args.experiments:
         text, markers = experiments_block(Path(args.run_dir)), (EXP_BEGIN, EXP_END)
     else:
         text = block(Path(args.run_dir), Path(args.seeds) if args.seeds else None)
