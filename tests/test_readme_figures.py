@@ -121,15 +121,21 @@ def test_speed_records_make_the_table_latest_record_per_row(tmp_path: Path) -> N
         _rec(ours=3.0),  # replaced by the next record of the same row
         _rec(),
         _rec(what="t", unit="ms/img", reference=7.5, ours=2.5),  # times: reference / ours
-        _rec(what="g", device="NVIDIA H200", threads=None, reference=None, ours=134.0,
-             machine="CPU Y, 16 CPUs"),  # fmt: skip
+        _rec(
+            what="g",
+            device="NVIDIA H200",
+            threads=None,
+            reference=None,
+            ours=134.0,
+            machine="CPU Y, 16 CPUs",
+        ),  # fmt: skip
     ]
     text = speed.table(recs)
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:] == [
         "| g | NVIDIA H200 |  | 134 img/s |  |",  # GPU rows first
-        "| w | cpu, 2 threads | 2 img/s | 8 img/s | 4.00× |",
-        "| t | cpu, 2 threads | 7.5 ms/img | 2.5 ms/img | 3.00× |",
+        "| w | cpu, 2 threads | 2.00 img/s | 8.00 img/s | 4.00× |",
+        "| t | cpu, 2 threads | 7.50 ms/img | 2.50 ms/img | 3.00× |",
     ]
     assert "CPU X, 2 CPUs (torch 2.9, 2026-12-06, commit abc1234)" in text
     assert "CPU Y, 16 CPUs" in text
@@ -153,4 +159,5 @@ def test_the_readme_speed_table_is_the_one_its_records_make() -> None:
     want = speed.block(rel)
     assert text.count(speed.BEGIN) == 1 and want in text
     r = subprocess.run(["make", "-n", "speed-table"], cwd=ROOT, capture_output=True, text=True)
-    assert "-m qaclims.report.readme --speed benchmarks/records/*.jsonl --write README.md" in r.stdout
+    recipe = "-m qaclims.report.readme --speed benchmarks/records/*.jsonl --write README.md"
+    assert recipe in r.stdout

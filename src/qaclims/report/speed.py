@@ -130,7 +130,7 @@ def _lower_is_better(unit: str) -> bool:
 
 
 def _num(v: float) -> str:
-    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+    return f"{v:#.3g}" if v < 100 else f"{v:.0f}"
 
 
 def table(records: list[dict[str, Any]]) -> str:
@@ -159,10 +159,7 @@ def table(records: list[dict[str, Any]]) -> str:
             up = f"{(ref / ours if _lower_is_better(unit) else ours / ref):.2f}×"
         lines.append(f"| {r['what']} | {dev} | {ref_s} | {_num(ours)} {unit} | {up} |")
     where = sorted(
-        {
-            (r["machine"], r["torch"] or "no torch", r["date"], r["commit"] or "?")
-            for r in order
-        }
+        {(r["machine"], r["torch"] or "no torch", r["date"], r["commit"] or "?") for r in order}
     )
     notes = "; ".join(f"{m} (torch {t}, {d}, commit {c})" for m, t, d, c in where)
     return "\n".join(lines) + f"\n\nMeasured on {notes}."
