@@ -6,7 +6,7 @@ runs :func:`qaclims.data.dataset.run` once per ``--workers`` value into a fresh 
 and prints seconds and the speed-up over the first value. The dataset rule passes its
 job's threads as ``workers`` (``threads.cpu_shard``).
 
-    python benchmarks/bench_dataset.py --images 2000 --workers 1 2 4 8
+    python benchmarks/bench_dataset.py --images 2000 --workers 1 2 4 8 [--record FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from qaclims.data import dataset as datasets
+from qaclims.report import speed
 
 
 def fake_coco(root: Path, n: int, anns: int, rng: np.random.Generator) -> None:
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--anns", type=int, default=7, help="annotations per image (COCO: ~7)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--record", default=None, help="append the results to this JSON-lines file")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -70,6 +72,17 @@ def main() -> None:
             dt = time.perf_counter() - t0
             first = first or dt
             print(f"{w:>8} {dt:>8.2f} {first / dt:>8.2f}x")
+            if args.record and w != args.workers[0]:
+                speed.append(
+                    args.record,
+                    bench="bench_dataset.py",
+                    what=f"dataset, COCO masks + manifest, {args.images} images of 640×480, "
+                    f"{args.anns} polygons each (reference: {args.workers[0]} worker)",
+                    unit="img/s",
+                    reference=args.images / first,
+                    ours=args.images / dt,
+                    threads=w,
+                )
 
 
 if __name__ == "__main__":

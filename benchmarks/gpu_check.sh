@@ -28,6 +28,8 @@ step "make_cam resnet50 500x375 bf16" python3 benchmarks/bench_make_cam.py --dev
 step "random walk + IRN" python3 benchmarks/bench_refine.py --device cuda --skip-crf --irn --irn-batch 32 --irn-steps 5 --record "$REC"
 step "VQA tiny" python3 benchmarks/bench_vqa.py --device cuda --images 32 --record "$REC"
 step "RITC step ViT-L/14" python3 benchmarks/bench_train_ritc.py --gpu --steps 5 --record "$REC"
+# not a GPU figure: the dataset stage's worker scaling, where the machine has 8+ cores
+step "dataset 1 vs 8 workers" python3 benchmarks/bench_dataset.py --images 2000 --workers 1 8 --record "$REC"
 fi
 step "demo DAG (smoke) on the GPU" python3 -m snakemake --cores 16 --resources gpu=1 --scheduler greedy \
   --configfiles config/config.yaml config/smoke.yaml --directory /tmp/gpu_demo -s Snakefile --workflow-profile none
