@@ -18,7 +18,7 @@ instead: the comparison of the run's experiment (rule ``compare_experiments``), 
 variant, mean ± sd (n seeds) and the change against the reference, with the wall time and
 jobs ``benchmarks/bench_experiments.py`` recorded.
 
-``python -m qaclims.report.readme --speed benchmarks/records/speed.jsonl [--write README.md]``
+``python -m qaclims.report.readme --speed benchmarks/records/*.jsonl [--write README.md]``
 makes the speed table between ``<!-- speed:begin -->`` and ``<!-- speed:end -->`` from the
 benchmarks' records (:mod:`qaclims.report.speed`).
 """
