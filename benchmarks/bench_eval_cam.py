@@ -123,6 +123,7 @@ def main(n: int, record: str | None = None) -> None:
             unit="ms/img",
             reference=ms["reference style, one threshold (float32 .npy)"],
             ours=ms["this project, one threshold (format 2)"],
+            threads=None,  # numpy, one process
         )
 
 

@@ -144,7 +144,6 @@ def bench_walk(n: int, h: int, w: int, device: str, record: str | None) -> None:
             reference=dense,
             ours=sparse,
             device=device,
-            threads=None if device.startswith("cuda") else torch.get_num_threads(),
         )
 
 
@@ -187,7 +186,6 @@ def bench_irn(
                 unit="img/s",
                 ours=batch / dt,
                 device=device,
-                threads=None if dev.type == "cuda" else torch.get_num_threads(),
             )
     net.eval()
     rng = np.random.default_rng(0)
@@ -211,7 +209,6 @@ def bench_irn(
             unit="img/s",
             ours=rate,
             device=device,
-            threads=None if dev.type == "cuda" else torch.get_num_threads(),
         )
 
 

@@ -162,7 +162,6 @@ def main() -> None:
             reference=n / t_ref,
             ours=n / t_new,
             device=str(device),
-            threads=None if str(device).startswith("cuda") else torch.get_num_threads(),
         )
 
 

@@ -117,6 +117,13 @@ def test_speed_records_make_the_table_latest_record_per_row(tmp_path: Path) -> N
     rec = speed.append(path, bench="b.py", what="w", unit="img/s", ours=8.0, reference=2.0,
                        threads=2)  # fmt: skip
     assert speed.read([path]) == [rec] and rec["device"] == "cpu" and rec["machine"]
+    torch = pytest.importorskip("torch")
+    default = speed.append(path, bench="b.py", what="v", unit="img/s", ours=1.0)
+    assert default["threads"] == torch.get_num_threads() and default["reference"] is None
+    assert (
+        speed.append(path, bench="b.py", what="v", unit="img/s", ours=1.0, threads=None)["threads"]
+        is None
+    )
     recs = [
         _rec(ours=3.0),  # replaced by the next record of the same row
         _rec(),

@@ -67,12 +67,14 @@ def append(
     ours: float,
     reference: float | None = None,
     device: str = "cpu",
-    threads: int | None = None,
+    threads: int | None | str = "torch",
 ) -> dict[str, Any]:
     """Append one record (see the module doc) to the JSON-lines file ``path``; returns it.
 
     ``ours``/``reference``: positive finite rates or times in ``unit``; ``device``: ``cpu`` or
-    ``cuda[:i]`` (recorded as the GPU's name)."""
+    ``cuda[:i]`` (recorded as the GPU's name); ``threads``: CPU threads or worker processes of
+    the measurement, ``None``, or ``"torch"`` (default): torch's thread count on the CPU, none
+    on a GPU."""
     for name, v in (("ours", ours), ("reference", reference)):
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ValueError(f"speed record {what!r}: {name} must be positive, got {v}")
@@ -80,10 +82,14 @@ def append(
         import torch
 
         version: str | None = torch.__version__
+        if threads == "torch":
+            threads = None if device.startswith("cuda") else torch.get_num_threads()
         if device.startswith("cuda"):
             device = torch.cuda.get_device_name(torch.device(device))
     except ImportError:
         version = None
+    if isinstance(threads, str):
+        threads = None
     rec = {
         "bench": bench,
         "what": what,
