@@ -146,3 +146,26 @@ def test_torch_device_resolves_idempotently() -> None:
     assert devices.torch_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="gpu0"):
         devices.torch_device("gpu0")
+
+
+def _square_sum(xs: list[int]) -> int:
+    if 13 in xs:
+        raise ValueError("thirteen in the chunk")
+    return sum(x * x for x in xs)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_run_chunks_returns_each_chunks_result_in_order(workers: int) -> None:
+    from qaclims.core import parallel
+
+    items = list(range(10))
+    assert parallel.chunks(items, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    got = parallel.run_chunks(_square_sum, items, workers, desc="t", chunk_size=4)
+    assert got == [0 + 1 + 4 + 9, 16 + 25 + 36 + 49, 64 + 81]
+    default = parallel.run_chunks(_square_sum, items, workers, desc="t")
+    assert sum(default) == sum(x * x for x in items)  # every item once, whatever the cut
+    assert parallel.run_chunks(_square_sum, [], workers, desc="t") == []
+    with pytest.raises(ValueError, match="thirteen"):
+        parallel.run_chunks(_square_sum, list(range(20)), workers, desc="t", chunk_size=2)
+    with pytest.raises(ValueError, match="chunk size"):
+        parallel.chunks(items, 0)

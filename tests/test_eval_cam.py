@@ -120,13 +120,15 @@ def random_case(tmp_path: Path, seed: int) -> tuple[Path, list[Path], list]:
     return man, [tmp_path / "shard0", tmp_path / "shard1"], cases
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_sweep_equals_single_threshold_runs(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "workers"), [(0, 1), (1, 1), (0, 2)])
+def test_sweep_equals_single_threshold_runs(tmp_path: Path, seed: int, workers: int) -> None:
     man, dirs, cases = random_case(tmp_path, seed)
     thresholds = (0.5, 0.1, 0.25, 0.3, 0.75, 0.0, 1.0)  # unsorted, some on the 1/8 grid
     cfg = eval_cam.EvalCamConfig(threshold=0.25, thresholds=thresholds)
     o = tmp_path / "o"
-    s = eval_cam.run(man, dirs, CLASSES, cfg, o / "s.json", o / "p.parquet", o / "w.parquet")
+    s = eval_cam.run(
+        man, dirs, CLASSES, cfg, o / "s.json", o / "p.parquet", o / "w.parquet", workers=workers
+    )
     sweep = pd.read_parquet(o / "w.parquet")
     assert list(sweep["threshold"]) == sorted(thresholds)
     for t in thresholds:
@@ -304,3 +306,29 @@ def test_sweep_of_levels_with_more_thresholds_than_a_byte_holds_equals_direct() 
         for j, t in enumerate(thresholds):
             direct[j] += metrics.confusion(gt, eval_cam.cam_to_label(levels, keys, t), n)
     np.testing.assert_array_equal(sw.confusions(), direct)
+
+
+def test_label_scores_of_worker_processes_equal_one_process(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(9):
+        gt = rng.integers(0, 3, (5, 6)).astype(np.uint8)
+        gt[0, i % 6] = 255
+        pred = rng.integers(0, 3, (5, 6)).astype(np.uint8)
+        pred[1, i % 6] = 255  # holes: coverage below 1
+        io.write_label_png(tmp_path / "gt" / f"i{i}.png", gt)
+        io.write_label_png(tmp_path / f"p{i % 2}" / f"i{i}.png", pred)
+        rows.append((f"i{i}", str(tmp_path / "gt" / f"i{i}.png")))
+    man = write_manifest(tmp_path / "m.parquet", rows)
+    dirs = [tmp_path / "p0", tmp_path / "p1"]
+    out = [(tmp_path / f"s{w}.json", tmp_path / f"pc{w}.pq") for w in (1, 2)]
+    one, two = (
+        evaluate.run_labels(man, dirs, CLASSES[:2], *o, ignore_pred_255="exclude", workers=w)
+        for w, o in zip((1, 2), out, strict=True)
+    )
+    assert one == two and 0 < one["coverage"] < 1
+    pd.testing.assert_frame_equal(pd.read_parquet(out[0][1]), pd.read_parquet(out[1][1]))
+    # an error in a worker's chunk stops the run and names the file
+    io.write_label_png(tmp_path / "p0" / "i8.png", np.zeros((2, 2), np.uint8))
+    with pytest.raises(DataError, match=r"p0/i8\.png has shape"):
+        evaluate.run_labels(man, dirs, CLASSES[:2], *out[1], ignore_pred_255="exclude", workers=2)

@@ -71,7 +71,7 @@ rule eval_cam:
         LOG("eval_cam", "{model}_{split}.log"),
     conda:
         "../../envs/torch.yaml"
-    threads: 1
+    threads: config["threads"]["cpu_shard"]
     params:
         code=code("eval_cam"),
         cfg=result_cfg("eval_cam"),

@@ -70,7 +70,7 @@ rule eval_deeplab:
         variant="crf|nocrf",
     conda:
         "../../envs/torch.yaml"
-    threads: 1
+    threads: config["threads"]["cpu_shard"]
     params:
         code=code("eval_labels"),
         mode="error",

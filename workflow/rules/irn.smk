@@ -35,7 +35,7 @@ rule eval_seeds:
         LOG("eval_seeds", "{model}_{split}.log"),
     conda:
         "../../envs/torch.yaml"
-    threads: 1
+    threads: config["threads"]["cpu_shard"]
     params:
         code=code("eval_labels"),
         mode="exclude",
@@ -109,7 +109,7 @@ rule eval_sem_seg:
         LOG("eval_sem_seg", "{model}_{split}.log"),
     conda:
         "../../envs/torch.yaml"
-    threads: 1
+    threads: config["threads"]["cpu_shard"]
     params:
         code=code("eval_labels"),
         mode="error",

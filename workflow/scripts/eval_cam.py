@@ -15,4 +15,5 @@ with job(snakemake):
         out_per_class=Path(snakemake.output.per_class),
         out_sweep=Path(snakemake.output.sweep),
         split=snakemake.wildcards.split,
+        workers=snakemake.threads,
     )

@@ -13,4 +13,5 @@ with job(snakemake):
         out_per_class=Path(snakemake.output.per_class),
         ignore_pred_255=snakemake.params.mode,
         split=snakemake.wildcards.split,
+        workers=snakemake.threads,
     )

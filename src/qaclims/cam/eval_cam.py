@@ -20,6 +20,7 @@ threshold is tuned on GT and its mIoU is an upper bound, flagged as such in the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -29,10 +30,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from qaclims.artifacts import camfile
-from qaclims.core import io
+from qaclims.core import io, parallel
 from qaclims.core.config import setting
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.evaluation.eval_labels import (
@@ -224,19 +224,35 @@ def read_cam(
     return keys, cam
 
 
+def _sweep_hist(pairs: list[tuple[str, Path]], num_fg: int, cfg: EvalCamConfig) -> np.ndarray:
+    """The sweep histogram (see :class:`ThresholdSweep`, fixed threshold last) of ``pairs``
+    of (GT path, CAM file)."""
+    sweep = ThresholdSweep([*cfg.thresholds, cfg.threshold], num_fg + 1)
+    for gt_path, cam_path in pairs:
+        gt = read_gt(gt_path, num_fg + 1)
+        keys, cam = read_cam(cam_path, num_fg, gt.shape, cfg.use_strided)
+        sweep.update(gt, cam, keys)
+    return sweep.hist
+
+
 def score_cams(
-    gt_paths: Sequence[str], cam_paths: Sequence[Path], num_fg: int, cfg: EvalCamConfig
+    gt_paths: Sequence[str],
+    cam_paths: Sequence[Path],
+    num_fg: int,
+    cfg: EvalCamConfig,
+    workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split confusions: fixed threshold ``n x n`` and sweep ``T x n x n`` (``n = num_fg + 1``).
 
     The fixed threshold rides along as one more threshold of the sweep: one histogram per
-    image gives both (equal to :func:`cam_to_label` + confusion at each threshold)."""
+    image gives both (equal to :func:`cam_to_label` + confusion at each threshold). With
+    ``workers > 1`` chunks of images are scored in forked processes and their integer
+    histograms summed: the same confusions as one process."""
     sweep = ThresholdSweep([*cfg.thresholds, cfg.threshold], num_fg + 1)
-    pairs = zip(gt_paths, cam_paths, strict=True)
-    for gt_path, cam_path in tqdm(pairs, total=len(gt_paths), desc="eval_cam", unit="img"):
-        gt = read_gt(gt_path, num_fg + 1)
-        keys, cam = read_cam(cam_path, num_fg, gt.shape, cfg.use_strided)
-        sweep.update(gt, cam, keys)
+    pairs = list(zip(gt_paths, cam_paths, strict=True))
+    part = functools.partial(_sweep_hist, num_fg=num_fg, cfg=cfg)
+    for hist in parallel.run_chunks(part, pairs, workers, desc="eval_cam"):
+        sweep.hist += hist
     confs = sweep.confusions()
     return confs[-1], confs[:-1]
 
@@ -272,6 +288,7 @@ def run(
     out_per_class: Path,
     out_sweep: Path,
     split: str | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Evaluate ``<cam_dir>/<image_id>.npz`` CAMs of the manifest images that have GT.
 
@@ -288,6 +305,8 @@ def run(
             at ``cfg.threshold`` (``"background"`` first).
         out_sweep: Parquet ``threshold, miou, pixel_accuracy, predicted_fg_on_bg``.
         split: split name recorded in the summary.
+        workers: processes scoring the images (the job's threads; the figures do not depend
+            on it).
 
     Returns:
         The summary dict as written.
@@ -295,7 +314,7 @@ def run(
     rows, n_manifest = evaluated_rows(Path(manifest))
     cams = match_files(list(rows["image_id"]), [Path(d) for d in cam_dirs], ".npz")
     log.info("eval_cam: %d of %d images of %s have GT", len(rows), n_manifest, manifest)
-    conf, confs = score_cams(list(rows["gt_path"]), cams, len(classes), cfg)
+    conf, confs = score_cams(list(rows["gt_path"]), cams, len(classes), cfg, workers)
     sweep = sweep_frame(cfg.thresholds, confs)
     best_t, best_m = best_of_sweep(sweep)
     summary = base_summary(conf, len(rows), n_manifest, split)

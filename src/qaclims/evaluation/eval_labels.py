@@ -22,6 +22,7 @@ the summary / per-class outputs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -31,10 +32,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from qaclims.artifacts.shards import files_for
-from qaclims.core import io
+from qaclims.core import io, parallel
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.evaluation.metrics import (
     IGNORE_INDEX,
@@ -198,14 +198,11 @@ def _score_one(gt: np.ndarray, pred: np.ndarray, mode: str, scores: LabelScores)
         scores.main += confusion(gt, filled, n)
 
 
-def score_labels(
-    gt_paths: Sequence[str], pred_paths: Sequence[Path], num_classes: int, mode: str
-) -> LabelScores:
-    """Score each prediction PNG against its GT PNG; errors name the offending file."""
+def _score_chunk(pairs: list[tuple[str, Path]], num_classes: int, mode: str) -> LabelScores:
+    """:class:`LabelScores` of ``pairs`` of (GT path, prediction PNG)."""
     z = np.zeros((num_classes, num_classes), dtype=np.int64)
     scores = LabelScores(z, z.copy())
-    pairs = zip(gt_paths, pred_paths, strict=True)
-    for gt_path, pred_path in tqdm(pairs, total=len(gt_paths), desc="evaluate", unit="img"):
+    for gt_path, pred_path in pairs:
         gt = read_gt(gt_path, num_classes)
         pred = _read_pred(pred_path, gt.shape, gt_path)
         try:
@@ -213,6 +210,26 @@ def score_labels(
         except ValueError as e:
             raise DataError(f"prediction {pred_path}: {e} (ignore_pred_255={mode})") from e
     return scores
+
+
+def score_labels(
+    gt_paths: Sequence[str],
+    pred_paths: Sequence[Path],
+    num_classes: int,
+    mode: str,
+    workers: int = 1,
+) -> LabelScores:
+    """Score each prediction PNG against its GT PNG; errors name the offending file. With
+    ``workers > 1`` chunks are scored in forked processes and their counts summed."""
+    z = np.zeros((num_classes, num_classes), dtype=np.int64)
+    total = LabelScores(z, z.copy())
+    pairs = list(zip(gt_paths, pred_paths, strict=True))
+    part = functools.partial(_score_chunk, num_classes=num_classes, mode=mode)
+    for s in parallel.run_chunks(part, pairs, workers, desc="evaluate"):
+        total.main += s.main
+        total.covered += s.covered
+        total.labelled += s.labelled
+    return total
 
 
 def run_labels(
@@ -223,6 +240,7 @@ def run_labels(
     out_per_class: Path,
     ignore_pred_255: str = "error",
     split: str | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Score ``<pred_dir>/<image_id>.png`` predictions of a split; write summary + per-class.
 
@@ -237,6 +255,8 @@ def run_labels(
             (``"background"`` first) of the main confusion.
         ignore_pred_255: ``"error" | "exclude" | "as_background"``.
         split: split name recorded in the summary.
+        workers: processes scoring the images (the job's threads; the figures do not depend
+            on it).
 
     Returns:
         The summary dict as written.
@@ -245,7 +265,9 @@ def run_labels(
     rows, n_manifest = evaluated_rows(Path(manifest))
     preds = match_files(list(rows["image_id"]), [Path(d) for d in pred_dirs], ".png")
     log.info("scoring %d of %d images of %s (those with GT)", len(rows), n_manifest, manifest)
-    scores = score_labels(list(rows["gt_path"]), preds, len(classes) + 1, cfg.ignore_pred_255)
+    scores = score_labels(
+        list(rows["gt_path"]), preds, len(classes) + 1, cfg.ignore_pred_255, workers
+    )
     summary = base_summary(scores.main, len(rows), n_manifest, split)
     summary |= {
         "ignore_pred_255": cfg.ignore_pred_255,
