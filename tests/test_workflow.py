@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,30 @@ def test_paper_configs_dry_run_on_fake_trees(tmp_path: Path, name: str) -> None:
     assert set(jobs) >= {"infer_deeplab", "eval_deeplab"}  # DeepLab is scored on val
     assert jobs["vqa"] == cfg["shards"]  # fg and bg in one job per shard
     assert "dataset" not in jobs  # already built
+
+
+def test_the_slurm_profile_sets_the_cpus_of_every_multi_threaded_rule(tmp_path: Path) -> None:
+    # a rule whose config threads exceed 1 but that the profile leaves out asks SLURM for the
+    # workstation's thread count; on a small partition such a job pends forever
+    data = tmp_path / "data"
+    fake_voc(data, {"train_aug": ["a", "b", "c"], "train": ["a", "b"], "val": ["d"]})
+    cfg_file = ROOT / "config" / "voc12.yaml"
+    fake_checkpoints(tmp_path, cfg_file)
+    over = write_overlay(tmp_path / "o.yaml", {"dataset": {"root": str(data)}})
+    out = snakemake(tmp_path, "-n", "--cores", "64", configfiles=(cfg_file, over)).stdout
+    threads: dict[str, int] = {}
+    rule = ""
+    for line in out.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            rule = m.group(1)
+        m = re.match(r"^threads: (\d+)$", line.strip())
+        if m and rule:
+            threads[rule] = max(threads.get(rule, 0), int(m.group(1)))
+    assert {"eval_cam", "cam_to_ir_label", "make_cam"} <= set(threads), sorted(threads)
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.v8+.yaml").read_text())
+    missing = sorted(r for r, n in threads.items() if n > 1 and r not in profile["set-threads"])
+    assert not missing, missing
 
 
 @pytest.fixture(scope="module")

@@ -150,7 +150,8 @@ WORKFLOW: dict[str, Any] = {
                 "type": "integer",
                 "minimum": 1,
                 "default": 4,
-                "description": "Threads (worker processes) of each CPU shard (cam_to_ir_label).",
+                "description": "Threads (worker processes) of each CPU job over images: "
+                "cam_to_ir_label shards, the dataset build and the evaluations.",
             },
             "train_torch": {
                 "type": "integer",
