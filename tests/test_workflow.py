@@ -203,7 +203,7 @@ def test_paper_configs_dry_run_on_fake_trees(tmp_path: Path, name: str) -> None:
     assert "dataset" not in jobs  # already built
 
 
-def test_the_slurm_profile_sets_the_cpus_of_every_multi_threaded_rule(tmp_path: Path) -> None:
+def test_the_slurm_profile_covers_every_multi_threaded_and_gpu_rule(tmp_path: Path) -> None:
     # a rule whose config threads exceed 1 but that the profile leaves out asks SLURM for the
     # workstation's thread count; on a small partition such a job pends forever
     data = tmp_path / "data"
@@ -211,8 +211,11 @@ def test_the_slurm_profile_sets_the_cpus_of_every_multi_threaded_rule(tmp_path: 
     cfg_file = ROOT / "config" / "voc12.yaml"
     fake_checkpoints(tmp_path, cfg_file)
     over = write_overlay(tmp_path / "o.yaml", {"dataset": {"root": str(data)}})
-    out = snakemake(tmp_path, "-n", "--cores", "64", configfiles=(cfg_file, over)).stdout
+    ablations = ROOT / "config" / "ablations-voc12.yaml"  # the experiment cells' twin rules
+    files = (cfg_file, ablations, over)
+    out = snakemake(tmp_path, "-n", "--cores", "64", configfiles=files).stdout
     threads: dict[str, int] = {}
+    gpu_rules: set[str] = set()
     rule = ""
     for line in out.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
@@ -221,10 +224,17 @@ def test_the_slurm_profile_sets_the_cpus_of_every_multi_threaded_rule(tmp_path: 
         m = re.match(r"^threads: (\d+)$", line.strip())
         if m and rule:
             threads[rule] = max(threads.get(rule, 0), int(m.group(1)))
-    assert {"eval_cam", "cam_to_ir_label", "make_cam"} <= set(threads), sorted(threads)
+        if rule and re.match(r"^resources: .*\bgpu=[1-9]", line.strip()):
+            gpu_rules.add(rule)
+    assert {"eval_cam", "eval_cam_cell", "train_ritc_cell", "cam_to_ir_label"} <= set(threads)
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.v8+.yaml").read_text())
     missing = sorted(r for r, n in threads.items() if n > 1 and r not in profile["set-threads"])
     assert not missing, missing
+    # and every GPU rule, twins included, goes to the GPU partition
+    assert {"train_ritc", "train_ritc_cell", "make_cam_cell"} <= gpu_rules, sorted(gpu_rules)
+    res = profile["set-resources"]
+    off = sorted(r for r in gpu_rules if res.get(r, {}).get("slurm_partition") != "gpu")
+    assert not off, off
 
 
 @pytest.fixture(scope="module")
