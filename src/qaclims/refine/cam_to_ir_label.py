@@ -18,19 +18,16 @@ config; the folder is renamed to ``out_dir`` at the end.
 
 from __future__ import annotations
 
-import functools
 import logging
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from qaclims.artifacts.camfile import find_cam_files, read_cam
 from qaclims.artifacts.partial import PartialDir
+from qaclims.core import parallel
 from qaclims.core.config import setting, to_dict
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import files_digest, read_image, read_parquet, write_label_png
@@ -111,31 +108,9 @@ def label_image(image_path: str, cam_path: str, out_path: str, cfg: IrLabelConfi
     write_label_png(out_path, confident_labels(image, cams, keys, cfg))
 
 
-def _job(args: tuple[str, str, str, IrLabelConfig]) -> str:
-    label_image(*args)
-    return args[2]
-
-
-def _label_all(jobs: list[tuple[str, str, str, IrLabelConfig]], threads: int) -> None:
-    """Run ``jobs`` inline (``threads <= 1``) or in ``threads`` forked worker processes.
-
-    Fork, not spawn/forkserver: those re-run the ``__main__`` script in every child, and
-    the workflow's scripts are not ``__main__``-guarded. All workers are forked at the
-    first submit, before the progress bar starts its thread.
-    """
-    bar = functools.partial(tqdm, total=len(jobs), desc="cam_to_ir_label", unit="img")
-    if threads <= 1 or len(jobs) <= 1:
-        for _ in bar(map(_job, jobs)):
-            pass
-        return
-    with ProcessPoolExecutor(max_workers=threads, mp_context=get_context("fork")) as ex:
-        futures = [ex.submit(_job, j) for j in jobs]
-        try:
-            for f in bar(as_completed(futures)):
-                f.result()
-        except BaseException:
-            ex.shutdown(wait=True, cancel_futures=True)
-            raise
+def _label_chunk(jobs: list[tuple[str, str, str, IrLabelConfig]]) -> None:
+    for job in jobs:
+        label_image(*job)
 
 
 def shard_partial(
@@ -187,5 +162,6 @@ def run(
         len(jobs),
         threads,
     )
-    _label_all(jobs, threads)
+    # one image per task: CRF cost varies with the image, so workers take the next as they finish
+    parallel.run_chunks(_label_chunk, jobs, threads, desc="cam_to_ir_label", chunk_size=1)
     part.finish()
