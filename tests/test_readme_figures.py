@@ -162,6 +162,12 @@ def test_the_readme_speed_table_is_the_one_its_records_make() -> None:
     text = (ROOT / "README.md").read_text()
     records = sorted((ROOT / "benchmarks" / "records").glob("*.jsonl"))
     assert records, "benchmarks/records/ holds the README's speed records"
+    # A fresh clone gets only what git tracks: an ignored record would leave the
+    # README's table without its source there (stop 22's CI failed on exactly this).
+    ignored = subprocess.run(
+        ["git", "check-ignore", *map(str, records)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert ignored.returncode == 1, f"git ignores speed records: {ignored.stdout}"
     rel = [p.relative_to(ROOT) for p in records]
     want = speed.block(rel)
     assert text.count(speed.BEGIN) == 1 and want in text
