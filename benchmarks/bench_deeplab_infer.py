@@ -9,7 +9,7 @@ tiny net on a synthetic colour-block set and prints the resulting val mIoU (a "d
 learn" figure for the demo config).
 
 Usage: ``python benchmarks/bench_deeplab_infer.py [--arch tiny|resnet101] [--device cpu]
-[--images 3] [--batch 2] [--crop 321] [--demo]``. Weights are random (nothing is
+[--images 3] [--batch 2] [--crop 321] [--demo] [--record FILE]``. Weights are random (nothing is
 downloaded); speed does not depend on them.
 """
 
@@ -145,16 +145,32 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--crop", type=int, default=321)
     p.add_argument("--demo", type=int, default=0, help="demo training steps (0: skip)")
+    p.add_argument("--record", default=None, help="append the results to this JSON-lines file")
     a = p.parse_args()
     dev = torch.device(torch_device(a.device))
     torch.manual_seed(0)
     net = dlm.build_model(model_cfg(a.arch), 21).to(dev).eval()
     print(f"arch {a.arch} on {dev}, {torch.get_num_threads()} threads, image {H}x{W}")
-    print(f"infer 3 scales:        {time_infer(net, dev, a.images, False):.3f} s/img")
+    infer = time_infer(net, dev, a.images, False)
+    print(f"infer 3 scales:        {infer:.3f} s/img")
     print(f"infer 3 scales + flip: {time_infer(net, dev, a.images, True):.3f} s/img")
     print(f"dense CRF (21 cls):    {time_crf(a.images):.3f} s/img")
     step = time_train(net, dev, a.batch, a.crop, 2)
     print(f"train step (MSC, batch {a.batch}, crop {a.crop}): {step:.3f} s")
+    if a.record:
+        from qaclims.report import speed
+
+        # the paper's network (DeepLab-v2 ResNet-101, MSC training on 321 crops) on a GPU:
+        # the GPU-hours table's train_deeplab and infer_deeplab rates
+        paper = dev.type == "cuda" and a.arch == "resnet101"
+        speed.append(a.record, bench="bench_deeplab_infer.py",
+                     what=f"DeepLab inference, {a.arch}, {W}×{H}, scales 1/0.75/0.5 (no CRF)",
+                     unit="img/s", ours=1 / infer, device=str(dev),
+                     stage="infer_deeplab" if paper else None)  # fmt: skip
+        speed.append(a.record, bench="bench_deeplab_infer.py",
+                     what=f"DeepLab training step, {a.arch}, MSC, batch {a.batch}, crop {a.crop}",
+                     unit="img/s", ours=a.batch / step, device=str(dev),
+                     stage="train_deeplab" if paper and a.crop == 321 else None)  # fmt: skip
     if a.demo:
         with tempfile.TemporaryDirectory() as d:
             demo(Path(d), a.demo)

@@ -186,6 +186,7 @@ def bench_irn(
                 unit="img/s",
                 ours=batch / dt,
                 device=device,
+                stage="train_irn" if dev.type == "cuda" and batch == 32 and not amp else None,
             )
     net.eval()
     rng = np.random.default_rng(0)
@@ -209,6 +210,7 @@ def bench_irn(
             unit="img/s",
             ours=rate,
             device=device,
+            stage="make_sem_seg" if dev.type == "cuda" else None,
         )
 
 

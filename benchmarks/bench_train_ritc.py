@@ -15,7 +15,10 @@ CPU, ``torch.cuda.max_memory_allocated`` on a GPU). CPU (default): the tiny CAM 
 and tiny CLIP. ``--gpu``: ResNet-50 CAM network and an untrained ViT-L/14 CLIP (open_clip
 architecture, no download) at the paper's batch of 8, 512-px crops.
 
-Usage: ``python benchmarks/bench_train_ritc.py [--steps 5] [--gpu]``.
+``--train-cam`` also times one ``train_cam`` step (the baseline CAM network's training: IRN's
+recipe, ResNet-50 at batch 16 on 512-px crops with ``--gpu``).
+
+Usage: ``python benchmarks/bench_train_ritc.py [--steps 5] [--gpu] [--train-cam]``.
 """
 
 from __future__ import annotations
@@ -142,13 +145,70 @@ def measure(variant: str, gpu: bool, steps: int, out: Any) -> None:
              "peak_mib": peak})  # fmt: skip
 
 
+def measure_train_cam(gpu: bool, steps: int, out: Any) -> None:
+    """One ``train_cam`` step (:func:`qaclims.cam.train_cam.train_step`): IRN's recipe,
+    ResNet-50 at batch 16 on 512-px crops with ``--gpu``, the tiny net on 64 px otherwise."""
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    from qaclims.cam import train_cam
+    from qaclims.core.config import from_mapping
+    from qaclims.models.cam_resnet import CamNet
+
+    torch.manual_seed(0)
+    dev = torch.device("cuda" if gpu else "cpu")
+    arch, batch, crop, classes = ("resnet50", 16, 512, 20) if gpu else ("tiny", 16, 64, 6)
+    cfg = from_mapping(train_cam.TrainCamConfig, {
+        "model": {"backbone": {"arch": arch, "weights": "none", "strides": [2, 2, 2, 1],
+                               "frozen_bn": True}, "freeze_stem": True, "detach_stage2": True},
+        "batch_size": batch, "crop": crop}, "train_cam")  # fmt: skip
+    net = CamNet(cfg.model, classes).to(dev).train()
+    opt = train_cam.build_optimizer(net, cfg)
+    x = torch.randn(batch, 3, crop, crop, device=dev)
+    y = (torch.rand(batch, classes, device=dev) < 0.15).float()
+    train_cam.train_step(net, opt, x, y, cfg.amp)
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(steps):
+        train_cam.train_step(net, opt, x, y, cfg.amp)
+    if gpu:
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / steps
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if gpu
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+    out.put({"img_per_s": batch / dt, "peak_mib": peak, "arch": arch, "batch": batch,
+             "crop": crop})  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--gpu", action="store_true", help="ResNet-50 + ViT-L/14 at batch 8 on CUDA")
     ap.add_argument("--record", default=None, help="append the result to this JSON-lines file")
+    ap.add_argument("--train-cam", action="store_true", help="also time one train_cam step")
     a = ap.parse_args()
     ctx = mp.get_context("spawn")
+    if a.train_cam:
+        q = ctx.Queue()
+        p = ctx.Process(target=measure_train_cam, args=(a.gpu, a.steps, q))
+        p.start()
+        cam = q.get()
+        p.join()
+        print(f"train_cam step, {cam['arch']}, batch {cam['batch']}, {cam['crop']} px: "
+              f"{cam['img_per_s']:.2f} images/s, peak {cam['peak_mib']:.0f} MiB")  # fmt: skip
+        if a.record:
+            from qaclims.report import speed
+
+            speed.append(
+                a.record,
+                bench="bench_train_ritc.py",
+                what=f"train_cam step, {cam['arch']}, batch {cam['batch']}, {cam['crop']} px",
+                unit="img/s",
+                ours=cam["img_per_s"],
+                device="cuda" if a.gpu else "cpu",
+                threads=None if a.gpu else int(os.environ.get("BENCH_THREADS", "2")),
+                stage="train_cam" if a.gpu else None,
+            )
     rows = []
     for variant in ("reference-style", "ours"):
         q = ctx.Queue()
@@ -181,6 +241,7 @@ def main() -> None:
             ours=rows[1]["img_per_s"],
             device="cuda" if a.gpu else "cpu",
             threads=None if a.gpu else int(threads),
+            stage="train_ritc" if a.gpu else None,
         )
 
 

@@ -3,7 +3,8 @@
 # workstation): CUDA tests, make_cam / random-walk / VQA throughput, and the demo DAG at
 # smoke size with jobs on the GPU. Usage: bash benchmarks/gpu_check.sh OUT_DIR [all|demo]
 # The benchmarks' results go to OUT_DIR/speed.jsonl (with the machine); copy it to
-# benchmarks/records/gpu.jsonl and run `make speed-table` to put them in the README.
+# benchmarks/records/gpu.jsonl and run `make speed-table` to put them in the README (the
+# records of the paper's networks carry a `stage`: they make the GPU-hours table).
 # If .whl/ holds wheels (packages the machine lacks), they are installed to /tmp/site first.
 set -uo pipefail
 OUT=${1:-gpu_check_out}; mkdir -p "$OUT"
@@ -26,8 +27,9 @@ REC="$OUT/speed.jsonl"  # the records the README's speed table is made from
 step "make_cam resnet50 500x375 fp32" python3 benchmarks/bench_make_cam.py --device cuda --arch resnet50 --size 500x375 --images 64 --batch-size 16 --record "$REC"
 step "make_cam resnet50 500x375 bf16" python3 benchmarks/bench_make_cam.py --device cuda --arch resnet50 --size 500x375 --images 64 --batch-size 16 --amp --record "$REC"
 step "random walk + IRN" python3 benchmarks/bench_refine.py --device cuda --skip-crf --irn --irn-batch 32 --irn-steps 5 --record "$REC"
-step "VQA tiny" python3 benchmarks/bench_vqa.py --device cuda --images 32 --record "$REC"
-step "RITC step ViT-L/14" python3 benchmarks/bench_train_ritc.py --gpu --steps 5 --record "$REC"
+step "VQA BLIP-large shapes, 480 px, fp32" python3 benchmarks/bench_vqa.py --blip-large --device cuda --image-size 480 --dtype fp32 --images 4 --record "$REC"
+step "RITC + train_cam steps" python3 benchmarks/bench_train_ritc.py --gpu --train-cam --steps 5 --record "$REC"
+step "DeepLab-v2 R101" python3 benchmarks/bench_deeplab_infer.py --arch resnet101 --device cuda --images 8 --batch 10 --crop 321 --record "$REC"
 # not a GPU figure: the dataset stage's worker scaling, where the machine has 8+ cores
 step "dataset 1 vs 8 workers" python3 benchmarks/bench_dataset.py --images 2000 --workers 1 8 --record "$REC"
 fi

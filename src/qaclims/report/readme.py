@@ -20,7 +20,8 @@ jobs ``benchmarks/bench_experiments.py`` recorded.
 
 ``python -m qaclims.report.readme --speed benchmarks/records/*.jsonl [--write README.md]``
 makes the speed table between ``<!-- speed:begin -->`` and ``<!-- speed:end -->`` from the
-benchmarks' records (:mod:`qaclims.report.speed`).
+benchmarks' records (:mod:`qaclims.report.speed`); with ``--write`` it also rewrites the
+GPU-hours block of the VOC pipeline (:mod:`qaclims.report.gpu_hours`) from the same records.
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ import pandas as pd
 import yaml
 
 from qaclims.core.errors import DataError
-from qaclims.report import speed
+from qaclims.report import gpu_hours, speed
 from qaclims.report.summary import collect
+
+#: (image, class) pairs per VOC train_aug image that the README's GPU-hours table assumes
+#: for the VQA stage (an estimate: ``python -m qaclims.report.gpu_hours --manifest`` counts
+#: them in a built manifest).
+VOC_PAIRS_PER_IMAGE = 1.5
 
 BEGIN, END = "<!-- demo-figures:begin -->", "<!-- demo-figures:end -->"
 EXP_BEGIN, EXP_END = "<!-- experiments-figures:begin -->", "<!-- experiments-figures:end -->"
@@ -224,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", action="store_true", help="the experiments block instead")
     ap.add_argument("--speed", nargs="+", default=None, help="speed record files: that block")
     args = ap.parse_args(argv)
+    if args.speed and args.write:  # the GPU-hours estimate comes from the same records
+        gpu_hours.main(["--records", *args.speed, "--pairs-per-image", str(VOC_PAIRS_PER_IMAGE),
+                        "--write", args.write])  # fmt: skip
     if args.speed:
         text, markers = speed.block(args.speed), (speed.BEGIN, speed.END)
     elif args.experiments:

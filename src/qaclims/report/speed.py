@@ -12,7 +12,8 @@ A record: ``bench`` (script name), ``what`` (the row: workload and sizes), ``uni
 reference-style loop on the same inputs, or null), ``ours`` (this implementation),
 ``device`` (``cpu`` or the GPU's name), ``threads`` (torch CPU threads, or null), and where
 it ran: ``machine`` (CPU model and count), ``torch``, ``date`` (UTC, ISO), ``commit`` (``git
-describe --dirty``: ``-dirty`` when the checkout had uncommitted changes).
+describe --dirty``: ``-dirty`` when the checkout had uncommitted changes); optional ``stage``
+(the rule the measurement stands for in the GPU-hours table).
 """
 
 from __future__ import annotations
@@ -68,13 +69,16 @@ def append(
     reference: float | None = None,
     device: str = "cpu",
     threads: int | None | str = "torch",
+    stage: str | None = None,
 ) -> dict[str, Any]:
     """Append one record (see the module doc) to the JSON-lines file ``path``; returns it.
 
     ``ours``/``reference``: positive finite rates or times in ``unit``; ``device``: ``cpu`` or
     ``cuda[:i]`` (recorded as the GPU's name); ``threads``: CPU threads or worker processes of
     the measurement, ``None``, or ``"torch"`` (default): torch's thread count on the CPU, none
-    on a GPU."""
+    on a GPU; ``stage``: the workflow rule whose network ran at the paper config's settings
+    (the GPU-hours table, :mod:`qaclims.report.gpu_hours`, divides that stage's work by
+    ``ours``), or ``None``."""
     for name, v in (("ours", ours), ("reference", reference)):
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ValueError(f"speed record {what!r}: {name} must be positive, got {v}")
@@ -103,6 +107,8 @@ def append(
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
         "commit": _commit(),
     }
+    if stage is not None:
+        rec["stage"] = stage
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("a") as f:
