@@ -222,7 +222,8 @@ def block(
         + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
         + f"; VQA pairs: {pairs_source}). Rates: the GPU records with a `stage` in {srcs}"
         + (" (" + "; ".join(rates) + ")" if rates else ": none yet")
-        + ". Hours assume linear scaling over GPUs (no DDP overhead); CPU stages are not in it."
+        + ". Hours assume linear scaling over GPUs (no DDP overhead). Not in it: the CPU stages"
+        " (dense-CRF seeds, evaluation) and text_features (one CLIP text pass over the corpus)."
     )
     return "\n".join([BEGIN, table(work, est, note), END])
 
