@@ -230,7 +230,7 @@ def block(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", nargs="+", default=["config/voc12.yaml"])
+    ap.add_argument("--config", nargs="+", default=[str(ROOT / "config" / "voc12.yaml")])
     ap.add_argument("--records", nargs="+", required=True, help="speed record files")
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument(
