@@ -57,15 +57,17 @@ def load_config(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
     ``--configfiles``) and the schema's defaults."""
     import yaml
 
-    from qaclims.workflow import preflight
+    from qaclims.core.validate import validate_config
 
+    if not SCHEMA.is_file():
+        raise ConfigError(f"the config schema {SCHEMA} is missing: run from a checkout")
     merged: dict[str, Any] = {}
     for p in paths:
         path = Path(p)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         _merge(merged, yaml.safe_load(path.read_text()) or {})
-    preflight.validate_config(merged, yaml.safe_load(SCHEMA.read_text()))
+    validate_config(merged, yaml.safe_load(SCHEMA.read_text()))
     return merged
 
 

@@ -1,9 +1,10 @@
 """Checks the workflow runs when it is parsed, before any job starts.
 
-- :func:`validate_config`: the merged config against the JSON schema, defaults filled in (as
-  Snakemake's ``validate(..., set_default=True)``, on the schema the Snakefile has already
-  loaded with the C YAML loader: Snakemake's own call loads it again in pure Python, 0.5 s
-  of every parse, SLURM jobs included); the error names the key.
+- :func:`validate_config` (:mod:`qaclims.core.validate`): the merged config against the JSON
+  schema, defaults filled in (as Snakemake's ``validate(..., set_default=True)``, on the
+  schema the Snakefile has already loaded with the C YAML loader: Snakemake's own call loads
+  it again in pure Python, 0.5 s of every parse, SLURM jobs included); the error names the
+  key.
 - :func:`check_paths`: every file or folder the run needs and cannot make itself (data set
   root and layout, checkpoint files named by path) exists; the error names the config key and
   the absolute path.
@@ -21,7 +22,6 @@ Standard library only at import time.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib
 import json
@@ -31,35 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from qaclims.core.errors import ConfigError
+from qaclims.core.validate import validate_config
+
+__all__ = ["validate_config"]  # re-exported: the Snakefile's and the tests' name for it
 
 PRETRAINED_WORDS = {"imagenet", "none", ""}
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-
-
-def validate_config(config: dict[str, Any], schema: Mapping[str, Any]) -> None:
-    """Check ``config`` against the JSON ``schema`` (draft 2020-12) and fill in, in place, every
-    default of a property the config leaves out (objects recursively, a fresh copy of each
-    default). The best-matching error raises :class:`ConfigError` naming the dotted key."""
-    import jsonschema
-    from jsonschema import validators
-
-    base = jsonschema.Draft202012Validator
-    check_properties = base.VALIDATORS["properties"]
-
-    def set_defaults(
-        validator: Any, properties: Mapping[str, Any], instance: Any, sub: Any
-    ) -> Iterable[Any]:
-        if isinstance(instance, dict):
-            for key, prop in properties.items():
-                if "default" in prop and key not in instance:
-                    instance[key] = copy.deepcopy(prop["default"])
-        yield from check_properties(validator, properties, instance, sub)
-
-    filling = validators.extend(base, {"properties": set_defaults})
-    err = jsonschema.exceptions.best_match(filling(schema).iter_errors(config))
-    if err is not None:
-        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise ConfigError(f"config key {key}: {err.message}")
 
 
 def _missing(key: str, path: Path, what: str) -> ConfigError:
