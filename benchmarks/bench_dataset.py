@@ -7,6 +7,12 @@ and prints seconds and the speed-up over the first value. The dataset rule passe
 job's threads as ``workers`` (``threads.cpu_shard``).
 
     python benchmarks/bench_dataset.py --images 2000 --workers 1 2 4 8 [--record FILE]
+
+It also times the part of the first run that the workers share (writing the masks: most of
+the stage) and prints Amdahl's speed-up for each worker count, ``1 / ((1 - p) + p / n)``
+with ``p`` that share, beside the measured one, and for ``--project`` counts beyond what was
+measured (a machine with fewer cores than workers cannot measure them; a projection, never
+recorded as a measurement).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from qaclims.data import coco as coco_data
 from qaclims.data import dataset as datasets
 from qaclims.report import speed
 
@@ -56,7 +63,19 @@ def main() -> None:
     ap.add_argument("--anns", type=int, default=7, help="annotations per image (COCO: ~7)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--record", default=None, help="append the results to this JSON-lines file")
+    ap.add_argument("--project", type=int, nargs="*", default=[8], help="Amdahl: worker counts")
     args = ap.parse_args()
+    shared = [0.0]  # seconds in write_masks (the part the workers share)
+    write_masks = coco_data.write_masks
+
+    def timed_write_masks(*a: object, **k: object) -> int:
+        t = time.perf_counter()
+        try:
+            return write_masks(*a, **k)  # type: ignore[arg-type]
+        finally:
+            shared[0] += time.perf_counter() - t
+
+    coco_data.write_masks = timed_write_masks  # type: ignore[assignment]
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         fake_coco(tmp / "coco", args.images, args.anns, np.random.default_rng(0))
@@ -64,14 +83,17 @@ def main() -> None:
             name="coco14", root=str(tmp / "coco"), splits=("val",), check_images=False
         )
         print(f"{args.images} images x {args.anns} polygons, 640x480, cpus={os.cpu_count()}")
-        print(f"{'workers':>8} {'seconds':>8} {'speed-up':>9}")
-        first = None
+        print(f"{'workers':>8} {'seconds':>8} {'speed-up':>9} {'Amdahl':>7}")
+        first, p = None, 0.0
         for w in args.workers:
+            shared[0] = 0.0
             t0 = time.perf_counter()
             datasets.run(cfg, tmp / f"out{w}", workers=w)
             dt = time.perf_counter() - t0
-            first = first or dt
-            print(f"{w:>8} {dt:>8.2f} {first / dt:>8.2f}x")
+            if first is None:
+                first, p = dt, shared[0] / dt
+            amdahl = (1 / ((1 - p) + p / w)) / (1 / ((1 - p) + p / args.workers[0]))
+            print(f"{w:>8} {dt:>8.2f} {first / dt:>8.2f}x {amdahl:>6.2f}x")
             if args.record and w != args.workers[0]:
                 speed.append(
                     args.record,
@@ -83,6 +105,10 @@ def main() -> None:
                     ours=args.images / dt,
                     threads=w,
                 )
+        print(f"shared part (writing masks) at {args.workers[0]} worker(s): {100 * p:.1f} %")
+        for n in args.project:
+            base = 1 / ((1 - p) + p / args.workers[0])
+            print(f"Amdahl at {n} workers: {(1 / ((1 - p) + p / n)) / base:.2f}x (projection)")
 
 
 if __name__ == "__main__":
