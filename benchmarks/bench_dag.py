@@ -18,6 +18,11 @@ reading its script, expanding its resources, printing it).
 
 ``--overlay``: more config files after the paper config (an experiment preset: its cells'
 jobs are counted too).
+
+Where the SLURM client tools are installed, every Snakemake call (the floor's too) imports the
+SLURM executor plugin, which asks ``sacct``/``squeue`` for its defaults at import: with the
+controller unreachable that waits ~9 s per call here, so time with the cluster up
+(``bash .ci/slurm/up.sh`` on this machine) or without the client tools.
 """
 
 from __future__ import annotations
