@@ -57,6 +57,12 @@ def fake_coco(root: Path, n: int, anns: int, rng: np.random.Generator) -> None:
     )
 
 
+def amdahl(p: float, n: int, base: int) -> float:
+    """Amdahl's speed-up of ``n`` workers over ``base`` when a share ``p`` of the work is
+    split among the workers: ``(1 - p + p / base) / (1 - p + p / n)``."""
+    return (1 - p + p / base) / (1 - p + p / n)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
@@ -92,8 +98,7 @@ def main() -> None:
             dt = time.perf_counter() - t0
             if first is None:
                 first, p = dt, shared[0] / dt
-            amdahl = (1 / ((1 - p) + p / w)) / (1 / ((1 - p) + p / args.workers[0]))
-            print(f"{w:>8} {dt:>8.2f} {first / dt:>8.2f}x {amdahl:>6.2f}x")
+            print(f"{w:>8} {dt:>8.2f} {first / dt:>8.2f}x {amdahl(p, w, args.workers[0]):>6.2f}x")
             if args.record and w != args.workers[0]:
                 speed.append(
                     args.record,
@@ -107,8 +112,7 @@ def main() -> None:
                 )
         print(f"shared part (writing masks) at {args.workers[0]} worker(s): {100 * p:.1f} %")
         for n in args.project:
-            base = 1 / ((1 - p) + p / args.workers[0])
-            print(f"Amdahl at {n} workers: {(1 / ((1 - p) + p / n)) / base:.2f}x (projection)")
+            print(f"Amdahl at {n} workers: {amdahl(p, n, args.workers[0]):.2f}x (projection)")
 
 
 if __name__ == "__main__":

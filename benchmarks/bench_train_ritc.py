@@ -114,6 +114,35 @@ def reference_style_loss(
     return cfg.w_fg * frc + cfg.w_bg * brc + cfg.w_area * cams.mean()
 
 
+def timed_steps(step: Any, steps: int, gpu: bool) -> tuple[float, float, float]:
+    """``step()`` once to warm up, then ``steps`` times: (the warm-up's return value, seconds
+    per step, peak memory in MiB: ``torch.cuda.max_memory_allocated`` of the timed steps on
+    a GPU, the process's peak RSS on the CPU)."""
+    first = step()
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if gpu:
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / steps
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if gpu
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+    return first, dt, peak
+
+
+def in_process(ctx: Any, target: Any, *args: Any) -> dict[str, Any]:
+    """Run ``target(*args, queue)`` in a fresh process of ``ctx``; what it puts on the queue."""
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    res: dict[str, Any] = q.get()
+    p.join()
+    return res
+
+
 def measure(variant: str, gpu: bool, steps: int, out: Any) -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     from qaclims.ritc import objective
@@ -129,18 +158,7 @@ def measure(variant: str, gpu: bool, steps: int, out: Any) -> None:
         objective.optimizer_step(opt, loss)
         return float(loss.detach())
 
-    first = step()  # warm-up (and the loss both variants must agree on)
-    if gpu:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if gpu:
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if gpu
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+    first, dt, peak = timed_steps(step, steps, gpu)
     out.put({"variant": variant, "first_loss": first, "img_per_s": x.shape[0] / dt,
              "peak_mib": peak})  # fmt: skip
 
@@ -164,18 +182,7 @@ def measure_train_cam(gpu: bool, steps: int, out: Any) -> None:
     opt = train_cam.build_optimizer(net, cfg)
     x = torch.randn(batch, 3, crop, crop, device=dev)
     y = (torch.rand(batch, classes, device=dev) < 0.15).float()
-    train_cam.train_step(net, opt, x, y, cfg.amp)
-    if gpu:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        train_cam.train_step(net, opt, x, y, cfg.amp)
-    if gpu:
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if gpu
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+    _, dt, peak = timed_steps(lambda: train_cam.train_step(net, opt, x, y, cfg.amp), steps, gpu)
     out.put({"img_per_s": batch / dt, "peak_mib": peak, "arch": arch, "batch": batch,
              "crop": crop})  # fmt: skip
 
@@ -189,11 +196,7 @@ def main() -> None:
     a = ap.parse_args()
     ctx = mp.get_context("spawn")
     if a.train_cam:
-        q = ctx.Queue()
-        p = ctx.Process(target=measure_train_cam, args=(a.gpu, a.steps, q))
-        p.start()
-        cam = q.get()
-        p.join()
+        cam = in_process(ctx, measure_train_cam, a.gpu, a.steps)
         print(f"train_cam step, {cam['arch']}, batch {cam['batch']}, {cam['crop']} px: "
               f"{cam['img_per_s']:.2f} images/s, peak {cam['peak_mib']:.0f} MiB")  # fmt: skip
         if a.record:
@@ -209,13 +212,7 @@ def main() -> None:
                 threads=None if a.gpu else int(os.environ.get("BENCH_THREADS", "2")),
                 stage="train_cam" if a.gpu else None,
             )
-    rows = []
-    for variant in ("reference-style", "ours"):
-        q = ctx.Queue()
-        p = ctx.Process(target=measure, args=(variant, a.gpu, a.steps, q))
-        p.start()
-        rows.append(q.get())
-        p.join()
+    rows = [in_process(ctx, measure, v, a.gpu, a.steps) for v in ("reference-style", "ours")]
     assert abs(rows[0]["first_loss"] - rows[1]["first_loss"]) <= 1e-4 * max(
         1.0, abs(rows[1]["first_loss"])
     )

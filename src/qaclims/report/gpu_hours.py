@@ -181,7 +181,7 @@ def table(work: Sequence[Work], estimates: Sequence[Estimate], note: str) -> str
         for d in devices or ["-"]:
             e = cell.get((w.stage, d))
             cells.append(
-                f"{_hours(e.hours)} h ({speed._num(e.rate)} {w.unit})" if e else "not measured"
+                f"{_hours(e.hours)} h ({speed.number(e.rate)} {w.unit})" if e else "not measured"
             )
         noun = "answers" if w.unit == "answers/s" else "images"
         lines.append(f"| {w.stage} | {w.items:,} {noun}: {w.how} | " + " | ".join(cells) + " |")
@@ -246,13 +246,12 @@ def main(argv: list[str] | None = None) -> int:
 
         pairs = float(sum(len(v) for v in read_manifest(Path(a.manifest))["labels"]))
         source = f"{pairs:,.0f}, counted in {a.manifest}"
-        text = block(a.config, a.records, pairs, source)
     else:
         cfg = load_config(a.config)
         n = _size(VOC12_SIZES, cfg["splits"]["train"])
         pairs = a.pairs_per_image * n
         source = f"{a.pairs_per_image:g} per image assumed, not counted (`--manifest` counts them)"
-        text = block(a.config, a.records, pairs, source)
+    text = block(a.config, a.records, pairs, source)
     if a.write:
         from qaclims.report.readme import replace_block
 

@@ -141,7 +141,8 @@ def _lower_is_better(unit: str) -> bool:
     return unit.startswith(("ms/", "s/"))
 
 
-def _num(v: float) -> str:
+def number(v: float) -> str:
+    """A rate or time for the tables: 3 significant digits below 100, whole above."""
     return f"{v:#.3g}" if v < 100 else f"{v:.0f}"
 
 
@@ -167,9 +168,9 @@ def table(records: list[dict[str, Any]]) -> str:
         if ref is None:
             ref_s, up = "", ""
         else:
-            ref_s = f"{_num(ref)} {unit}"
+            ref_s = f"{number(ref)} {unit}"
             up = f"{(ref / ours if _lower_is_better(unit) else ours / ref):.2f}×"
-        lines.append(f"| {r['what']} | {dev} | {ref_s} | {_num(ours)} {unit} | {up} |")
+        lines.append(f"| {r['what']} | {dev} | {ref_s} | {number(ours)} {unit} | {up} |")
     where = sorted(
         {(r["machine"], r["torch"] or "no torch", r["date"], r["commit"] or "?") for r in order}
     )
