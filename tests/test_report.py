@@ -230,3 +230,50 @@ def test_overlay_rows_cover_every_class_with_distinct_images() -> None:
     assert overlay_rows(df, 10) == [(0, 0), (3, 1), (2, 2), (3, 3)]
     assert overlay_rows(df, 2) == [(0, 0), (3, 1)]
     assert overlay_rows(df.iloc[:0], 5) == []
+
+
+def test_overlay_sample_holds_the_grid_rows_maps_read_back_independently(tmp_path: Path) -> None:
+    """write_overlay_sample keeps, for each overlay row, exactly the shown class's CAM (as
+    camfile reads it) or the label map; a row without a file has no map; a sample made for
+    other rows is refused naming its file."""
+    from qaclims.artifacts import camfile
+    from qaclims.core import io
+    from qaclims.report.build import overlay_rows, read_overlay_sample, write_overlay_sample
+
+    rng = np.random.default_rng(0)
+    ids, labels = ["a", "b", "c"], [[0, 1], [1], [2]]
+    for i in ids:
+        io.write_label_png(tmp_path / "gt" / f"{i}.png", rng.integers(0, 4, (5, 6), np.uint8))
+    man = tmp_path / "m.parquet"
+    gt = [str(tmp_path / "gt" / f"{i}.png") for i in ids] + [""]
+    io.write_parquet(man, pd.DataFrame({
+        "image_id": ids + ["d"], "image_path": [f"{i}.jpg" for i in ids + ["d"]],
+        "labels": labels + [[0]], "gt_path": gt,
+    }))  # fmt: skip
+    cams = {}
+    for i, lab in zip(ids[:2], labels[:2], strict=True):  # c has no CAM file
+        cams[i] = rng.random((len(lab), 5, 6)).astype(np.float32)
+        shard = tmp_path / "cams" / ("s0" if i == "a" else "s1")
+        camfile.write_cam(shard / f"{i}.npz", camfile.cam_arrays(lab, cams[i], cams[i][:, :2, :2]))
+        io.write_label_png(shard / f"{i}.png", np.full((5, 6), ids.index(i) + 1, np.uint8))
+    dirs = [tmp_path / "cams" / "s0", tmp_path / "cams" / "s1"]
+    # rows: class 0 -> a, class 1 -> b (a is taken), class 2 -> c; "d" has no ground truth
+    rows = [("a", 0), ("b", 1), ("c", 2)]
+    df = pd.DataFrame({"image_id": ids, "labels": labels})
+    assert [(ids[i], c) for i, c in overlay_rows(df, 5)] == rows
+
+    write_overlay_sample(man, dirs, "cam", 5, tmp_path / "cam.npz")
+    got = read_overlay_sample(tmp_path / "cam.npz", rows)
+    for (i, c), m in zip(rows[:2], got[:2], strict=True):
+        keys, want = camfile.read_cam(tmp_path / "cams" / ("s0" if i == "a" else "s1") / f"{i}.npz")
+        assert m is not None and m.dtype == np.float32
+        np.testing.assert_array_equal(m, want[list(keys).index(c)])
+    assert got[2] is None
+    write_overlay_sample(man, dirs, "labels", 2, tmp_path / "lab.npz")
+    got = read_overlay_sample(tmp_path / "lab.npz", rows[:2])
+    assert [int(np.unique(m)[0]) for m in got if m is not None] == [1, 2]
+
+    with pytest.raises(ValueError, match="lab.npz"):
+        read_overlay_sample(tmp_path / "lab.npz", rows)  # made for two rows, asked for three
+    with pytest.raises(ValueError, match="overlay kind"):
+        write_overlay_sample(man, dirs, "heatmap", 2, tmp_path / "x.npz")

@@ -436,7 +436,8 @@ def test_changing_crf_parameters_reruns_refinement_only(smoke: tuple[Path, Path]
 
 def test_changing_deeplab_iterations_reruns_deeplab_only(smoke: tuple[Path, Path]) -> None:
     jobs = _jobs(smoke, {"train_deeplab": {"iterations": 21}})
-    assert jobs - {"all", "report"} == {"train_deeplab", "infer_deeplab", "eval_deeplab"}
+    deeplab = {"train_deeplab", "infer_deeplab", "eval_deeplab"}
+    assert jobs - {"all", "report"} == deeplab | {"overlay_sample"}  # its overlay column
 
 
 def test_report_holds_tables_and_figures(smoke: tuple[Path, Path]) -> None:
@@ -563,13 +564,30 @@ def test_outputs_follow_the_umask(smoke: tuple[Path, Path]) -> None:
     assert not other, other[:5]
 
 
+def test_only_eval_cam_the_refinement_and_overlay_samples_read_cam_folders(
+    tmp_path: Path,
+) -> None:
+    """In the whole DAG (``--dag``), the jobs that read make_cam's folders are eval_cam,
+    cam_to_ir_label, make_sem_seg and overlay_sample: so temp() CAM folders go once the
+    refinement is done, not when the report runs after DeepLab."""
+    over = write_overlay(tmp_path / "k.yaml", {"keep_cams": False})
+    dot = snakemake(tmp_path, "--dag", "--cores", "1", configfiles=(CONFIG, SMOKE, over)).stdout
+    rule = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)', dot, re.M))
+    edges = {(rule[a], rule[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)}
+    readers = {b for a, b in edges if a == "make_cam"}
+    assert readers == {"eval_cam", "cam_to_ir_label", "make_sem_seg", "overlay_sample"}
+    assert ("overlay_sample", "report") in edges
+
+
 def test_cam_folders_can_be_temporary(tmp_path: Path) -> None:
     """``keep_cams: false``: make_cam's shard folders are temp() outputs, gone once their
     readers (here eval_cam) are done; the scores stay."""
     over = write_overlay(tmp_path / "k.yaml", {"keep_cams": False})
     target = "results/demo/eval_cam/cam/val/summary.json"
-    snakemake(tmp_path, "--cores", "2", "--", target, configfiles=(CONFIG, SMOKE, over))
+    sample = "results/demo/report/overlays/cam_cam.npz"  # the report's copy of a few CAMs
+    snakemake(tmp_path, "--cores", "2", "--", target, sample, configfiles=(CONFIG, SMOKE, over))
     assert json.loads((tmp_path / target).read_text())["num_images"] > 0
+    assert np.load(tmp_path / sample)["image_ids"].size > 0
     cams = tmp_path / "results/demo/make_cam/cam/val"
     assert not any(cams.glob("*/*.npz")), sorted(cams.rglob("*"))
     assert (tmp_path / "logs/demo/make_cam/cam_val_000.log").is_file()  # it did run

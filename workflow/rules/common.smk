@@ -266,14 +266,51 @@ def eval_targets():
 METHOD_LABEL = {"cam": "CAM (baseline)", "ritc": "CAM (QA-CLIMS)"}
 
 
+def overlay_sources():
+    """The report's overlay columns after image and ground truth, in order: source key (the
+    ``overlay_sample`` wildcard) -> (column label, kind ``cam``/``labels``, the shard
+    folders its maps are copied from). CAM columns read eval_cam's folders, so a ``temp()``
+    CAM folder is gone once eval_cam, the refinement and its overlay sample have read it,
+    not kept until the report at the very end."""
+    ev = SPLITS["eval_cam"]
+    out = {}
+    for m in METHODS:
+        out[f"cam_{m}"] = (
+            METHOD_LABEL[m],
+            "cam",
+            eval_cam_dirs(Namespace(model=m, split=ev)),
+        )
+    if config["refine"]["enabled"]:
+        dirs = expand(
+            R("make_sem_seg", refine_source(), "{split}", "{shard}"),
+            split=SPLITS["cam"],
+            shard=shard_ids(),
+        )
+        out["pseudo"] = ("pseudo masks", "labels", dirs)
+    if config["deeplab"]["enabled"] and SPLITS["val"] == ev:
+        v = deeplab_variants()[-1]  # DeepLab's predictions on the overlays' images
+        dirs = expand(R("infer_deeplab", ev, v, "{shard}"), shard=shard_ids())
+        out[f"deeplab_{v}"] = (
+            f"DeepLab ({'CRF' if v == 'crf' else 'no CRF'})",
+            "labels",
+            dirs,
+        )
+    return out
+
+
+def overlay_sample(source):
+    return R("report", "overlays", f"{source}.npz")
+
+
 def report_plan():
     """What the report shows, in order (a param of the report rule, so no order or label
     is encoded in input names): ``stages`` (label, summary, per_class, sweep or None, in
-    the order of the stage table), ``histories`` (stage -> history table), ``cams`` and
-    ``masks`` (overlay column label -> shard folders), ``corpus``, ``manifest``.
+    the order of the stage table), ``histories`` (stage -> history table), ``overlays``
+    (label, kind, sample file per column of :func:`overlay_sources`), ``corpus``,
+    ``manifest``.
     """
     ev = SPLITS["eval_cam"]
-    plan = {"stages": [], "histories": {}, "cams": {}, "masks": {}, "corpus": None}
+    plan = {"stages": [], "histories": {}, "overlays": [], "corpus": None}
 
     def stage(label, base, sweep=False):
         plan["stages"].append(
@@ -287,7 +324,6 @@ def report_plan():
 
     for m in METHODS:
         stage(METHOD_LABEL[m], R("eval_cam", m, ev), sweep=True)
-        plan["cams"][METHOD_LABEL[m]] = eval_cam_dirs(Namespace(model=m, split=ev))
     if not config["released"]["cam"]:
         plan["histories"]["train_cam"] = R("train_cam", "history.parquet")
     if "ritc" in METHODS and not config["released"]["ritc"]:
@@ -298,11 +334,6 @@ def report_plan():
         stage("seeds (CRF, confident)", R("eval_seeds", src, ev))
         stage("pseudo masks (IRN)", R("eval_sem_seg", src, ev))
         plan["histories"]["train_irn"] = R("train_irn", src, "history.parquet")
-        plan["masks"]["pseudo masks"] = expand(
-            R("make_sem_seg", src, "{split}", "{shard}"),
-            split=SPLITS["cam"],
-            shard=shard_ids(),
-        )
     if config["deeplab"]["enabled"]:
         val = SPLITS["val"]
         for v in deeplab_variants():
@@ -310,11 +341,10 @@ def report_plan():
             stage(label, R("eval_deeplab", val, v))
         if not config["released"]["deeplab"]:
             plan["histories"]["train_deeplab"] = R("train_deeplab", "history.parquet")
-        if val == ev:  # DeepLab's predictions on the overlays' images
-            v = deeplab_variants()[-1]
-            plan["masks"][f"DeepLab ({'CRF' if v == 'crf' else 'no CRF'})"] = expand(
-                R("infer_deeplab", val, v, "{shard}"), shard=shard_ids()
-            )
+    for key, (label, kind, _) in overlay_sources().items():
+        plan["overlays"].append(
+            {"label": label, "kind": kind, "sample": overlay_sample(key)}
+        )
     plan["manifest"] = manifest(ev)
     plan["classes"] = R("data", "classes.json")
     return plan
@@ -326,8 +356,7 @@ def report_inputs(wildcards):
     files = [plan["manifest"], plan["classes"]] + list(plan["histories"].values())
     for s in plan["stages"]:
         files += [s["summary"], s["per_class"]] + ([s["sweep"]] if s["sweep"] else [])
-    for dirs in [*plan["cams"].values(), *plan["masks"].values()]:
-        files += list(dirs)
+    files += [o["sample"] for o in plan["overlays"]]
     if plan["corpus"]:
         files.append(plan["corpus"])
     return list(dict.fromkeys(files))

@@ -60,3 +60,27 @@ rule report:
         plan=report_plan(),
     script:
         "../scripts/report.py"
+
+
+rule overlay_sample:
+    """The maps one overlay column shows, copied out of its shard folders as soon as they
+    exist: the report reads this small file, so temp() CAM folders need not wait for it.
+    """
+    input:
+        manifest=manifest(SPLITS["eval_cam"]),
+        dirs=lambda wc: overlay_sources()[wc.source][2],
+    output:
+        R("report", "overlays", "{source}.npz"),
+    log:
+        LOG("overlay_sample", "{source}.log"),
+    wildcard_constraints:
+        source="|".join(overlay_sources()) or "none",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    params:
+        code=code("overlay_sample"),
+        kind=lambda wc: overlay_sources()[wc.source][1],
+        num=config["report"]["num_overlays"],
+    script:
+        "../scripts/overlay_sample.py"

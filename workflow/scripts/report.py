@@ -19,8 +19,10 @@ with job(snakemake):
         corpus_stats=Path(plan["corpus"]) if plan["corpus"] else None,
         overlays=report_build.OverlaySources(
             manifest=Path(plan["manifest"]),
-            cam_dirs={k: [Path(p) for p in v] for k, v in plan["cams"].items()},
-            label_dirs={k: [Path(p) for p in v] for k, v in plan["masks"].items()},
+            columns=[
+                report_build.OverlayColumn(o["label"], o["kind"], Path(o["sample"]))
+                for o in plan["overlays"]
+            ],
             classes=Path(plan["classes"]),
         ),
         out_dir=Path(snakemake.output.table).parent,

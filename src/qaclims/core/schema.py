@@ -115,7 +115,8 @@ WORKFLOW: dict[str, Any] = {
         "x-result": False,
         "description": "Keep make_cam's CAM folders. false: they are Snakemake temp() "
         "outputs, deleted once every job that reads them (eval_cam, cam_to_ir_label, "
-        "make_sem_seg, the report) is done, and remade only if a later run needs them "
+        "make_sem_seg, the report's overlay_sample, which copies out the few CAMs the report "
+        "shows) is done, and remade only if a later run needs them "
         "(a COCO run's CAMs take hundreds of GB). Changes no result.",
     },
     "gpus": {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,9 @@ from qaclims.core.io import (
     read_image,
     read_json,
     read_label_png,
+    read_npz,
     read_parquet,
+    write_npz,
 )
 from qaclims.report import figures as report
 from qaclims.report import tables
@@ -43,13 +45,27 @@ class EvalItem:
 
 
 @dataclass(frozen=True)
+class OverlayColumn:
+    """One overlay column after image and ground truth: its title, what it shows (``"cam"``:
+    a class's CAM; ``"labels"``: a label map) and the sample file holding its maps for the
+    overlay rows (written by :func:`write_overlay_sample`)."""
+
+    label: str
+    kind: str
+    sample: Path
+
+
+@dataclass(frozen=True)
 class OverlaySources:
-    """Where to find per-image overlays: label-map folders and CAM folders, by column name."""
+    """What the overlay grid shows: the manifest its rows come from, its columns in order,
+    and ``classes.json`` (row titles, colour legend)."""
 
     manifest: Path
-    cam_dirs: Mapping[str, Sequence[Path]] = field(default_factory=dict)
-    label_dirs: Mapping[str, Sequence[Path]] = field(default_factory=dict)
-    classes: Path | None = None  # classes.json: the row titles and the colour legend
+    columns: Sequence[OverlayColumn] = ()
+    classes: Path | None = None
+
+
+OVERLAY_KINDS = ("cam", "labels")
 
 
 def _placeholder(out_png: Path, text: str) -> None:
@@ -88,20 +104,76 @@ def overlay_rows(df: pd.DataFrame, num: int) -> list[tuple[int, int]]:
     return rows
 
 
+def overlay_frame(manifest: Path) -> pd.DataFrame:
+    """The manifest rows the overlays may show: those with ground truth, sorted by id."""
+    df = read_parquet(manifest)
+    return df[df["gt_path"].astype(str) != ""].sort_values("image_id").reset_index(drop=True)
+
+
+def write_overlay_sample(
+    manifest: Path, dirs: Sequence[Path], kind: str, num: int, out: Path
+) -> None:
+    """Copy the maps the overlay grid shows out of one column's shard folders into ``out``.
+
+    The rows are :func:`overlay_rows` of :func:`overlay_frame` (``num`` of them). ``out`` is
+    an ``.npz`` holding ``image_ids`` (str, one per row), ``classes`` (int64, one per row)
+    and, per row ``j`` whose file exists, ``map_j``: for ``kind="cam"`` that class's CAM
+    (``HxW float32`` in [0, 1], from ``<dir>/<id>.npz``), for ``"labels"`` the label map
+    (``HxW uint8``, from ``<dir>/<id>.png``). The report then needs this small file, not
+    the folders, so CAM folders made ``temp()`` go once the refinement has read them.
+    """
+    if kind not in OVERLAY_KINDS:
+        raise ValueError(f"overlay kind must be one of {OVERLAY_KINDS}, got {kind!r}")
+    df = overlay_frame(manifest)
+    rows = overlay_rows(df, num)
+    ids = [str(df.iloc[i]["image_id"]) for i, _ in rows]
+    arrays: dict[str, np.ndarray] = {
+        "image_ids": np.array(ids, dtype=str),
+        "classes": np.array([c for _, c in rows], dtype=np.int64),
+    }
+    for j, ((_, c), image_id) in enumerate(zip(rows, ids, strict=True)):
+        if kind == "cam":
+            path = _find(dirs, f"{image_id}.npz")
+            if path is not None:
+                keys, cams = camfile.read_cam(path)
+                where = [int(k) for k in keys]
+                if c in where:
+                    arrays[f"map_{j}"] = cams[where.index(c)].astype(np.float32)
+        else:
+            path = _find(dirs, f"{image_id}.png")
+            if path is not None:
+                arrays[f"map_{j}"] = read_label_png(path)
+    write_npz(out, arrays, compress=True)
+
+
+def read_overlay_sample(path: Path, rows: Sequence[tuple[str, int]]) -> list[np.ndarray | None]:
+    """The maps of a sample file for ``rows`` (``(image_id, class)`` in grid order); ``None``
+    where the column had no map. Raises ``ValueError`` naming the file when it was made for
+    other rows (a stale or foreign sample)."""
+    z = read_npz(path)
+    ids, classes = [str(i) for i in z["image_ids"]], [int(c) for c in z["classes"]]
+    have = list(zip(ids, classes, strict=True))
+    if have != list(rows):
+        raise ValueError(f"{path}: overlay sample holds rows {have}, the report wants {rows}")
+    return [z.get(f"map_{j}") for j in range(len(rows))]
+
+
 def write_overlays(src: OverlaySources, out_png: Path, num: int) -> None:
-    """One row per class (see :func:`overlay_rows`): image | GT | each CAM (that class's
-    channel) | each label map, with the class colours and the CAM scale as legends."""
-    df = read_parquet(src.manifest)
-    df = df[df["gt_path"].astype(str) != ""].sort_values("image_id").reset_index(drop=True)
+    """One row per class (see :func:`overlay_rows`): image | GT | each column (a CAM of that
+    class, or a label map; zeros where the column had none), with the class colours and
+    the CAM scale as legends."""
+    df = overlay_frame(src.manifest)
     rows = overlay_rows(df, num)
     if not rows:
         _placeholder(out_png, "no image with ground truth")
         return
     names = list(read_json(src.classes)["classes"]) if src.classes else []
+    keys = [(str(df.iloc[i]["image_id"]), c) for i, c in rows]
+    maps = {col.label: read_overlay_sample(col.sample, keys) for col in src.columns}
     images, titles, cols = [], [], {"ground truth": []}  # type: ignore[var-annotated]
-    cols.update({k: [] for k in [*src.cam_dirs, *src.label_dirs]})
+    cols.update({col.label: [] for col in src.columns})
     shown: set[int] = set()
-    for i, c in rows:
+    for r, (i, c) in enumerate(rows):
         row = df.iloc[i]
         img = read_image(row["image_path"])
         images.append(img)
@@ -110,25 +182,17 @@ def write_overlays(src: OverlaySources, out_png: Path, num: int) -> None:
         gt = read_label_png(row["gt_path"]).astype(np.int64)
         cols["ground truth"].append(gt)
         shown |= set(np.unique(gt).tolist())
-        for col, dirs in src.cam_dirs.items():
-            cols[col].append(_class_cam(_find(dirs, f"{row['image_id']}.npz"), c, img.shape[:2]))
-        for col, dirs in src.label_dirs.items():
-            p = _find(dirs, f"{row['image_id']}.png")
-            lab = read_label_png(p) if p else np.zeros(img.shape[:2], np.uint8)
-            cols[col].append(lab.astype(np.int64))
-            shown |= set(np.unique(lab).tolist())
+        for col in src.columns:
+            m = maps[col.label][r]
+            if col.kind == "cam":
+                cols[col.label].append(np.zeros(img.shape[:2], np.float32) if m is None else m)
+            else:
+                lab = np.zeros(img.shape[:2], np.int64) if m is None else m.astype(np.int64)
+                cols[col.label].append(lab)
+                shown |= set(np.unique(lab).tolist())
     legend = {v: names[v - 1] for v in sorted(shown) if 0 < v <= len(names)}
     legend.update({255: "ignore"} if 255 in shown else {})
     report.overlay_grid(images, cols, out_png, row_titles=titles, label_names=legend)
-
-
-def _class_cam(path: Path | None, c: int, size: tuple[int, ...]) -> np.ndarray:
-    """Class ``c``'s CAM in [0, 1] (``HxW float32``) from a CAM file; zeros if absent."""
-    if path is None:
-        return np.zeros(size, np.float32)
-    keys, cams = camfile.read_cam(path)
-    where = [int(k) for k in keys]
-    return cams[where.index(c)] if c in where else np.zeros(size, np.float32)
 
 
 def last_epoch_dead(history: Path | None, classes: Sequence[str]) -> dict[str, float]:
