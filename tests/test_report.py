@@ -229,16 +229,20 @@ def test_overlay_rows_cover_every_class_with_distinct_images() -> None:
     # class 0 -> a; class 1 -> a is taken, so d; class 2 -> c; class 3 -> d (only image)
     assert overlay_rows(df, 10) == [(0, 0), (3, 1), (2, 2), (3, 3)]
     assert overlay_rows(df, 2) == [(0, 0), (3, 1)]
+    assert overlay_rows(df) == overlay_rows(df, 10)  # None: every class
     assert overlay_rows(df.iloc[:0], 5) == []
 
 
-def test_overlay_sample_holds_the_grid_rows_maps_read_back_independently(tmp_path: Path) -> None:
-    """write_overlay_sample keeps, for each overlay row, exactly the shown class's CAM (as
-    camfile reads it) or the label map; a row without a file has no map; a sample made for
-    other rows is refused naming its file."""
+def test_overlay_sample_holds_every_class_row_maps_read_back_independently(
+    tmp_path: Path,
+) -> None:
+    """write_overlay_sample keeps, for the row of every class, exactly the shown class's CAM
+    (camfile's, to float16 precision) or the label map; a row without a file has no map; a
+    report asking for the first rows gets them, one asking for other rows is refused
+    naming the file."""
     from qaclims.artifacts import camfile
     from qaclims.core import io
-    from qaclims.report.build import overlay_rows, read_overlay_sample, write_overlay_sample
+    from qaclims.report.overlay import overlay_rows, read_overlay_sample, write_overlay_sample
 
     rng = np.random.default_rng(0)
     ids, labels = ["a", "b", "c"], [[0, 1], [1], [2]]
@@ -250,30 +254,30 @@ def test_overlay_sample_holds_the_grid_rows_maps_read_back_independently(tmp_pat
         "image_id": ids + ["d"], "image_path": [f"{i}.jpg" for i in ids + ["d"]],
         "labels": labels + [[0]], "gt_path": gt,
     }))  # fmt: skip
-    cams = {}
-    for i, lab in zip(ids[:2], labels[:2], strict=True):  # c has no CAM file
-        cams[i] = rng.random((len(lab), 5, 6)).astype(np.float32)
-        shard = tmp_path / "cams" / ("s0" if i == "a" else "s1")
-        camfile.write_cam(shard / f"{i}.npz", camfile.cam_arrays(lab, cams[i], cams[i][:, :2, :2]))
-        io.write_label_png(shard / f"{i}.png", np.full((5, 6), ids.index(i) + 1, np.uint8))
-    dirs = [tmp_path / "cams" / "s0", tmp_path / "cams" / "s1"]
-    # rows: class 0 -> a, class 1 -> b (a is taken), class 2 -> c; "d" has no ground truth
+    shard = {"a": tmp_path / "cams" / "s0", "b": tmp_path / "cams" / "s1"}  # c: no files
+    for i, lab in zip(ids[:2], labels[:2], strict=True):
+        cam = rng.random((len(lab), 5, 6)).astype(np.float32)
+        camfile.write_cam(shard[i] / f"{i}.npz", camfile.cam_arrays(lab, cam, cam[:, :2, :2]))
+        io.write_label_png(shard[i] / f"{i}.png", np.full((5, 6), ids.index(i) + 1, np.uint8))
+    dirs = list(shard.values())
+    # class 0 -> a, class 1 -> b (a is taken), class 2 -> c; "d" has no ground truth
     rows = [("a", 0), ("b", 1), ("c", 2)]
     df = pd.DataFrame({"image_id": ids, "labels": labels})
-    assert [(ids[i], c) for i, c in overlay_rows(df, 5)] == rows
+    assert [(ids[i], c) for i, c in overlay_rows(df)] == rows
 
-    write_overlay_sample(man, dirs, "cam", 5, tmp_path / "cam.npz")
+    write_overlay_sample(man, dirs, "cam", tmp_path / "cam.npz")
     got = read_overlay_sample(tmp_path / "cam.npz", rows)
     for (i, c), m in zip(rows[:2], got[:2], strict=True):
-        keys, want = camfile.read_cam(tmp_path / "cams" / ("s0" if i == "a" else "s1") / f"{i}.npz")
+        keys, want = camfile.read_cam(shard[i] / f"{i}.npz")
         assert m is not None and m.dtype == np.float32
-        np.testing.assert_array_equal(m, want[list(keys).index(c)])
+        np.testing.assert_allclose(m, want[list(keys).index(c)], atol=5e-4)  # float16 steps
     assert got[2] is None
-    write_overlay_sample(man, dirs, "labels", 2, tmp_path / "lab.npz")
-    got = read_overlay_sample(tmp_path / "lab.npz", rows[:2])
+    write_overlay_sample(man, dirs, "labels", tmp_path / "lab.npz")
+    got = read_overlay_sample(tmp_path / "lab.npz", rows[:2])  # a grid of two rows
+    assert [m.dtype for m in got if m is not None] == [np.uint8, np.uint8]
     assert [int(np.unique(m)[0]) for m in got if m is not None] == [1, 2]
 
     with pytest.raises(ValueError, match="lab.npz"):
-        read_overlay_sample(tmp_path / "lab.npz", rows)  # made for two rows, asked for three
+        read_overlay_sample(tmp_path / "lab.npz", [("b", 1)])  # not the sample's first row
     with pytest.raises(ValueError, match="overlay kind"):
-        write_overlay_sample(man, dirs, "heatmap", 2, tmp_path / "x.npz")
+        write_overlay_sample(man, dirs, "heatmap", tmp_path / "x.npz")

@@ -440,6 +440,21 @@ def test_changing_deeplab_iterations_reruns_deeplab_only(smoke: tuple[Path, Path
     assert jobs - {"all", "report"} == deeplab | {"overlay_sample"}  # its overlay column
 
 
+def test_report_settings_and_plotting_code_redo_the_report_alone(smoke: tuple[Path, Path]) -> None:
+    """Neither report.num_overlays nor the figures' code is an input of overlay_sample, whose
+    CAMs may be temp() and gone: redoing it would redo make_cam and everything after it."""
+    assert _jobs(smoke, {"report": {"num_overlays": 3}}) == {"report", "all"}
+    repo, _ = smoke
+    src = repo / "src" / "qaclims" / "report" / "figures.py"
+    original = src.read_text()
+    try:
+        src.write_text(original + "\n# edited\n")
+        jobs = _jobs(smoke)
+    finally:
+        src.write_text(original)
+    assert jobs == {"report", "all"}
+
+
 def test_report_holds_tables_and_figures(smoke: tuple[Path, Path]) -> None:
     repo, work = smoke
     out = work / "report.html"

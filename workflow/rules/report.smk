@@ -63,8 +63,9 @@ rule report:
 
 
 rule overlay_sample:
-    """The maps one overlay column shows, copied out of its shard folders as soon as they
-    exist: the report reads this small file, so temp() CAM folders need not wait for it.
+    """The maps one overlay column shows (every class's row), copied out of its shard
+    folders as soon as they exist: the report reads this small file, so temp() CAM folders
+    need not wait for it; report settings and plotting code are not its inputs.
     """
     input:
         manifest=manifest(SPLITS["eval_cam"]),
@@ -75,12 +76,12 @@ rule overlay_sample:
         LOG("overlay_sample", "{source}.log"),
     wildcard_constraints:
         source="|".join(overlay_sources()) or "none",
+    localrule: True  # reads a few files: not worth a cluster job
     conda:
         "../../envs/report.yaml"
     threads: 1
     params:
         code=code("overlay_sample"),
         kind=lambda wc: overlay_sources()[wc.source][1],
-        num=config["report"]["num_overlays"],
     script:
         "../scripts/overlay_sample.py"

@@ -14,22 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from matplotlib.figure import Figure
 
-from qaclims.artifacts import camfile
 from qaclims.artifacts.tables import dead_cam_shares
 from qaclims.core.io import (
     atomic_path,
     read_image,
     read_json,
     read_label_png,
-    read_npz,
     read_parquet,
-    write_npz,
 )
 from qaclims.report import figures as report
 from qaclims.report import tables
+from qaclims.report.overlay import overlay_frame, overlay_rows, read_overlay_sample
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +45,7 @@ class EvalItem:
 class OverlayColumn:
     """One overlay column after image and ground truth: its title, what it shows (``"cam"``:
     a class's CAM; ``"labels"``: a label map) and the sample file holding its maps for the
-    overlay rows (written by :func:`write_overlay_sample`)."""
+    overlay rows (written by :func:`qaclims.report.overlay.write_overlay_sample`)."""
 
     label: str
     kind: str
@@ -65,9 +62,6 @@ class OverlaySources:
     classes: Path | None = None
 
 
-OVERLAY_KINDS = ("cam", "labels")
-
-
 def _placeholder(out_png: Path, text: str) -> None:
     fig = Figure(figsize=(4, 1))
     fig.text(0.5, 0.5, text, ha="center", va="center")
@@ -75,93 +69,15 @@ def _placeholder(out_png: Path, text: str) -> None:
         fig.savefig(tmp, format="png")
 
 
-def _find(dirs: Sequence[Path], name: str) -> Path | None:
-    for d in dirs:
-        if (Path(d) / name).is_file():
-            return Path(d) / name
-    return None
-
-
 def stage_rows(items: Sequence[EvalItem]) -> list[dict[str, object]]:
     """Rows of the stage table: each summary's figures plus its stage label."""
     return [dict(read_json(it.summary), stage=it.label) for it in items]
 
 
-def overlay_rows(df: pd.DataFrame, num: int) -> list[tuple[int, int]]:
-    """Which (manifest row, class index) pairs the overlay grid shows: one row per class,
-    in class order, each with the first image (by id) holding it that no earlier row took
-    (any image if all are taken), so ``num`` rows cover the first ``num`` classes that have
-    an image. ``df``: manifest rows with ground truth, sorted by id (``labels`` column)."""
-    labels = [set(int(c) for c in lab) for lab in df["labels"]]
-    classes = sorted(set().union(*labels)) if labels else []
-    used: set[int] = set()
-    rows = []
-    for c in classes[:num]:
-        having = [i for i, lab in enumerate(labels) if c in lab]
-        pick = next((i for i in having if i not in used), having[0])
-        used.add(pick)
-        rows.append((pick, c))
-    return rows
-
-
-def overlay_frame(manifest: Path) -> pd.DataFrame:
-    """The manifest rows the overlays may show: those with ground truth, sorted by id."""
-    df = read_parquet(manifest)
-    return df[df["gt_path"].astype(str) != ""].sort_values("image_id").reset_index(drop=True)
-
-
-def write_overlay_sample(
-    manifest: Path, dirs: Sequence[Path], kind: str, num: int, out: Path
-) -> None:
-    """Copy the maps the overlay grid shows out of one column's shard folders into ``out``.
-
-    The rows are :func:`overlay_rows` of :func:`overlay_frame` (``num`` of them). ``out`` is
-    an ``.npz`` holding ``image_ids`` (str, one per row), ``classes`` (int64, one per row)
-    and, per row ``j`` whose file exists, ``map_j``: for ``kind="cam"`` that class's CAM
-    (``HxW float32`` in [0, 1], from ``<dir>/<id>.npz``), for ``"labels"`` the label map
-    (``HxW uint8``, from ``<dir>/<id>.png``). The report then needs this small file, not
-    the folders, so CAM folders made ``temp()`` go once the refinement has read them.
-    """
-    if kind not in OVERLAY_KINDS:
-        raise ValueError(f"overlay kind must be one of {OVERLAY_KINDS}, got {kind!r}")
-    df = overlay_frame(manifest)
-    rows = overlay_rows(df, num)
-    ids = [str(df.iloc[i]["image_id"]) for i, _ in rows]
-    arrays: dict[str, np.ndarray] = {
-        "image_ids": np.array(ids, dtype=str),
-        "classes": np.array([c for _, c in rows], dtype=np.int64),
-    }
-    for j, ((_, c), image_id) in enumerate(zip(rows, ids, strict=True)):
-        if kind == "cam":
-            path = _find(dirs, f"{image_id}.npz")
-            if path is not None:
-                keys, cams = camfile.read_cam(path)
-                where = [int(k) for k in keys]
-                if c in where:
-                    arrays[f"map_{j}"] = cams[where.index(c)].astype(np.float32)
-        else:
-            path = _find(dirs, f"{image_id}.png")
-            if path is not None:
-                arrays[f"map_{j}"] = read_label_png(path)
-    write_npz(out, arrays, compress=True)
-
-
-def read_overlay_sample(path: Path, rows: Sequence[tuple[str, int]]) -> list[np.ndarray | None]:
-    """The maps of a sample file for ``rows`` (``(image_id, class)`` in grid order); ``None``
-    where the column had no map. Raises ``ValueError`` naming the file when it was made for
-    other rows (a stale or foreign sample)."""
-    z = read_npz(path)
-    ids, classes = [str(i) for i in z["image_ids"]], [int(c) for c in z["classes"]]
-    have = list(zip(ids, classes, strict=True))
-    if have != list(rows):
-        raise ValueError(f"{path}: overlay sample holds rows {have}, the report wants {rows}")
-    return [z.get(f"map_{j}") for j in range(len(rows))]
-
-
 def write_overlays(src: OverlaySources, out_png: Path, num: int) -> None:
-    """One row per class (see :func:`overlay_rows`): image | GT | each column (a CAM of that
-    class, or a label map; zeros where the column had none), with the class colours and
-    the CAM scale as legends."""
+    """One row per class (:func:`~qaclims.report.overlay.overlay_rows`): image | GT | each
+    column (a CAM of that class, or a label map; zeros where the column had none), with the
+    class colours and the CAM scale as legends."""
     df = overlay_frame(src.manifest)
     rows = overlay_rows(df, num)
     if not rows:
