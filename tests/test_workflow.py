@@ -272,6 +272,18 @@ def _jobs(smoke: tuple[Path, Path], overlay: dict | None = None) -> set[str]:
     return set(dry_run_jobs(work, configfiles=files, repo=repo)) - {"run_config"}
 
 
+def _jobs_after_editing(smoke: tuple[Path, Path], module: str) -> set[str]:
+    """The jobs a dry run plans with ``src/qaclims/<module>`` of the smoke repo edited (the
+    edit is undone afterwards)."""
+    src = smoke[0] / "src" / "qaclims" / module
+    original = src.read_text()
+    try:
+        src.write_text(original + "\n# edited\n")
+        return _jobs(smoke)
+    finally:
+        src.write_text(original)
+
+
 def test_nothing_to_do_after_a_run(smoke: tuple[Path, Path]) -> None:
     assert _jobs(smoke) == set()
 
@@ -444,15 +456,7 @@ def test_report_settings_and_plotting_code_redo_the_report_alone(smoke: tuple[Pa
     """Neither report.num_overlays nor the figures' code is an input of overlay_sample, whose
     CAMs may be temp() and gone: redoing it would redo make_cam and everything after it."""
     assert _jobs(smoke, {"report": {"num_overlays": 3}}) == {"report", "all"}
-    repo, _ = smoke
-    src = repo / "src" / "qaclims" / "report" / "figures.py"
-    original = src.read_text()
-    try:
-        src.write_text(original + "\n# edited\n")
-        jobs = _jobs(smoke)
-    finally:
-        src.write_text(original)
-    assert jobs == {"report", "all"}
+    assert _jobs_after_editing(smoke, "report/figures.py") == {"report", "all"}
 
 
 def test_report_holds_tables_and_figures(smoke: tuple[Path, Path]) -> None:
@@ -479,14 +483,7 @@ def test_report_holds_tables_and_figures(smoke: tuple[Path, Path]) -> None:
 
 
 def test_editing_library_code_reruns_its_stage(smoke: tuple[Path, Path]) -> None:
-    repo, _ = smoke
-    src = repo / "src" / "qaclims" / "cam" / "eval_cam.py"
-    original = src.read_text()
-    try:
-        src.write_text(original + "\n# edited\n")
-        jobs = _jobs(smoke)
-    finally:
-        src.write_text(original)
+    jobs = _jobs_after_editing(smoke, "cam/eval_cam.py")
     assert "eval_cam" in jobs and not jobs & {"train_cam", "make_cam", "dataset"}
 
 
