@@ -237,6 +237,11 @@ def pseudo_dirs(split):
     )
 
 
+def crf_label(variant):
+    """How a DeepLab variant is named in the report: ``CRF`` or ``no CRF``."""
+    return "CRF" if variant == "crf" else "no CRF"
+
+
 def deeplab_variants():
     return ["nocrf", "crf"] if config["infer_deeplab"]["crf"]["enabled"] else ["nocrf"]
 
@@ -290,11 +295,7 @@ def overlay_sources():
     if config["deeplab"]["enabled"] and SPLITS["val"] == ev:
         v = deeplab_variants()[-1]  # DeepLab's predictions on the overlays' images
         dirs = expand(R("infer_deeplab", ev, v, "{shard}"), shard=shard_ids())
-        out[f"deeplab_{v}"] = (
-            f"DeepLab ({'CRF' if v == 'crf' else 'no CRF'})",
-            "labels",
-            dirs,
-        )
+        out[f"deeplab_{v}"] = (f"DeepLab ({crf_label(v)})", "labels", dirs)
     return out
 
 
@@ -337,8 +338,7 @@ def report_plan():
     if config["deeplab"]["enabled"]:
         val = SPLITS["val"]
         for v in deeplab_variants():
-            label = f"DeepLab {val} ({'CRF' if v == 'crf' else 'no CRF'})"
-            stage(label, R("eval_deeplab", val, v))
+            stage(f"DeepLab {val} ({crf_label(v)})", R("eval_deeplab", val, v))
         if not config["released"]["deeplab"]:
             plan["histories"]["train_deeplab"] = R("train_deeplab", "history.parquet")
     for key, (label, kind, _) in overlay_sources().items():

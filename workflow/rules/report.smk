@@ -71,7 +71,7 @@ rule overlay_sample:
         manifest=manifest(SPLITS["eval_cam"]),
         dirs=lambda wc: overlay_sources()[wc.source][2],
     output:
-        R("report", "overlays", "{source}.npz"),
+        overlay_sample("{source}"),
     log:
         LOG("overlay_sample", "{source}.log"),
     wildcard_constraints:
