@@ -47,3 +47,90 @@ def test_every_flag_gpu_check_passes_is_one_its_benchmark_takes() -> None:
         assert flags, path
         for flag in flags:
             assert re.search(rf"(?<![\w-]){flag}(?![\w-])", helps[path]), f"{path}: no {flag}"
+
+
+def _gpu_wheels():  # benchmarks/ is no package: load the script as a module
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_wheels", ROOT / "benchmarks" / "gpu_wheels.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_module_gpu_check_runs_exists() -> None:
+    # `python3 -m X` lines: a module that does not exist costs the lent machine's run
+    import importlib.util
+
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    mods = set(re.findall(r"python3 -m ([\w.]+)", script)) - {"pip"}
+    assert {"pytest", "snakemake", "qaclims.report.summary"} <= mods
+    for m in sorted(mods):
+        assert importlib.util.find_spec(m) is not None, m
+
+
+def test_the_gpu_wheels_cover_every_import_of_the_code_gpu_check_runs() -> None:
+    """Second method beside the metadata closure: the third-party modules that the library,
+    the workflow scripts, the benchmarks and gpu_check.sh's ``-m`` modules import, mapped to
+    their distributions, each travel as a wheel or are in the device image."""
+    import ast
+    from importlib import metadata
+
+    g = _gpu_wheels()
+    carry = g.plan(g.closure())
+    local = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} | {"tests", "qaclims"}
+    mods: set[str] = set(
+        re.findall(r"python3 -m ([\w.]+)", (ROOT / "benchmarks" / "gpu_check.sh").read_text())
+    )
+    files = [*(ROOT / "src" / "qaclims").rglob("*.py"),
+             *(ROOT / "workflow" / "scripts").glob("*.py"),
+             *(ROOT / "benchmarks").glob("*.py")]  # fmt: skip
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                mods |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                mods.add(node.module)
+    tops = {m.split(".")[0] for m in mods} - set(sys.stdlib_module_names) - local - {"__future__"}
+    dists = metadata.packages_distributions()
+    assert {"open_clip", "pycocotools", "lemminflect", "snakemake", "torch"} <= tops
+    for top in sorted(tops):
+        names = {g.norm(d) for d in dists.get(top, [])}
+        assert names, f"{top}: imported, but no installed distribution provides it"
+        assert names & (set(carry) | g.DEVICE_IMAGE), (
+            f"{top} ({names}): neither carried nor on the device"
+        )
+    # the device's CUDA torch is measured, never ours; PuLP (ILP scheduler only) stays home
+    assert not {n for n in carry if g.gpu_stack(n)} and "pulp" not in carry
+    assert {"snakemake", "open-clip-torch", "pycocotools", "transformers"} <= set(carry)
+
+
+def test_the_gpu_wheel_plan_satisfies_every_requirement_it_carries() -> None:
+    # each carried package's requirements (on CPython 3.12 Linux) are carried or in the
+    # image, and an image package a carried one needs in a range is carried unless its known
+    # version meets the range or the image is trusted for it
+    from packaging.requirements import Requirement
+
+    g = _gpu_wheels()
+    found = g.closure()
+    carry = g.plan(found)
+    for name in carry:
+        for line in metadata_requires(name):
+            req = Requirement(line)
+            if not g._wanted(req, set()) or g.norm(req.name) in g.NOT_IMPORTED:
+                continue
+            n = g.norm(req.name)
+            assert n in carry or n in g.DEVICE_IMAGE, (name, line)
+            if n in carry or not str(req.specifier) or n in g.TRUST_IMAGE:
+                continue
+            known = g.DEVICE_VERSIONS.get(n)
+            assert known is not None and req.specifier.contains(known), (name, line)
+
+
+def metadata_requires(name: str) -> list[str]:
+    from importlib import metadata
+
+    return metadata.distribution(name).requires or []
