@@ -61,12 +61,17 @@ def _gpu_wheels():  # benchmarks/ is no package: load the script as a module
     return mod
 
 
+def _gpu_check_modules() -> set[str]:
+    """The modules gpu_check.sh runs with ``python3 -m``."""
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    return set(re.findall(r"python3 -m ([\w.]+)", script))
+
+
 def test_every_module_gpu_check_runs_exists() -> None:
     # `python3 -m X` lines: a module that does not exist costs the lent machine's run
     import importlib.util
 
-    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
-    mods = set(re.findall(r"python3 -m ([\w.]+)", script)) - {"pip"}
+    mods = _gpu_check_modules() - {"pip"}
     assert {"pytest", "snakemake", "qaclims.report.summary"} <= mods
     for m in sorted(mods):
         assert importlib.util.find_spec(m) is not None, m
@@ -76,30 +81,19 @@ def test_the_gpu_wheels_cover_every_import_of_the_code_gpu_check_runs() -> None:
     """Second method beside the metadata closure: the third-party modules that the library,
     the workflow scripts, the benchmarks and gpu_check.sh's ``-m`` modules import, mapped to
     their distributions, each travel as a wheel or are in the device image."""
-    import ast
-    from importlib import metadata
+    from tests.imports import distributions, imports_of
 
     g = _gpu_wheels()
     carry = g.plan(g.closure())
-    local = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} | {"tests", "qaclims"}
-    mods: set[str] = set(
-        re.findall(r"python3 -m ([\w.]+)", (ROOT / "benchmarks" / "gpu_check.sh").read_text())
-    )
+    local = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} | {"tests"}
     files = [*(ROOT / "src" / "qaclims").rglob("*.py"),
              *(ROOT / "workflow" / "scripts").glob("*.py"),
              *(ROOT / "benchmarks").glob("*.py")]  # fmt: skip
-    for f in files:
-        for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.Import):
-                mods |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                mods.add(node.module)
-    tops = {m.split(".")[0] for m in mods} - set(sys.stdlib_module_names) - local - {"__future__"}
-    dists = metadata.packages_distributions()
+    run = {m.split(".")[0] for m in _gpu_check_modules()} - {"qaclims"}
+    tops = imports_of([str(f) for f in files]) - local | run
     assert {"open_clip", "pycocotools", "lemminflect", "snakemake", "torch"} <= tops
     for top in sorted(tops):
-        names = {g.norm(d) for d in dists.get(top, [])}
-        assert names, f"{top}: imported, but no installed distribution provides it"
+        names = {g.norm(d) for d in distributions({top})}
         assert names & (set(carry) | g.DEVICE_IMAGE), (
             f"{top} ({names}): neither carried nor on the device"
         )
@@ -112,25 +106,15 @@ def test_the_gpu_wheel_plan_satisfies_every_requirement_it_carries() -> None:
     # each carried package's requirements (on CPython 3.12 Linux) are carried or in the
     # image, and an image package a carried one needs in a range is carried unless its known
     # version meets the range or the image is trusted for it
-    from packaging.requirements import Requirement
-
     g = _gpu_wheels()
-    found = g.closure()
-    carry = g.plan(found)
+    carry = g.plan(g.closure())
     for name in carry:
-        for line in metadata_requires(name):
-            req = Requirement(line)
-            if not g._wanted(req, set()) or g.norm(req.name) in g.NOT_IMPORTED:
-                continue
+        for req in g._requirements(name):
             n = g.norm(req.name)
-            assert n in carry or n in g.DEVICE_IMAGE, (name, line)
+            if n in g.NOT_IMPORTED:
+                continue
+            assert n in carry or n in g.DEVICE_IMAGE, (name, str(req))
             if n in carry or not str(req.specifier) or n in g.TRUST_IMAGE:
                 continue
             known = g.DEVICE_VERSIONS.get(n)
-            assert known is not None and req.specifier.contains(known), (name, line)
-
-
-def metadata_requires(name: str) -> list[str]:
-    from importlib import metadata
-
-    return metadata.distribution(name).requires or []
+            assert known is not None and req.specifier.contains(known), (name, str(req))

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from qaclims.workflow.codegraph import library_files
+from tests.imports import distributions, imports_of
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("torch", "vqa", "crf", "report")
@@ -92,45 +93,6 @@ def test_library_core_does_not_depend_on_snakemake() -> None:
             assert not [n for n in names if n.split(".")[0] == "snakemake"], f
 
 
-def _optional(tree: ast.AST) -> set[int]:
-    """ids of import nodes inside ``try: ... except ImportError`` (optional imports)."""
-    out: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Try):
-            caught = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
-            if caught & {"ImportError", "ModuleNotFoundError"}:
-                out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    return out
-
-
-def _imports_of(files: list[str]) -> set[str]:
-    """Top-level third-party modules the files import anywhere (lazy imports included, those
-    guarded by ``except ImportError`` left out)."""
-    std = set(sys.stdlib_module_names) | {"__future__", "qaclims"}
-    mods: set[str] = set()
-    for f in files:
-        tree = ast.parse(Path(f).read_text())
-        optional = _optional(tree)
-        for node in ast.walk(tree):
-            if id(node) in optional:
-                continue
-            if isinstance(node, ast.Import):
-                mods |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                mods.add(node.module.split(".")[0])
-    return mods - std
-
-
-def _distributions(modules: set[str]) -> set[str]:
-    """Distribution names (lower case) that provide ``modules`` in the project's venv."""
-    from importlib.metadata import packages_distributions
-
-    dists = packages_distributions()
-    missing = sorted(m for m in modules if m not in dists)
-    assert not missing, f"no installed distribution provides {missing}"
-    return {d.lower().replace("_", "-") for m in modules for d in dists[m]}
-
-
 def _family(family: str) -> tuple[set[str], list[str], list[str]]:
     """(scripts, library files, third-party modules) of the rules using ``family``'s env."""
     scripts = {s for env, s in rules().values() if env == f"{family}.yaml" and s}
@@ -142,7 +104,7 @@ def _family(family: str) -> tuple[set[str], list[str], list[str]]:
         }
     )
     own = [str(ROOT / "workflow/scripts" / f"{s}.py") for s in scripts]
-    return scripts, files, sorted(_imports_of(files + own))
+    return scripts, files, sorted(imports_of(files + own))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -150,7 +112,7 @@ def test_each_env_pins_every_package_its_rules_import(family: str) -> None:
     """Static: every third-party module a family's code imports comes from a pinned package."""
     _, _, third = _family(family)
     pinned = {p.split("==")[0].lower().replace("_", "-") for p in env_pip(family)}
-    needed = _distributions(set(third))
+    needed = distributions(set(third))
     assert needed <= pinned, f"{family}.yaml lacks {sorted(needed - pinned)}"
 
 
@@ -241,7 +203,7 @@ def test_env_installs_in_a_fresh_venv_and_its_rules_import(
     )
     modules = [_module_name(f) for f in files]
     third = sorted(
-        _imports_of(files + [str(ROOT / "workflow/scripts" / f"{s}.py") for s in scripts])
+        imports_of(files + [str(ROOT / "workflow/scripts" / f"{s}.py") for s in scripts])
     )
     code = (
         "import importlib, importlib.util, sys\n"
