@@ -17,7 +17,9 @@ reading its script, expanding its resources, printing it).
     python benchmarks/bench_dag.py --config voc12 --shards 8 --overlay config/ablations-voc12.yaml
 
 ``--overlay``: more config files after the paper config (an experiment preset: its cells'
-jobs are counted too).
+jobs are counted too). ``--record FILE`` appends one record per shard count to ``FILE``
+(:func:`qaclims.report.speed.append_dag`); ``make speed-table`` makes the README's dry-run
+table from ``benchmarks/records/``.
 
 Where the SLURM client tools are installed, every Snakemake call (the floor's too) imports the
 SLURM executor plugin, which asks ``sacct``/``squeue`` for its defaults at import: with the
@@ -33,11 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from qaclims.report import speed  # noqa: E402
 from tests.workflow_util import (  # noqa: E402
     dry_run_jobs,
     fake_checkpoints,
@@ -91,6 +95,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, nargs="+", default=[8, 32, 128])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--overlay", type=Path, nargs="*", default=[])
+    ap.add_argument("--record", default=None, help="append the results to this JSON-lines file")
     args = ap.parse_args()
     cfg = ROOT / "config" / f"{args.config}.yaml"
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -120,6 +125,10 @@ def main() -> None:
             edges = sum(1 for line in dot.splitlines() if "->" in line)
             floor = floor_seconds(jobs, tmp, args.repeat)
             print(f"{n:>7} {sum(jobs.values()):>7} {edges:>7} {best:>8.2f} {floor:>6.2f}")
+            if args.record:
+                speed.append_dag(args.record, config=names, shards=n, jobs=sum(jobs.values()),
+                                 edges=edges, seconds=best, floor=floor,
+                                 snakemake=version("snakemake"))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -16,5 +16,6 @@ $PY benchmarks/bench_eval_cam.py 40 --record "$REC.new"
 $PY benchmarks/bench_eval_cam.py 40 --coco --record "$REC.new"
 $PY benchmarks/bench_train_ritc.py --record "$REC.new"
 $PY benchmarks/bench_dataset.py --images 1000 --workers 1 "$(nproc)" --record "$REC.new"
+$PY benchmarks/bench_dag.py --repeat 3 --record "$REC.new"  # time with the SLURM cluster up
 mv "$REC.new" "$REC"  # a crashed benchmark leaves the old records in place
 $PY -m qaclims.report.readme --speed benchmarks/records/*.jsonl --write README.md

@@ -30,6 +30,24 @@ def test_the_training_step_benchmark_records_both_steps(tmp_path: Path) -> None:
     assert "train_cam step, tiny, batch 16, 64 px:" in r.stdout
 
 
+def test_the_dry_run_benchmark_records_each_shard_count(tmp_path: Path) -> None:
+    rec = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "benchmarks/bench_dag.py", "--config", "voc12", "--shards", "1", "2",
+           "--repeat", "1", "--record", str(rec)]  # fmt: skip
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one, two = speed.read([rec])
+    assert (one["shards"], two["shards"]) == (1, 2) and one["config"] == "config/voc12.yaml"
+    # a second shard adds jobs and edges (one per rule of the per-image chain and its reads)
+    assert two["jobs"] > one["jobs"] > 1 and two["edges"] > one["edges"] > 1
+    for x in (one, two):  # the printed row is the record's
+        row = f"{x['shards']:>7} {x['jobs']:>7} {x['edges']:>7} {x['seconds']:>8.2f}"
+        assert row in r.stdout
+    assert f"| `config/voc12.yaml` | 2 | {two['jobs']} | {two['edges']} |" in speed.dag_table(
+        [one, two]
+    )
+
+
 def test_every_flag_gpu_check_passes_is_one_its_benchmark_takes() -> None:
     # gpu_check.sh runs on a lent GPU machine with minutes of budget: a misspelt flag there
     # costs a run. Each benchmark's --help lists the flags its parser takes.

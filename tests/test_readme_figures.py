@@ -171,6 +171,46 @@ def test_the_readme_speed_table_is_the_one_its_records_make() -> None:
     rel = [p.relative_to(ROOT) for p in records]
     want = speed.block(rel)
     assert text.count(speed.BEGIN) == 1 and want in text
+    assert text.count(speed.DAG_BEGIN) == 1 and speed.dag_block(rel) in text
+    coco = [
+        r
+        for r in speed.read(rel)
+        if r.get("table") == "dag" and r["config"].endswith("coco14.yaml")
+    ]
+    assert {8, 32, 128} <= {r["shards"] for r in coco}, "the COCO dry run at 8/32/128 shards"
     r = subprocess.run(["make", "-n", "speed-table"], cwd=ROOT, capture_output=True, text=True)
     recipe = "-m qaclims.report.readme --speed benchmarks/records/*.jsonl --write README.md"
     assert recipe in r.stdout
+
+
+def test_dry_run_records_make_their_own_table(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    speed.append(path, bench="b.py", what="w", unit="img/s", ours=8.0, reference=2.0, threads=2)
+    kw = {"config": "config/coco14.yaml", "snakemake": "9.0"}
+    speed.append_dag(path, shards=128, jobs=786, edges=3113, seconds=2.64, floor=2.4, **kw)
+    speed.append_dag(path, shards=8, jobs=66, edges=233, seconds=9.0, floor=1.0, **kw)
+    speed.append_dag(path, shards=8, jobs=66, edges=233, seconds=1.5, floor=1.2, **kw)
+    speed.append_dag(path, shards=32, jobs=210, edges=809, seconds=1.75, floor=1.4, **kw)
+    recs = speed.read([path])
+    assert "bench_dag" not in speed.table(recs) and "786" not in speed.table(recs)
+    text = speed.dag_table(recs)
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert rows == [  # by shard count as numbers; the latest record of 8 shards; ratio by hand
+        "| `config/coco14.yaml` | 8 | 66 | 233 | 1.50 s | 1.20 s | 1.25 |",
+        "| `config/coco14.yaml` | 32 | 210 | 809 | 1.75 s | 1.40 s | 1.25 |",
+        "| `config/coco14.yaml` | 128 | 786 | 3,113 | 2.64 s | 2.40 s | 1.10 |",
+    ]
+    assert "(Snakemake 9.0, " in text and speed.cpu_model() in text
+    assert f"Records: `{path.as_posix()}`." in speed.dag_block([path])
+    with pytest.raises(DataError, match="no dry-run records"):
+        speed.dag_table(recs[:1])
+    with pytest.raises(ValueError, match="floor must be positive"):
+        speed.append_dag(path, shards=8, jobs=66, edges=233, seconds=1.0, floor=0.0, **kw)
+    with pytest.raises(ValueError, match="edges must be >= 1"):
+        speed.append_dag(path, shards=8, jobs=66, edges=0, seconds=1.0, floor=1.0, **kw)
+    path.write_text('{"bench": "bench_dag.py", "table": "dag", "config": "c", "shards": 8}\n')
+    with pytest.raises(DataError, match=r"r\.jsonl:1: a dag record lacks \['jobs', 'edges'"):
+        speed.read([path])
+    path.write_text(json.dumps(_rec(table="rates")) + "\n")
+    with pytest.raises(DataError, match=r"r\.jsonl:1: unknown record table 'rates'"):
+        speed.read([path])

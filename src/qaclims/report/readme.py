@@ -20,8 +20,10 @@ jobs ``benchmarks/bench_experiments.py`` recorded.
 
 ``python -m qaclims.report.readme --speed benchmarks/records/*.jsonl [--write README.md]``
 makes the speed table between ``<!-- speed:begin -->`` and ``<!-- speed:end -->`` from the
-benchmarks' records (:mod:`qaclims.report.speed`); with ``--write`` it also rewrites the
-GPU-hours block of the VOC pipeline (:mod:`qaclims.report.gpu_hours`) from the same records.
+benchmarks' records (:mod:`qaclims.report.speed`), and the dry-run table of the whole DAG
+between ``<!-- dag:begin -->`` and ``<!-- dag:end -->`` from their ``bench_dag.py`` records;
+with ``--write`` it also rewrites the GPU-hours block of the VOC pipeline
+(:mod:`qaclims.report.gpu_hours`) from the same records.
 """
 
 from __future__ import annotations
@@ -233,18 +235,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed and args.write:  # the GPU-hours estimate comes from the same records
         gpu_hours.main(["--records", *args.speed, "--pairs-per-image", str(VOC_PAIRS_PER_IMAGE),
                         "--write", args.write])  # fmt: skip
+    blocks: list[tuple[str, tuple[str, str]]] = []
     if args.speed:
-        text, markers = speed.block(args.speed), (speed.BEGIN, speed.END)
+        blocks = [
+            (speed.block(args.speed), (speed.BEGIN, speed.END)),
+            (speed.dag_block(args.speed), (speed.DAG_BEGIN, speed.DAG_END)),
+        ]
     elif args.experiments:
-        text, markers = experiments_block(Path(args.run_dir)), (EXP_BEGIN, EXP_END)
+        blocks = [(experiments_block(Path(args.run_dir)), (EXP_BEGIN, EXP_END))]
     else:
-        text = block(Path(args.run_dir), Path(args.seeds) if args.seeds else None)
-        markers = (BEGIN, END)
+        seeds = Path(args.seeds) if args.seeds else None
+        blocks = [(block(Path(args.run_dir), seeds), (BEGIN, END))]
     if args.write:
         readme = Path(args.write)
-        readme.write_text(replace_block(readme.read_text(), text, str(readme), markers))
+        text = readme.read_text()
+        for new, markers in blocks:
+            text = replace_block(text, new, str(readme), markers)
+        readme.write_text(text)
     else:
-        print(text)
+        print("\n\n".join(new for new, _ in blocks))
     return 0
 
 

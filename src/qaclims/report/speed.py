@@ -14,6 +14,13 @@ reference-style loop on the same inputs, or null), ``ours`` (this implementation
 it ran: ``machine`` (CPU model and count), ``torch``, ``date`` (UTC, ISO), ``commit`` (``git
 describe --dirty``: ``-dirty`` when the checkout had uncommitted changes); optional ``stage``
 (the rule the measurement stands for in the GPU-hours table).
+
+A dry-run record (``benchmarks/bench_dag.py``, :func:`append_dag`) has ``"table": "dag"`` and,
+instead of the rates, ``config``, ``shards``, ``jobs``, ``edges`` (dependency edges of the
+``--dag`` graph), ``seconds`` (the workflow's dry run) and ``floor`` (Snakemake's own dry run
+of trivial rules with the same job counts), with ``snakemake`` (its version) and the same
+``machine``/``date``/``commit``; :func:`dag_table` makes the README's dry-run table from them
+and :func:`table` leaves them out.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from qaclims.core.errors import DataError
 
 BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
 FIELDS = ("bench", "what", "unit", "reference", "ours", "device", "threads", "machine")
+DAG_BEGIN, DAG_END = "<!-- dag:begin -->", "<!-- dag:end -->"
+DAG_FIELDS = ("bench", "config", "shards", "jobs", "edges", "seconds", "floor", "machine")
 
 
 def cpu_model() -> str:
@@ -57,6 +66,22 @@ def _commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def _write(path: str | os.PathLike[str], rec: dict[str, Any]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _where() -> dict[str, Any]:
+    """Where a measurement ran: ``machine``, ``date`` (UTC), ``commit``."""
+    return {
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+        "commit": _commit(),
+    }
 
 
 def append(
@@ -102,17 +127,41 @@ def append(
         "ours": float(ours),
         "device": device,
         "threads": threads,
-        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
         "torch": version,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-        "commit": _commit(),
+        **_where(),
     }
     if stage is not None:
         rec["stage"] = stage
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("a") as f:
-        f.write(json.dumps(rec) + "\n")
+    _write(path, rec)
+    return rec
+
+
+def append_dag(
+    path: str | os.PathLike[str],
+    *,
+    config: str,
+    shards: int,
+    jobs: int,
+    edges: int,
+    seconds: float,
+    floor: float,
+    snakemake: str,
+) -> dict[str, Any]:
+    """Append one dry-run record (see the module doc) to ``path``; returns it. ``seconds``
+    and ``floor``: positive finite wall times of the dry runs; ``jobs``/``edges``/``shards``:
+    positive counts; ``snakemake``: its version."""
+    for name, v in (("seconds", seconds), ("floor", floor)):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(
+                f"dry-run record {config} x {shards}: {name} must be positive, got {v}"
+            )
+    for name, n in (("shards", shards), ("jobs", jobs), ("edges", edges)):
+        if n < 1:
+            raise ValueError(f"dry-run record {config} x {shards}: {name} must be >= 1, got {n}")
+    rec = {"bench": "bench_dag.py", "table": "dag", "config": config, "shards": int(shards),
+           "jobs": int(jobs), "edges": int(edges), "seconds": float(seconds),
+           "floor": float(floor), "snakemake": snakemake, **_where()}  # fmt: skip
+    _write(path, rec)
     return rec
 
 
@@ -130,9 +179,14 @@ def read(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{i}: not JSON ({e.msg})") from e
-            missing = [k for k in FIELDS if not isinstance(rec, dict) or k not in rec]
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{i}: a speed record is a JSON object, not {rec!r}")
+            kind = rec.get("table", "speed")
+            if kind not in ("speed", "dag"):
+                raise DataError(f"{path}:{i}: unknown record table {kind!r} (speed, dag)")
+            missing = [k for k in (DAG_FIELDS if kind == "dag" else FIELDS) if k not in rec]
             if missing:
-                raise DataError(f"{path}:{i}: a speed record lacks {missing}")
+                raise DataError(f"{path}:{i}: a {kind} record lacks {missing}")
             out.append(rec)
     return out
 
@@ -152,6 +206,8 @@ def table(records: list[dict[str, Any]]) -> str:
     (reference / ours for times); and where the rows ran, one line per machine."""
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in records:
+        if r.get("table", "speed") != "speed":
+            continue
         key = (r["bench"], r["what"], r["device"], r["threads"])
         latest.pop(key, None)
         latest[key] = r
@@ -178,8 +234,50 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + f"\n\nMeasured on {notes}."
 
 
+def dag_table(records: list[dict[str, Any]]) -> str:
+    """Markdown: the dry-run records (``"table": "dag"``), the latest of each (config, shards,
+    machine), by config and shard count; the workflow's seconds over Snakemake's floor; and
+    where they ran. DataError when there are none."""
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in records:
+        if r.get("table") == "dag":
+            key = (r["config"], r["shards"], r["machine"])
+            latest.pop(key, None)
+            latest[key] = r
+    if not latest:
+        raise DataError("no dry-run records (benchmarks/bench_dag.py --record)")
+    lines = [
+        "| config | shards | jobs | dependency edges | dry run | Snakemake's floor | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(latest.values(), key=lambda r: (r["config"], r["machine"], r["shards"])):
+        lines.append(
+            f"| `{r['config']}` | {r['shards']} | {r['jobs']:,} | {r['edges']:,} "
+            f"| {r['seconds']:.2f} s | {r['floor']:.2f} s | {r['seconds'] / r['floor']:.2f} |"
+        )
+    where = sorted(
+        {(r["machine"], r.get("snakemake") or "?", r["date"], r["commit"] or "?")
+         for r in latest.values()}
+    )  # fmt: skip
+    notes = "; ".join(f"{m} (Snakemake {v}, {d}, commit {c})" for m, v, d, c in where)
+    return "\n".join(lines) + f"\n\nMeasured on {notes}."
+
+
 def block(paths: Iterable[str | os.PathLike[str]]) -> str:
     """The README's speed block (markers included) from the record files ``paths``."""
     paths = list(paths)
     src = ", ".join(f"`{Path(p).as_posix()}`" for p in paths)
     return "\n".join([BEGIN, table(read(paths)), "", f"Records: {src}.", END])
+
+
+def dag_block(paths: Iterable[str | os.PathLike[str]]) -> str:
+    """The README's dry-run block (markers included) from the record files ``paths``; it
+    names the files that hold dry-run records."""
+    per_file = {Path(p): read([p]) for p in paths}
+    records = [r for recs in per_file.values() for r in recs]
+    src = ", ".join(
+        f"`{p.as_posix()}`"
+        for p, recs in per_file.items()
+        if any(r.get("table") == "dag" for r in recs)
+    )
+    return "\n".join([DAG_BEGIN, dag_table(records), "", f"Records: {src}.", DAG_END])
