@@ -11,14 +11,17 @@ same loss:
   region kind on their stack, then a Python loop computing each pair's two losses.
 
 Prints images/s and peak memory of each (each variant in its own process: peak RSS on the
-CPU, ``torch.cuda.max_memory_allocated`` on a GPU). CPU (default): the tiny CAM network
-and tiny CLIP. ``--gpu``: ResNet-50 CAM network and an untrained ViT-L/14 CLIP (open_clip
-architecture, no download) at the paper's batch of 8, 512-px crops.
+CPU, ``torch.cuda.max_memory_allocated`` on a GPU). Default: the tiny CAM network and tiny
+CLIP. ``--paper``: ResNet-50 CAM network and an untrained ViT-L/14 CLIP (open_clip
+architecture, no download) at the paper's batch of 8, 512-px crops, on ``--device`` (``cpu``
+or ``cuda``); ``--gpu`` is ``--paper --device cuda``. Only a GPU record of the paper's
+networks carries a ``stage`` (the GPU-hours table's rate).
 
 ``--train-cam`` also times one ``train_cam`` step (the baseline CAM network's training: IRN's
-recipe, ResNet-50 at batch 16 on 512-px crops with ``--gpu``).
+recipe, ResNet-50 at batch 16 on 512-px crops with ``--paper``).
 
-Usage: ``python benchmarks/bench_train_ritc.py [--steps 5] [--gpu] [--train-cam]``.
+Usage: ``python benchmarks/bench_train_ritc.py [--steps 5] [--paper] [--device cpu|cuda]
+[--gpu] [--train-cam] [--record FILE]``.
 """
 
 from __future__ import annotations
@@ -35,15 +38,15 @@ import torch
 import torch.nn.functional as F
 
 
-def build(gpu: bool) -> dict[str, Any]:
+def build(paper: bool, device: str) -> dict[str, Any]:
     from qaclims.core.config import from_mapping
     from qaclims.models.cam_resnet import CamModelConfig, CamNet
     from qaclims.models.clip import ClipConfig, ClipInput, TinyClipArch, load_clip
     from qaclims.ritc import objective, train_ritc
 
     torch.manual_seed(0)
-    dev = torch.device("cuda" if gpu else "cpu")
-    if gpu:
+    dev = torch.device(device)
+    if paper:
         model_cfg = from_mapping(
             CamModelConfig, {"backbone": {"arch": "resnet50", "weights": "none"}}, "m"
         )
@@ -143,11 +146,12 @@ def in_process(ctx: Any, target: Any, *args: Any) -> dict[str, Any]:
     return res
 
 
-def measure(variant: str, gpu: bool, steps: int, out: Any) -> None:
+def measure(variant: str, paper: bool, device: str, steps: int, out: Any) -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     from qaclims.ritc import objective
 
-    s = build(gpu)
+    gpu = device.startswith("cuda")
+    s = build(paper, device)
     net, ctx, x, y, ids, opt = s["net"], s["ctx"], s["x"], s["y"], s["ids"], s["opt"]
 
     def step() -> float:
@@ -163,17 +167,17 @@ def measure(variant: str, gpu: bool, steps: int, out: Any) -> None:
              "peak_mib": peak})  # fmt: skip
 
 
-def measure_train_cam(gpu: bool, steps: int, out: Any) -> None:
+def measure_train_cam(paper: bool, device: str, steps: int, out: Any) -> None:
     """One ``train_cam`` step (:func:`qaclims.cam.train_cam.train_step`): IRN's recipe,
-    ResNet-50 at batch 16 on 512-px crops with ``--gpu``, the tiny net on 64 px otherwise."""
+    ResNet-50 at batch 16 on 512-px crops with ``--paper``, the tiny net on 64 px otherwise."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     from qaclims.cam import train_cam
     from qaclims.core.config import from_mapping
     from qaclims.models.cam_resnet import CamNet
 
     torch.manual_seed(0)
-    dev = torch.device("cuda" if gpu else "cpu")
-    arch, batch, crop, classes = ("resnet50", 16, 512, 20) if gpu else ("tiny", 16, 64, 6)
+    dev, gpu = torch.device(device), device.startswith("cuda")
+    arch, batch, crop, classes = ("resnet50", 16, 512, 20) if paper else ("tiny", 16, 64, 6)
     cfg = from_mapping(train_cam.TrainCamConfig, {
         "model": {"backbone": {"arch": arch, "weights": "none", "strides": [2, 2, 2, 1],
                                "frozen_bn": True}, "freeze_stem": True, "detach_stage2": True},
@@ -190,13 +194,19 @@ def measure_train_cam(gpu: bool, steps: int, out: Any) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--gpu", action="store_true", help="ResNet-50 + ViT-L/14 at batch 8 on CUDA")
+    ap.add_argument("--paper", action="store_true", help="ResNet-50 + ViT-L/14 at batch 8")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    ap.add_argument("--gpu", action="store_true", help="--paper --device cuda")
     ap.add_argument("--record", default=None, help="append the result to this JSON-lines file")
     ap.add_argument("--train-cam", action="store_true", help="also time one train_cam step")
     a = ap.parse_args()
+    if a.gpu:
+        a.paper, a.device = True, "cuda"
+    gpu = a.device.startswith("cuda")
+    threads = None if gpu else int(os.environ.get("BENCH_THREADS", "2"))
     ctx = mp.get_context("spawn")
     if a.train_cam:
-        cam = in_process(ctx, measure_train_cam, a.gpu, a.steps)
+        cam = in_process(ctx, measure_train_cam, a.paper, a.device, a.steps)
         print(f"train_cam step, {cam['arch']}, batch {cam['batch']}, {cam['crop']} px: "
               f"{cam['img_per_s']:.2f} images/s, peak {cam['peak_mib']:.0f} MiB")  # fmt: skip
         if a.record:
@@ -208,16 +218,17 @@ def main() -> None:
                 what=f"train_cam step, {cam['arch']}, batch {cam['batch']}, {cam['crop']} px",
                 unit="img/s",
                 ours=cam["img_per_s"],
-                device="cuda" if a.gpu else "cpu",
-                threads=None if a.gpu else int(os.environ.get("BENCH_THREADS", "2")),
-                stage="train_cam" if a.gpu else None,
+                device=a.device,
+                threads=threads,
+                stage="train_cam" if a.paper and gpu else None,
             )
-    rows = [in_process(ctx, measure, v, a.gpu, a.steps) for v in ("reference-style", "ours")]
+    rows = [
+        in_process(ctx, measure, v, a.paper, a.device, a.steps) for v in ("reference-style", "ours")
+    ]
     assert abs(rows[0]["first_loss"] - rows[1]["first_loss"]) <= 1e-4 * max(
         1.0, abs(rows[1]["first_loss"])
     )
-    threads = os.environ.get("BENCH_THREADS", "2")
-    print(json.dumps({"device": "cuda" if a.gpu else "cpu", "threads": threads, "steps": a.steps}))
+    print(json.dumps({"device": a.device, "threads": threads, "steps": a.steps}))
     print("| variant | images/s | peak memory (MiB) |")
     print("|---|---|---|")
     for r in rows:
@@ -230,15 +241,15 @@ def main() -> None:
             bench="bench_train_ritc.py",
             what=(
                 "RITC training step, ResNet-50 + ViT-L/14, batch 8, 512 px"
-                if a.gpu
+                if a.paper
                 else "RITC training step, tiny CAM net + tiny CLIP, batch 8"
             ),
             unit="img/s",
             reference=rows[0]["img_per_s"],
             ours=rows[1]["img_per_s"],
-            device="cuda" if a.gpu else "cpu",
-            threads=None if a.gpu else int(threads),
-            stage="train_ritc" if a.gpu else None,
+            device=a.device,
+            threads=threads,
+            stage="train_ritc" if a.paper and gpu else None,
         )
 
 
