@@ -67,16 +67,18 @@ def test_every_flag_gpu_check_passes_is_one_its_benchmark_takes() -> None:
             assert re.search(rf"(?<![\w-]){flag}(?![\w-])", helps[path]), f"{path}: no {flag}"
 
 
-def _gpu_wheels():  # benchmarks/ is no package: load the script as a module
+def _script(name: str):  # benchmarks/ is no package: load a script as a module
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "gpu_wheels", ROOT / "benchmarks" / "gpu_wheels.py"
-    )
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _gpu_wheels():
+    return _script("gpu_wheels")
 
 
 def _gpu_check_modules() -> set[str]:
@@ -136,3 +138,20 @@ def test_the_gpu_wheel_plan_satisfies_every_requirement_it_carries() -> None:
                 continue
             known = g.DEVICE_VERSIONS.get(n)
             assert known is not None and req.specifier.contains(known), (name, str(req))
+
+
+def test_the_seed_summary_counts_wins_and_the_worst_seed_by_hand() -> None:
+    import pandas as pd
+
+    mod = _script("bench_demo_seeds")
+    table = pd.DataFrame({"seed": [0, 0, 1, 1], "class": ["a", "b", "a", "b"],
+                          "gain": [2.0, -1.0, 1.0, -3.0]})  # fmt: skip
+    stages = pd.DataFrame({"seed": [0, 0, 1, 1], "stage": ["cam", "ritc", "cam", "ritc"],
+                           "miou": [60.0, 70.0, 65.0, 62.0]})  # fmt: skip
+    s = mod.summarise(table, stages).set_index("stage")
+    assert s.loc["cam", "mean"] == 62.5 and abs(s.loc["cam", "sd"] - 5 / 2**0.5) < 1e-12
+    assert s.loc["ritc", "mean"] == 66.0 and abs(s.loc["ritc", "sd"] - 8 / 2**0.5) < 1e-12
+    assert (s.loc["ritc", "n"], s.loc["ritc", "wins"]) == (2, 1)  # seed 1 loses
+    assert (s.loc["ritc", "min_seed_gain"], s.loc["ritc", "min_seed"]) == (-3.0, 1)
+    assert (s.loc["ritc", "min_class_gain"], s.loc["ritc", "min_class"]) == (-2.0, "b")
+    assert mod.WHOLE[-1] == "train_ritc.seed" and "synthetic.seed" in mod.WHOLE

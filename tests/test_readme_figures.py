@@ -35,7 +35,9 @@ def test_block_from_a_run_and_its_seed_table(tmp_path: Path) -> None:
     pd.DataFrame({
         "stage": ["cam", "ritc"], "mean": [60.07, 70.0], "sd": [0.0, 1.2], "n": [3, 3],
         "min_class_gain": [float("nan"), -1.5], "min_class": ["", "kite"],
-        "keys": "train_ritc.seed", "seeds": "0 1 2", "machine": "x86_64, 2 CPUs, --cores 2",
+        "wins": [-1, 2], "min_seed_gain": [float("nan"), -0.75], "min_seed": [-1, 1],
+        "keys": "synthetic.seed train_ritc.seed", "seeds": "0 1 2",
+        "machine": "x86_64, 2 CPUs, --cores 2",
         "seconds_per_seed": 180.0,
     }).to_csv(seeds / "benchmarks" / "seeds_summary.csv", index=False)  # fmt: skip
     text = readme.block(run, seeds)
@@ -47,6 +49,8 @@ def test_block_from_a_run_and_its_seed_table(tmp_path: Path) -> None:
     assert "torch training threads 2" in text and "took 9.0 min" in text
     assert "| CAM, QA-CLIMS | 70.00 ± 1.20 | 3 |" in text and "Gain +9.93 points" in text
     assert "-1.50 (kite)" in text
+    assert "of `synthetic.seed`, `train_ritc.seed`; QA-CLIMS beats the baseline in 2 of 3" in text
+    assert "the smallest gain of one seed is -0.75 (seed 1)" in text
     assert "CPU's kernels" not in text  # bench_demo_kernels.py has not run
     pd.DataFrame({
         "kernels": ["default", "avx2"], "native": [False, True], "threads": [2, 2],

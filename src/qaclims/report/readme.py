@@ -128,11 +128,14 @@ def seed_table(seeds_dir: Path) -> str:
         lines.append(f"| {names.get(str(r.stage), r.stage)} | {r.mean:.2f} ± {r.sd:.2f} | {r.n} |")
     ritc = s[s["stage"] == "ritc"].iloc[0]
     cam = s[s["stage"] == "cam"].iloc[0]
+    keys = ", ".join(f"`{k}`" for k in str(ritc["keys"]).split())
     return (
         "\n".join(lines)
         + (
             f"\n\nGain {ritc['mean'] - cam['mean']:+.2f} points over seeds {ritc['seeds']} of "
-            f"`{ritc['keys']}`; the smallest per-class gain (mean over the seeds) is "
+            f"{keys}; QA-CLIMS beats the baseline in {int(ritc['wins'])} of {int(ritc['n'])} "
+            f"seeds, the smallest gain of one seed is {ritc['min_seed_gain']:+.2f} (seed "
+            f"{int(ritc['min_seed'])}); the smallest per-class gain (mean over the seeds) is "
             f"{ritc['min_class_gain']:+.2f} ({ritc['min_class']}); {ritc['machine']}."
         )
         + kernel_spread(seeds_dir)
