@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,15 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_demo_seeds import ROOT, run_cam_evals  # noqa: E402
-
-
-def native_capability() -> str:
-    """torch's own choice of CPU kernels on this machine (``AVX2``, ``AVX512``, ``DEFAULT``)."""
-    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    return out.stdout.strip().lower() or "unknown"
+from bench_demo_seeds import ROOT, cpu_kernels, run_cam_evals  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     shipped = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     own_threads = int(shipped["threads"]["train_torch"])
-    native = native_capability()
+    native = cpu_kernels(native=True).lower()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     kernels = [k for k in args.kernels if k != "avx512" or "avx512f" in flags]
     kernels.sort(key=lambda k: k == native)  # the native kernels last

@@ -42,14 +42,14 @@ WHOLE = ("synthetic.seed", "train_tiny_blip.seed", "train_tiny_clip.seed", "trai
          "train_ritc.seed")  # fmt: skip
 
 
-def cpu_kernels() -> str:
-    """torch's CPU kernels on this machine (``AVX2``, ``AVX512``, ...), or ``?``."""
-    try:
-        import torch
-
-        return str(torch.backends.cpu.get_cpu_capability())
-    except ImportError:
-        return "?"
+def cpu_kernels(native: bool = False) -> str:
+    """torch's CPU kernels (``AVX2``, ``AVX512``, ``DEFAULT``) in a job started from this
+    process's environment, or with ``native`` torch's own choice on this machine (without
+    ``ATEN_CPU_CAPABILITY``); ``unknown`` where torch does not say."""
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {k: v for k, v in os.environ.items() if not (native and k == "ATEN_CPU_CAPABILITY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return out.stdout.strip() or "unknown"
 
 
 def summarise(table: pd.DataFrame, stages: pd.DataFrame) -> pd.DataFrame:

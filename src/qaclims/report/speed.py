@@ -200,17 +200,26 @@ def number(v: float) -> str:
     return f"{v:#.3g}" if v < 100 else f"{v:.0f}"
 
 
+def _latest(
+    records: list[dict[str, Any]], kind: str, key: tuple[str, ...]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The records of table ``kind`` (``speed`` where a record names none), the latest of
+    each ``key`` (a later record replaces an earlier one), ordered by each key's latest
+    record."""
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in records:
+        if r.get("table", "speed") == kind:
+            k = tuple(r[f] for f in key)
+            latest.pop(k, None)
+            latest[k] = r
+    return latest
+
+
 def table(records: list[dict[str, Any]]) -> str:
     """Markdown: one row per (bench, what, device, threads), the latest record of each, in
     first-seen order; the speed-up of this implementation over the reference-style loop
     (reference / ours for times); and where the rows ran, one line per machine."""
-    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for r in records:
-        if r.get("table", "speed") != "speed":
-            continue
-        key = (r["bench"], r["what"], r["device"], r["threads"])
-        latest.pop(key, None)
-        latest[key] = r
+    latest = _latest(records, "speed", ("bench", "what", "device", "threads"))
     if not latest:
         raise DataError("no speed records")
     order = sorted(latest.values(), key=lambda r: (r["device"] == "cpu", r["bench"]))
@@ -238,12 +247,7 @@ def dag_table(records: list[dict[str, Any]]) -> str:
     """Markdown: the dry-run records (``"table": "dag"``), the latest of each (config, shards,
     machine), by config and shard count; the workflow's seconds over Snakemake's floor; and
     where they ran. DataError when there are none."""
-    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for r in records:
-        if r.get("table") == "dag":
-            key = (r["config"], r["shards"], r["machine"])
-            latest.pop(key, None)
-            latest[key] = r
+    latest = _latest(records, "dag", ("config", "shards", "machine"))
     if not latest:
         raise DataError("no dry-run records (benchmarks/bench_dag.py --record)")
     lines = [
