@@ -28,7 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_demo_seeds import ROOT, cpu_kernels, run_cam_evals  # noqa: E402
+from bench_demo_seeds import ROOT, cpu_kernels, run_evals  # noqa: E402
 
 
 def main() -> None:
@@ -47,11 +47,11 @@ def main() -> None:
     over = {"train_ritc": {"seed": args.seed}}
     # first bring the folder up to date with the native kernels (a no-op when it is), so
     # that only RITC and after differ between the settings below
-    run_cam_evals(args.run, over, args.cores)
+    run_evals(args.run, over, args.cores)
     rows = []
     for kernel in kernels:
         env = {"ATEN_CPU_CAPABILITY": kernel}
-        _, miou, took = run_cam_evals(args.run, over, args.cores, env, forcerun=("train_ritc",))
+        _, miou, took = run_evals(args.run, over, args.cores, env, forcerun=("train_ritc",))
         rows.append({"kernels": kernel, "native": kernel == native, "threads": own_threads,
                      "cam": miou["cam"], "ritc": miou["ritc"], "seconds": took})  # fmt: skip
         print(f"{kernel}: QA-CLIMS {miou['ritc']:.2f} ({took:.0f} s)", flush=True)

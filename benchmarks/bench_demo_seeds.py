@@ -1,18 +1,21 @@
-"""Run the demo's CAM stages over several seeds and write the seed table.
+"""Run the demo over several seeds and write the seed table.
 
 For each seed, sets the given config keys (default ``train_ritc.seed``) to it in an overlay
-on ``config/config.yaml`` and runs the workflow up to both CAM evaluations in one run folder
+on ``config/config.yaml`` and runs the workflow up to both CAM evaluations (``--to cam``) or
+up to every evaluation (``--to deeplab``: seeds, IRN, DeepLab too) in one run folder
 (``results/<run>``), so every stage upstream of the first seeded one is computed once and
 reused. Writes ``results/<run>/benchmarks/seeds.csv`` (one row per seed and class: baseline
 and QA-CLIMS IoU) and ``seeds_summary.csv`` (per stage: mean, sd and n over the seeds of
-mIoU; the smallest per-class gain; the seeds where QA-CLIMS beats the baseline and the
-smallest gain of a single seed), and prints them.
+mIoU; the smallest per-class gain of QA-CLIMS; for QA-CLIMS against the baseline and for
+IRN against QA-CLIMS, the seeds where it is better and the smallest gain of a single
+seed), and prints them.
 
     python benchmarks/bench_demo_seeds.py                       # seeds 0 1 2 of train_ritc
-    python benchmarks/bench_demo_seeds.py --whole --seeds 0 1 2 3 4  # all seeds
+    python benchmarks/bench_demo_seeds.py --whole --to deeplab --seeds 0 1 2 3 4  # all seeds
 
-``--whole``: the seed of every seeded stage up to the CAMs (the synthetic world, the tiny
-BLIP and CLIP, train_cam, train_ritc; :data:`WHOLE`), so each seed is a new pipeline from
+``--whole``: the seed of every seeded stage up to the last one run (the synthetic world, the
+tiny BLIP and CLIP, train_cam, train_ritc; with ``--to deeplab`` also train_irn and
+train_deeplab: :data:`WHOLE`, :data:`WHOLE_REFINE`), so each seed is a new pipeline from
 the data on.
 
 The README's seed table is made from these files by ``python -m qaclims.report.readme``.
@@ -40,6 +43,20 @@ from qaclims.core.io import read_json  # noqa: E402
 #: the seed keys of every seeded stage up to the CAMs, upstream first
 WHOLE = ("synthetic.seed", "train_tiny_blip.seed", "train_tiny_clip.seed", "train_cam.seed",
          "train_ritc.seed")  # fmt: skip
+#: ... and of the seeded stages after them (``--to deeplab``)
+WHOLE_REFINE = (*WHOLE, "train_irn.seed", "train_deeplab.seed")
+
+#: stage -> the evaluation summary it is read from (under ``results/<run>``), in DAG order
+EVALS = {
+    "cam": "eval_cam/cam/val",
+    "ritc": "eval_cam/ritc/val",
+    "seeds": "eval_seeds/ritc/val",
+    "irn": "eval_sem_seg/ritc/val",
+    "deeplab": "eval_deeplab/val/nocrf",
+    "deeplab_crf": "eval_deeplab/val/crf",
+}
+#: stage -> the stage its per-seed gain is counted against
+AGAINST = {"ritc": "cam", "irn": "ritc"}
 
 
 def cpu_kernels(native: bool = False) -> str:
@@ -53,21 +70,32 @@ def cpu_kernels(native: bool = False) -> str:
 
 
 def summarise(table: pd.DataFrame, stages: pd.DataFrame) -> pd.DataFrame:
-    """Per stage (``cam``, ``ritc``): mean, sd, n of mIoU over the seeds; for ``ritc`` the
-    smallest per-class gain (mean over the seeds) and its class, the number of seeds where
-    QA-CLIMS beats the baseline (``wins``) and the smallest mIoU gain of one seed
-    (``min_seed_gain``, ``min_seed``). ``table``: seed, class, gain; ``stages``: seed, stage,
-    miou."""
+    """Per stage (``cam``, ``ritc``, and ``seeds`` ... ``deeplab_crf`` where they ran, in
+    :data:`EVALS` order): mean, sd, n of mIoU over the seeds; for ``ritc`` the smallest
+    per-class gain (mean over the seeds) and its class; for each stage of :data:`AGAINST`
+    the stage it is compared with (``against``), the number of seeds where it is better
+    (``wins``) and the smallest mIoU gain of one seed (``min_seed_gain``, ``min_seed``);
+    ``-1`` / NaN / ``""`` where a column does not apply. ``table``: seed, class, gain (ritc -
+    cam); ``stages``: seed, stage, miou."""
     per_stage = stages.groupby("stage")["miou"].agg(["mean", "std", "count"])
-    summary = per_stage.rename(columns={"std": "sd", "count": "n"}).reset_index()
+    order = [s for s in EVALS if s in per_stage.index]
+    summary = per_stage.loc[order].rename(columns={"std": "sd", "count": "n"}).reset_index()
     gains = table.groupby("class")["gain"].mean()
     wide = stages.pivot(index="seed", columns="stage", values="miou")
-    seed_gain = wide["ritc"] - wide["cam"]
-    summary["min_class_gain"] = [float("nan"), float(gains.min())]
-    summary["min_class"] = ["", str(gains.idxmin())]
-    summary["wins"] = [-1, int((seed_gain > 0).sum())]
-    summary["min_seed_gain"] = [float("nan"), float(seed_gain.min())]
-    summary["min_seed"] = [-1, int(seed_gain.idxmin())]
+    summary["min_class_gain"] = [float(gains.min()) if s == "ritc" else float("nan") for s in order]
+    summary["min_class"] = [str(gains.idxmin()) if s == "ritc" else "" for s in order]
+    against, wins, worst, worst_seed = [], [], [], []
+    for stage in order:
+        ref = AGAINST.get(stage, "")
+        gain = wide[stage] - wide[ref] if ref in wide else None
+        against.append(ref if gain is not None else "")
+        wins.append(int((gain > 0).sum()) if gain is not None else -1)
+        worst.append(float(gain.min()) if gain is not None else float("nan"))
+        worst_seed.append(int(gain.idxmin()) if gain is not None else -1)
+    summary["against"] = against
+    summary["wins"] = wins
+    summary["min_seed_gain"] = worst
+    summary["min_seed"] = worst_seed
     return summary
 
 
@@ -83,22 +111,25 @@ def overlay(run: str, keys: list[str], seed: int) -> dict[str, object]:
     return out
 
 
-def run_cam_evals(
+def run_evals(
     run: str,
     over: dict[str, object],
     cores: int,
     env: dict[str, str] | None = None,
     forcerun: tuple[str, ...] = (),
+    to: str = "cam",
 ) -> tuple[dict[str, pd.DataFrame], dict[str, float], float]:
-    """Run the workflow on ``config/config.yaml`` + ``over`` up to both CAM evaluations on
-    val in ``results/<run>``; returns per-class tables and mIoU (%) of ``cam`` and ``ritc``
-    and the wall time in seconds. ``env``: extra environment (say ``ATEN_CPU_CAPABILITY``);
-    ``forcerun``: rules to run again even when up to date."""
+    """Run the workflow on ``config/config.yaml`` + ``over`` in ``results/<run>`` up to both
+    CAM evaluations on val (``to="cam"``) or up to every evaluation (``to="deeplab"``);
+    returns the per-class tables of ``cam`` and ``ritc``, the mIoU (%) of every stage run
+    (keys of :data:`EVALS`) and the wall time in seconds. ``env``: extra environment (say
+    ``ATEN_CPU_CAPABILITY``); ``forcerun``: rules to run again even when up to date."""
     res = ROOT / "results" / run
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump({"run": run, **over}, f)
+    stages = list(EVALS) if to == "deeplab" else ["cam", "ritc"]
     rel = res.relative_to(ROOT)  # Snakemake names outputs relative to the repository
-    targets = [str(rel / "eval_cam" / m / "val" / "summary.json") for m in ("cam", "ritc")]
+    targets = [str(rel / EVALS[s] / "summary.json") for s in stages]
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--resources", "gpu=1",
            "--configfile", "config/config.yaml", f.name]  # fmt: skip
     if forcerun:
@@ -106,9 +137,8 @@ def run_cam_evals(
     t0 = time.perf_counter()
     subprocess.run([*cmd, "--", *targets], cwd=ROOT, check=True, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - t0
-    evals = {m: res / "eval_cam" / m / "val" for m in ("cam", "ritc")}
-    per = {m: pd.read_parquet(d / "per_class.parquet") for m, d in evals.items()}
-    miou = {m: 100 * float(read_json(d / "summary.json")["miou"]) for m, d in evals.items()}
+    per = {m: pd.read_parquet(res / EVALS[m] / "per_class.parquet") for m in ("cam", "ritc")}
+    miou = {s: 100 * float(read_json(res / EVALS[s] / "summary.json")["miou"]) for s in stages}
     return per, miou, seconds
 
 
@@ -116,23 +146,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--keys", nargs="+", default=["train_ritc.seed"])
-    ap.add_argument("--whole", action="store_true", help=f"--keys {' '.join(WHOLE)}")
+    ap.add_argument(
+        "--to",
+        choices=("cam", "deeplab"),
+        default="cam",
+        help="run up to the CAM evaluations or up to every evaluation",
+    )
+    ap.add_argument(
+        "--whole",
+        action="store_true",
+        help=f"--keys {' '.join(WHOLE)} (--to deeplab: and train_irn, train_deeplab)",
+    )
     ap.add_argument("--run", default="demo-seeds")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     if args.whole:
-        args.keys = list(WHOLE)
+        args.keys = list(WHOLE_REFINE if args.to == "deeplab" else WHOLE)
     res = ROOT / "results" / args.run
     rows, stages, seconds = [], [], []
     for seed in args.seeds:
         over = overlay(args.run, args.keys, seed)
-        per, miou, took = run_cam_evals(args.run, over, args.cores)
+        per, miou, took = run_evals(args.run, over, args.cores, to=args.to)
         seconds.append(took)
         for c, a, b in zip(per["cam"]["class"], per["cam"]["iou"], per["ritc"]["iou"], strict=True):
             rows.append({"seed": seed, "class": c, "cam": 100 * a, "ritc": 100 * b})
         stages += [{"seed": seed, "stage": m, "miou": v} for m, v in miou.items()]
-        print(f"seed {seed}: {stages[-2]['miou']:.2f} -> {stages[-1]['miou']:.2f} "
-              f"({seconds[-1]:.0f} s)", flush=True)  # fmt: skip
+        figures = ", ".join(f"{m} {v:.2f}" for m, v in miou.items())
+        print(f"seed {seed}: {figures} ({seconds[-1]:.0f} s)", flush=True)
     table = pd.DataFrame(rows)
     table["gain"] = table["ritc"] - table["cam"]
     summary = summarise(table, pd.DataFrame(stages))

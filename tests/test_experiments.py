@@ -337,7 +337,8 @@ def _input_names(text: str, header: str) -> list[str]:
 
 
 SPREADS = {"unpack(clip_weight_inputs)": "**_cell_clip_weights()",
-           "**vqa_inputs(None)": "**_cell_vqa_inputs()"}  # fmt: skip
+           "**vqa_inputs(None)": "**_cell_vqa_inputs()",
+           "unpack(irn_backbone_inputs)": "unpack(_cell_irn_backbone)"}  # fmt: skip
 
 
 def test_every_twin_names_all_of_its_rules_inputs() -> None:

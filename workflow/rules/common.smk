@@ -230,6 +230,13 @@ def clip_weight_inputs(wildcards):
     return {}
 
 
+def irn_backbone_inputs(wildcards):
+    """train_cam's network when IRN's frozen backbone comes from it (the demo)."""
+    if config["train_irn"]["backbone_from"] == "train_cam":
+        return {"cam": R("train_cam", "model.safetensors")}
+    return {}
+
+
 def pseudo_dirs(split):
     return expand(
         R("make_sem_seg", refine_source(), split, "{shard}"),
@@ -467,6 +474,12 @@ def _cell_clip_weights():
         return {
             "clip_weights": lambda wc: at(wc, "train_tiny_clip", "model.safetensors")
         }
+    return {}
+
+
+def _cell_irn_backbone(wc):
+    if cell_cfg(wc)["train_irn"]["backbone_from"] == "train_cam":
+        return {"cam": at(wc, "train_cam", "model.safetensors")}
     return {}
 
 

@@ -194,6 +194,7 @@ use rule eval_seeds as eval_seeds_cell with:
 
 use rule train_irn as train_irn_cell with:
     input:
+        unpack(_cell_irn_backbone),
         manifest=manifest(SPLITS["train"]),
         labels=lambda wc: [
             at(wc, "cam_to_ir_label", wc.model, SPLITS["train"], k)

@@ -45,6 +45,7 @@ rule eval_seeds:
 
 rule train_irn:
     input:
+        unpack(irn_backbone_inputs),
         manifest=manifest(SPLITS["train"]),
         labels=lambda wc: ir_label_dirs(wc.model, SPLITS["train"]),
     output:

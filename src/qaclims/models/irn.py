@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -175,10 +176,27 @@ class IrnNet(nn.Module):
 
 def build_model(cfg: IrnModelConfig, for_inference: bool = False) -> IrnNet:
     """An :class:`IrnNet`; ``for_inference`` skips loading backbone weights (they come with
-    the trained model's file)."""
+    the trained model's file, or from :func:`load_backbone_from_cam`)."""
     if for_inference:
         cfg = replace(cfg, backbone=replace(cfg.backbone, weights="none"))
     return IrnNet(cfg)
+
+
+def load_backbone_from_cam(model: IrnNet, path: Path) -> None:
+    """Copy the backbone of a CAM network file into ``model``'s frozen backbone.
+
+    ``path``: a ``.safetensors`` file of :class:`qaclims.models.cam_resnet.CamNet` as
+    train_cam (or released_cam) writes it: ``backbone.*`` tensors plus the classifier,
+    which IRN does not use. The backbone's strides may differ from the CAM network's (they
+    change no tensor); every other mismatch (architecture, widths) raises
+    :class:`DataError` naming the file and the keys that do not fit.
+    """
+    from qaclims.artifacts.weights import check_fit, read_tensors
+
+    prefix = "backbone."
+    state = {k[len(prefix) :]: v for k, v in read_tensors(path).items() if k.startswith(prefix)}
+    check_fit(state, model.backbone.state_dict(), str(path), "CAM network file", "IRN backbone")
+    model.backbone.load_state_dict(state, strict=False)  # num_batches_tracked may be absent
 
 
 def normalize(image: np.ndarray, cfg: IrnModelConfig) -> np.ndarray:

@@ -24,11 +24,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from qaclims.artifacts.shards import files_for
+from qaclims.artifacts.weights import tensors_digest
 from qaclims.core.config import from_mapping, runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import read_image, read_label_png, read_parquet
-from qaclims.models.irn import EPS, STRIDE, IrnModelConfig, IrnNet, build_model, normalize
+from qaclims.models.irn import (
+    EPS,
+    STRIDE,
+    IrnModelConfig,
+    IrnNet,
+    build_model,
+    load_backbone_from_cam,
+    normalize,
+)
 from qaclims.refine import random_walk as rw
 from qaclims.training import (
     ResumeState,
@@ -42,6 +51,9 @@ from qaclims.training.loop import Plan, Trainer, loader_kwargs, stop_step, to_de
 from qaclims.training.sampling import StepBatches, augment_rng
 
 log = logging.getLogger(__name__)
+
+#: ``train_irn.backbone_from``: the backbone's own weights setting, or train_cam's network
+BACKBONE_SOURCES = ("weights", "train_cam")
 
 
 @dataclass(frozen=True)
@@ -57,9 +69,19 @@ class TrainIrnConfig:
     radius: pairs closer than this (stride-4 units) get affinity labels.
     num_workers: data-loading processes. amp: bf16 autocast on CUDA.
     log_every / resume_every: steps between log lines / resume-state saves.
+    backbone_from: where the frozen backbone's weights come from: ``weights``
+    (``model.backbone.weights``; IRN: ImageNet) or ``train_cam`` (the run's baseline CAM
+    network, trained or released: the demo's tiny networks have no ImageNet weights, and a
+    random frozen backbone gives IRN little to find boundaries in).
     """
 
     model: IrnModelConfig = field(default_factory=IrnModelConfig)
+    backbone_from: str = setting(
+        "weights",
+        choices=BACKBONE_SOURCES,
+        doc="frozen backbone from model.backbone.weights (IRN: ImageNet) or from the run's "
+        "baseline CAM network (train_cam; then model.backbone.weights is not read).",
+    )
     crop: int = setting(
         512, ge=1, doc="square random crop in pixels (padded with the mean colour)."
     )
@@ -299,10 +321,14 @@ def run_train(
     device: str,
     resume_path: Path,
     max_steps: int | None = None,
+    cam_weights: Path | None = None,
 ) -> None:
     """Train IRN on the confident ir labels; write ``out_model`` (safetensors, whole network
     incl. backbone and mean displacement) and ``out_history`` (Parquet: step, epoch, pos,
     neg, disp_fg, disp_bg, total, lr).
+
+    ``cam_weights``: train_cam's network file, the backbone's weights when
+    ``cfg.backbone_from`` is ``train_cam`` (required then, refused otherwise).
 
     Resumable: a state is saved to ``resume_path`` every ``cfg.resume_every`` steps and read
     back on a rerun with the same config and images. ``max_steps`` stops after that many
@@ -312,13 +338,24 @@ def run_train(
     items = training_items(Path(manifest), ir_label_dirs)
     if len(items) < cfg.batch_size:
         raise ConfigError(f"train_irn.batch_size: {cfg.batch_size} exceeds the {len(items)} images")
+    from_cam = cfg.backbone_from == "train_cam"
+    if from_cam != (cam_weights is not None):
+        raise ConfigError(
+            f"train_irn.backbone_from is {cfg.backbone_from!r} but train_cam's network was "
+            f"{'not ' if cam_weights is None else ''}given"
+        )
     dev = torch.device(torch_device(device))
     seed_everything(cfg.seed)
-    model = build_model(cfg.model).to(dev).train()
+    model = build_model(cfg.model, for_inference=from_cam)
+    backbone = ""
+    if cam_weights is not None:
+        load_backbone_from_cam(model, cam_weights)
+        backbone = tensors_digest(cam_weights)
+    model = model.to(dev).train()
     opt = build_optimizer(model, cfg)
     ids = sorted(Path(p).name for p, _ in items)
     labels = files_digest([lab for _, lab in items])
-    key = fingerprint({"cfg": to_dict(cfg), "images": ids, "labels": labels})
+    key = fingerprint({"cfg": to_dict(cfg), "images": ids, "labels": labels, "backbone": backbone})
     per_epoch = len(items) // cfg.batch_size
     plan = Plan("train_irn", per_epoch * cfg.epochs, per_epoch, cfg.batch_size, cfg.log_every,
                 cfg.resume_every, cfg.poly_power)  # fmt: skip
@@ -353,4 +390,5 @@ def worker(job: dict[str, Any], device: str) -> None:
         out_history=Path(out["history"]),
         device=device,
         resume_path=Path(job["resume"]),
+        cam_weights=Path(inp["cam"]) if "cam" in inp else None,
     )

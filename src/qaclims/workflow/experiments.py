@@ -52,7 +52,7 @@ GRAPH: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "eval_cam": (("eval_cam",), ("make_cam",)),
     "cam_to_ir_label": (("cam_to_ir_label",), ("make_cam",)),
     "eval_seeds": ((), ("cam_to_ir_label",)),
-    "train_irn": (("train_irn",), ("cam_to_ir_label",)),
+    "train_irn": (("train_irn",), ("cam_to_ir_label", "train_cam")),
     "make_sem_seg": (("make_sem_seg", "train_irn.model"), ("make_cam", "train_irn")),
     "eval_sem_seg": ((), ("make_sem_seg",)),
     "train_deeplab": (("train_deeplab", "released.deeplab"), ("make_sem_seg",)),

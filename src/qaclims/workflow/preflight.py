@@ -98,7 +98,10 @@ def check_paths(config: Mapping[str, Any]) -> None:
         )
     backbones = [] if rel["cam"] else ["train_cam"]
     if config["refine"]["enabled"]:
-        backbones.append("train_irn")
+        if config["train_irn"]["backbone_from"] == "train_cam":
+            check_irn_backbone(config)
+        else:
+            backbones.append("train_irn")
     if config["deeplab"]["enabled"] and not rel.get("deeplab"):
         backbones.append("train_deeplab")
     for stage in backbones:
@@ -123,6 +126,27 @@ def check_paths(config: Mapping[str, Any]) -> None:
                     raise ConfigError(f"config key vqa.precomputed.{kind} is empty")
                 if not path.startswith(run_dir + os.sep):  # made by this run's own rules
                     _require(f"vqa.precomputed.{kind}", path)
+
+
+def check_irn_backbone(config: Mapping[str, Any]) -> None:
+    """With ``train_irn.backbone_from: train_cam``, IRN's backbone must be train_cam's
+    network's (architecture, and widths for ``tiny``; strides may differ): raise
+    :class:`ConfigError` naming both keys otherwise."""
+    irn = config["train_irn"]["model"]["backbone"]
+    cam = config["train_cam"]["model"]["backbone"]
+    keys = ["arch"] + (["widths"] if cam["arch"] == "tiny" else [])
+    for key in keys:
+        if _plain(irn[key]) != _plain(cam[key]):
+            raise ConfigError(
+                f"config key train_irn.model.backbone.{key}: {irn[key]!r} differs from "
+                f"train_cam.model.backbone.{key} {cam[key]!r}, but train_irn.backbone_from "
+                "is train_cam (IRN's backbone is that network's)"
+            )
+
+
+def _plain(value: Any) -> Any:
+    """Lists and tuples compare as lists (YAML gives lists, defaults are tuples)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def put_on_pythonpath(src_root: str | Path) -> None:
