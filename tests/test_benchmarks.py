@@ -149,9 +149,22 @@ def test_the_seed_summary_counts_wins_and_the_worst_seed_by_hand() -> None:
     stages = pd.DataFrame({"seed": [0, 0, 1, 1], "stage": ["cam", "ritc", "cam", "ritc"],
                            "miou": [60.0, 70.0, 65.0, 62.0]})  # fmt: skip
     s = mod.summarise(table, stages).set_index("stage")
+    assert list(s.index) == ["cam", "ritc"]
     assert s.loc["cam", "mean"] == 62.5 and abs(s.loc["cam", "sd"] - 5 / 2**0.5) < 1e-12
     assert s.loc["ritc", "mean"] == 66.0 and abs(s.loc["ritc", "sd"] - 8 / 2**0.5) < 1e-12
     assert (s.loc["ritc", "n"], s.loc["ritc", "wins"]) == (2, 1)  # seed 1 loses
     assert (s.loc["ritc", "min_seed_gain"], s.loc["ritc", "min_seed"]) == (-3.0, 1)
     assert (s.loc["ritc", "min_class_gain"], s.loc["ritc", "min_class"]) == (-2.0, "b")
+    assert s.loc["ritc", "against"] == "cam" and s.loc["cam", "wins"] == -1
     assert mod.WHOLE[-1] == "train_ritc.seed" and "synthetic.seed" in mod.WHOLE
+    assert mod.WHOLE_REFINE[-2:] == ("train_irn.seed", "train_deeplab.seed")
+    # the whole pipeline: rows in DAG order, IRN counted against QA-CLIMS's CAMs
+    more = pd.DataFrame({"seed": [0, 1, 0, 1, 0, 1], "stage": ["irn", "irn", "deeplab_crf",
+                         "deeplab_crf", "seeds", "seeds"],
+                         "miou": [75.0, 61.0, 80.0, 70.0, 90.0, 92.0]})  # fmt: skip
+    s = mod.summarise(table, pd.concat([stages, more])).set_index("stage")
+    assert list(s.index) == ["cam", "ritc", "seeds", "irn", "deeplab_crf"]
+    assert s.loc["irn", "against"] == "ritc" and s.loc["irn", "wins"] == 1  # +5, -1
+    assert (s.loc["irn", "min_seed_gain"], s.loc["irn", "min_seed"]) == (-1.0, 1)
+    assert s.loc["deeplab_crf", "mean"] == 75.0 and s.loc["deeplab_crf", "wins"] == -1
+    assert s.loc["ritc", "wins"] == 1 and s.loc["irn", "min_class"] == ""

@@ -211,3 +211,128 @@ def test_resume_state_from_other_ir_labels_is_discarded(
     a, b = load_file(str(model)), load_file(str(fresh))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------- backbone from the CAM network (demo)
+
+
+def cam_network(path: Path, widths: tuple[int, ...], seed: int) -> Path:
+    """A CAM network file as train_cam writes it (random weights, BatchNorm statistics set
+    away from their initial 0 / 1 so that copying them is visible)."""
+    from qaclims.models.cam_resnet import CamModelConfig, CamNet
+    from qaclims.training import save_weights
+
+    torch.manual_seed(seed)
+    bb = BackboneConfig(arch="tiny", weights="none", widths=widths, strides=(2, 2, 1, 1))
+    net = CamNet(CamModelConfig(backbone=bb), num_classes=2)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    save_weights(path, net)
+    return path
+
+
+#: IRN's strides (2, 2, 2, 1) against the CAM network's (2, 2, 1, 1): widths that change in
+#: every stage, so both have the same tensors (qaclims.models.backbone.tensor_layout)
+WIDTHS = (8, 16, 32, 64)
+
+
+def train_from_cam(root: Path, tag: str, cam: Path | None, **kw: object) -> Path:
+    out = root / tag / "model.safetensors"
+    model = replace(TINY, backbone=replace(TINY.backbone, widths=WIDTHS))
+    train_irn.run_train(
+        root / "manifest.parquet",
+        [root / "ir0", root / "ir1"],
+        replace(CFG, model=model, epochs=1, backbone_from="train_cam" if cam else "weights"),
+        out,
+        root / tag / "history.parquet",
+        device="cpu",
+        resume_path=root / tag / "state.pt",
+        cam_weights=cam,
+        **kw,  # type: ignore[arg-type]
+    )
+    return out
+
+
+def test_the_backbone_from_the_cam_network_is_copied_and_stays_frozen(tmp_path: Path) -> None:
+    make_dataset(tmp_path)
+    cam = cam_network(tmp_path / "cam.safetensors", WIDTHS, seed=1)
+    trained = load_file(str(train_from_cam(tmp_path, "a", cam)))
+    given = {k: v for k, v in load_file(str(cam)).items() if k.startswith("backbone.")}
+    assert len(given) > 20 and not any(k.startswith("classifier") for k in given)
+    # every backbone tensor (weights and BatchNorm statistics) is the CAM network's, after
+    # training too (strides (2, 2, 1, 1) there, (2, 2, 2, 1) in IRN: no tensor changes)
+    assert {k for k in trained if k.startswith("backbone.")} == set(given)
+    for k, v in given.items():
+        assert torch.equal(trained[k], v), k
+    own = load_file(str(train_from_cam(tmp_path, "b", None)))  # backbone_from: weights
+    assert not torch.equal(
+        own["backbone.stages.1.conv1.weight"], given["backbone.stages.1.conv1.weight"]
+    )
+
+
+def test_a_cam_network_of_other_widths_or_a_missing_one_is_refused(tmp_path: Path) -> None:
+    from qaclims.core.errors import ConfigError
+
+    make_dataset(tmp_path)
+    wide = cam_network(
+        tmp_path / "wide.safetensors", (8, 16, 32, 32), seed=1
+    )  # no stage-3 shortcut
+    with pytest.raises(DataError, match=r"wide\.safetensors does not fit the IRN backbone"):
+        train_from_cam(tmp_path, "a", wide)
+    cam = cam_network(tmp_path / "cam.safetensors", WIDTHS, seed=1)
+    args = (tmp_path / "manifest.parquet", [tmp_path / "ir0", tmp_path / "ir1"])
+    outs = {"out_model": tmp_path / "m.safetensors", "out_history": tmp_path / "h.parquet",
+            "device": "cpu", "resume_path": tmp_path / "s.pt"}  # fmt: skip
+    with pytest.raises(ConfigError, match="'train_cam' but train_cam's network was not given"):
+        train_irn.run_train(*args, replace(CFG, backbone_from="train_cam"), **outs)
+    with pytest.raises(ConfigError, match="'weights' but train_cam's network was given"):
+        train_irn.run_train(*args, CFG, **outs, cam_weights=cam)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_resume_state_made_on_another_cam_network_is_discarded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The resume state holds the heads only (the backbone is rebuilt from its file): a state
+    trained on one CAM network must not continue on another."""
+    make_dataset(tmp_path)
+    cam_a = cam_network(tmp_path / "a.safetensors", WIDTHS, seed=1)
+    cam_b = cam_network(tmp_path / "b.safetensors", WIDTHS, seed=2)
+    train_from_cam(tmp_path, "run", cam_a, max_steps=1)
+    assert (tmp_path / "run" / "state.pt").is_file()
+    with caplog.at_level("WARNING"):
+        resumed = load_file(str(train_from_cam(tmp_path, "run", cam_b)))
+    assert any("discarding resume state" in r.getMessage() for r in caplog.records)
+    fresh = load_file(str(train_from_cam(tmp_path, "fresh", cam_b)))
+    for k in fresh:
+        torch.testing.assert_close(resumed[k], fresh[k], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cam_arch", ["tiny", "resnet18"])
+def test_tensor_layout_says_when_two_backbones_share_their_tensors(cam_arch: str) -> None:
+    """Against the networks themselves: equal layouts exactly when the built backbones have
+    the same tensor names and shapes."""
+    from itertools import product
+
+    from qaclims.models.backbone import build_backbone, tensor_layout
+
+    def shapes(arch: str, widths: tuple[int, ...], strides: tuple[int, ...]) -> set[tuple]:
+        cfg = BackboneConfig(arch=arch, weights="none", widths=widths, strides=strides)
+        return {(k, tuple(v.shape)) for k, v in build_backbone(cfg).state_dict().items()}
+
+    cam = (cam_arch, (8, 16, 16, 32), (2, 2, 1, 1))
+    cases = [
+        ("tiny", w, s)
+        for w, s in product(
+            [(8, 16, 16, 32), (8, 16, 32, 64), (8, 8, 16, 16)],
+            [(2, 2, 1, 1), (2, 2, 2, 1), (2, 1, 1, 1)],
+        )  # fmt: skip
+    ] + [("resnet18", (8, 16, 16, 32), (2, 2, 2, 1)), ("resnet34", (8, 16, 16, 32), (2, 2, 1, 1))]
+    seen = set()
+    for case in cases:
+        same = shapes(*case) == shapes(*cam)
+        assert (tensor_layout(*case) == tensor_layout(*cam)) == same, case
+        seen.add(same)
+    assert seen == {True, False}  # both answers occur

@@ -52,6 +52,7 @@ def test_block_from_a_run_and_its_seed_table(tmp_path: Path) -> None:
     assert "of `synthetic.seed`, `train_ritc.seed`; QA-CLIMS beats the baseline in 2 of 3" in text
     assert "the smallest gain of one seed is -0.75 (seed 1)" in text
     assert "CPU's kernels" not in text  # bench_demo_kernels.py has not run
+    assert "IRN" not in text.split("Gain ")[1]  # no refinement rows: no sentence on them
     pd.DataFrame({
         "kernels": ["default", "avx2"], "native": [False, True], "threads": [2, 2],
         "cam": 60.07, "ritc": [77.25, 80.75], "seconds": 90.0, "seed": 0,
@@ -61,6 +62,26 @@ def test_block_from_a_run_and_its_seed_table(tmp_path: Path) -> None:
     assert (
         "On identical inputs and seed (0) at 2 training threads, the CPU's kernels alone give "
         "QA-CLIMS 77.25 (DEFAULT), 80.75 (AVX2 native): a spread of 3.50 points" in text
+    )
+    # bench_demo_seeds.py --to deeplab: rows of every stage, IRN against QA-CLIMS's CAMs
+    pd.DataFrame({
+        "stage": ["cam", "ritc", "seeds", "irn", "deeplab", "deeplab_crf"],
+        "mean": [60.07, 70.0, 91.0, 73.5, 70.25, 78.0], "sd": [0.0, 1.2, 0.5, 2.0, 1.0, 1.5],
+        "n": 3, "min_class_gain": [float("nan"), -1.5] + [float("nan")] * 4,
+        "min_class": ["", "kite", "", "", "", ""],
+        "against": ["", "cam", "", "ritc", "", ""], "wins": [-1, 2, -1, 3, -1, -1],
+        "min_seed_gain": [float("nan"), -0.75, float("nan"), 0.25, float("nan"), float("nan")],
+        "min_seed": [-1, 1, -1, 2, -1, -1],
+        "keys": "synthetic.seed train_irn.seed", "seeds": "0 1 2",
+        "machine": "x86_64, 2 CPUs, --cores 2", "seconds_per_seed": 300.0,
+    }).to_csv(seeds / "benchmarks" / "seeds_summary.csv", index=False)  # fmt: skip
+    text = readme.block(run, seeds)
+    assert "| confident seeds after dense CRF (labelled pixels) | 91.00 ± 0.50 | 3 |" in text
+    assert "| IRN random-walk pseudo masks | 73.50 ± 2.00 | 3 |" in text
+    assert "| DeepLab-v2 (tiny), with CRF | 78.00 ± 1.50 | 3 |" in text
+    assert (
+        "IRN's pseudo masks beat QA-CLIMS's CAMs by +3.50 points on average and in 3 of 3 "
+        "seeds, the smallest gain of one seed is +0.25 (seed 2)." in text
     )
     doc = f"intro\n{readme.BEGIN}\nold figures\n{readme.END}\nrest\n"
     assert readme.replace_block(doc, text) == f"intro\n{text}\nrest\n"

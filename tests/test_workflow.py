@@ -84,6 +84,29 @@ def test_cross_field_config_errors_stop_the_run_at_parse_time(tmp_path: Path) ->
     assert r.returncode != 0 and "imagenet" in out and "tiny" in out, out[-3000:]
 
 
+def test_irn_backbone_from_train_cam_reads_that_network_and_must_fit_it(tmp_path: Path) -> None:
+    """The demo's IRN takes train_cam's network as its frozen backbone: the DAG has the edge
+    (and has not with backbone_from: weights), and a backbone it cannot take stops the run
+    at parse time naming the keys."""
+    target = ("--", "results/demo/train_irn/ritc/model.safetensors")
+    r = snakemake(tmp_path, "-n", "--cores", "1", *target, configfiles=(CONFIG,))
+    inputs = r.stdout.split("rule train_irn:", 1)[1].split("input:", 1)[1].splitlines()[0]
+    assert "results/demo/train_cam/model.safetensors" in inputs, inputs
+    own = write_overlay(tmp_path / "own.yaml", {"train_irn": {"backbone_from": "weights"}})
+    r = snakemake(tmp_path, "-n", "--cores", "1", *target, configfiles=(CONFIG, own))
+    inputs = r.stdout.split("rule train_irn:", 1)[1].split("input:", 1)[1].splitlines()[0]
+    assert "cam_to_ir_label" in inputs and "train_cam" not in inputs, inputs
+    bad = write_overlay(
+        tmp_path / "bad.yaml", {"train_irn": {"model": {"backbone": {"widths": [16, 32, 64, 128]}}}}
+    )
+    r = snakemake(tmp_path, "-n", configfiles=(CONFIG, bad), check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Job stats" not in out, out[-3000:]
+    assert (
+        "config key train_irn.model.backbone (widths [16, 32, 64, 128] vs [32, 64, 128, 128]" in out
+    )
+
+
 def test_released_deeplab_needs_the_caffe_v2_network_at_parse_time(tmp_path: Path) -> None:
     (tmp_path / "dl.pth").write_bytes(b"x")
     bad = write_overlay(tmp_path / "bad.yaml", {"released": {"deeplab": str(tmp_path / "dl.pth")}})
@@ -105,7 +128,7 @@ def _nested(key: str, value: object) -> dict:
 
 MISSING = [  # (key, path the key names, other settings that make the path needed)
     ("dataset.root", "no/such/VOC2012", {"dataset": {"name": "voc12"}}),
-    ("train_irn.model.backbone.weights", "w/irn.pth", {}),
+    ("train_irn.model.backbone.weights", "w/irn.pth", {"train_irn": {"backbone_from": "weights"}}),
     ("clip.pretrained", "ckpt/clip.pt", {"clip": {"name": "ViT-B-32"}}),
     ("clip.ovseg_checkpoint", "ckpt/ovseg.pth", {"clip": {"name": "ViT-B-32"}}),
     ("vqa.model", "./models/blip", {"vqa": {"backend": "blip"}}),

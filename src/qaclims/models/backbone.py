@@ -113,6 +113,19 @@ class _Basic(nn.Module):
         return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
 
 
+def tensor_layout(arch: str, widths: Sequence[int], strides: Sequence[int]) -> tuple[object, ...]:
+    """What decides a backbone's tensor names and shapes: the architecture, and for ``tiny``
+    the widths and which stages have a projection shortcut (a stride or a width change).
+    Two backbones with equal layouts take each other's weights whatever their strides and
+    dilations otherwise are."""
+    if arch != "tiny":
+        return (arch,)
+    down = tuple(
+        i > 0 and (strides[i] != 1 or widths[i] != widths[i - 1]) for i in range(len(widths))
+    )
+    return (arch, tuple(widths), down)
+
+
 def _tiny(cfg: BackboneConfig) -> Backbone:
     if len(cfg.widths) != 4:
         raise ConfigError(f"backbone.widths needs 4 entries, got {list(cfg.widths)}")

@@ -187,8 +187,8 @@ def load_backbone_from_cam(model: IrnNet, path: Path) -> None:
 
     ``path``: a ``.safetensors`` file of :class:`qaclims.models.cam_resnet.CamNet` as
     train_cam (or released_cam) writes it: ``backbone.*`` tensors plus the classifier,
-    which IRN does not use. The backbone's strides may differ from the CAM network's (they
-    change no tensor); every other mismatch (architecture, widths) raises
+    which IRN does not use. The backbone's strides may differ from the CAM network's where
+    they change no tensor (:func:`qaclims.models.backbone.tensor_layout`); a mismatch raises
     :class:`DataError` naming the file and the keys that do not fit.
     """
     from qaclims.artifacts.weights import check_fit, read_tensors

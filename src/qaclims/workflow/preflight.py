@@ -129,24 +129,27 @@ def check_paths(config: Mapping[str, Any]) -> None:
 
 
 def check_irn_backbone(config: Mapping[str, Any]) -> None:
-    """With ``train_irn.backbone_from: train_cam``, IRN's backbone must be train_cam's
-    network's (architecture, and widths for ``tiny``; strides may differ): raise
-    :class:`ConfigError` naming both keys otherwise."""
+    """With ``train_irn.backbone_from: train_cam``, IRN's backbone must take train_cam's
+    network's tensors (same architecture; for ``tiny`` the same widths and the same stages
+    with a projection shortcut, see :func:`qaclims.models.backbone.tensor_layout`): raise
+    :class:`ConfigError` naming both keys otherwise. Skipped in a driver env without torch
+    (the job then names the file and the keys that do not fit)."""
+    try:
+        from qaclims.models.backbone import tensor_layout
+    except ImportError:
+        return
     irn = config["train_irn"]["model"]["backbone"]
     cam = config["train_cam"]["model"]["backbone"]
-    keys = ["arch"] + (["widths"] if cam["arch"] == "tiny" else [])
-    for key in keys:
-        if _plain(irn[key]) != _plain(cam[key]):
-            raise ConfigError(
-                f"config key train_irn.model.backbone.{key}: {irn[key]!r} differs from "
-                f"train_cam.model.backbone.{key} {cam[key]!r}, but train_irn.backbone_from "
-                "is train_cam (IRN's backbone is that network's)"
-            )
-
-
-def _plain(value: Any) -> Any:
-    """Lists and tuples compare as lists (YAML gives lists, defaults are tuples)."""
-    return list(value) if isinstance(value, (list, tuple)) else value
+    layouts = [tensor_layout(b["arch"], b["widths"], b["strides"]) for b in (irn, cam)]
+    if layouts[0] != layouts[1]:
+        keys = ("arch",) if irn["arch"] != cam["arch"] else ("widths", "strides")
+        given = ", ".join(f"{k} {irn[k]!r} vs {cam[k]!r}" for k in keys)
+        raise ConfigError(
+            f"config key train_irn.model.backbone ({given} in train_cam.model.backbone): "
+            "train_irn.backbone_from is train_cam, so IRN's backbone must have train_cam's "
+            "network's tensors (same arch; for tiny the same widths, and a stride other than "
+            "1 in the same stages where two widths are equal)"
+        )
 
 
 def put_on_pythonpath(src_root: str | Path) -> None:
