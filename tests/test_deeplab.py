@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from qaclims.core.config import from_mapping
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.data.manifest import write_manifest
 from qaclims.models import deeplab as dlm
-from qaclims.seg import infer_deeplab, train_deeplab, training_data
+from qaclims.seg import infer_deeplab, submission, train_deeplab, training_data
 from qaclims.seg import loss as seg_loss
 from qaclims.training import load_weights
 from qaclims.training.sampling import StepBatches
@@ -487,8 +488,16 @@ def test_infer_run_writes_label_pngs_per_shard(
         infer_deeplab.infer_run(
             world["manifest"], trained / "m.st", model_cfg, K, cfg,
             tmp_path / "nocrf" / str(shard), tmp_path / "crf" / str(shard), shard, 2, "cpu",
-            server_layout_dir=tmp_path / "server",
         )  # fmt: skip
+    # the evaluation server's archive of the CRF masks holds them as they are
+    crf_dirs = [tmp_path / "crf" / "0", tmp_path / "crf" / "1"]
+    submission.pack(world["manifest"], crf_dirs, tmp_path / "s.tar.gz", K)
+    with tarfile.open(tmp_path / "s.tar.gz") as tar:
+        served = {
+            Path(m.name).stem: np.asarray(Image.open(tar.extractfile(m)))  # type: ignore[arg-type]
+            for m in tar.getmembers()
+            if m.isfile()
+        }
     net = load_weights(trained / "m.st", dlm.build_model(model_cfg, K, init=False)).eval()
     for i, (h, w) in enumerate(SIZES):
         img = io.read_image(world["root"] / "img" / f"im{i}.png")
@@ -498,8 +507,8 @@ def test_infer_run_writes_label_pngs_per_shard(
         np.testing.assert_array_equal(got, want)
         crf = io.read_label_png(tmp_path / "crf" / str(i % 2) / f"im{i}.png")
         assert crf.shape == (h, w) and crf.max() < K
-        server = tmp_path / "server" / infer_deeplab.SERVER_SUBDIR / f"im{i}.png"
-        np.testing.assert_array_equal(io.read_label_png(server), crf)
+        np.testing.assert_array_equal(served.pop(f"im{i}"), crf)
+    assert not served
     with pytest.raises(ConfigError, match="crf.enabled"):
         infer_deeplab.infer_run(
             world["manifest"], trained / "m.st", model_cfg, K, cfg, tmp_path / "x", None, 0,

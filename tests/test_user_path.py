@@ -44,6 +44,7 @@ VOC_IDS = {
     "train_aug": [f"2007_{i:06d}" for i in range(16)],
     "train": [f"2007_{i:06d}" for i in range(4)],
     "val": ["2008_000001", "2008_000002"],
+    "test": ["2008_000003", "2009_000012", "2010_000005"],  # images only, as VOC2012test.tar
 }
 
 
@@ -73,7 +74,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     repo = copy_repo(tmp_path_factory.mktemp("user") / "qaclims")
     voc = yaml.safe_load((repo / "config/voc12.yaml").read_text())["dataset"]["root"]
     coco = yaml.safe_load((repo / "config/coco14.yaml").read_text())["dataset"]["root"]
-    fake_voc(repo / voc, VOC_IDS, size=(24, 32))
+    fake_voc(repo / voc, VOC_IDS, size=(24, 32), unlabelled=("test",))
     fake_coco(repo / coco)
     for name in ("voc12", "coco14", "deeplab/clims-imagenet", "deeplab/deeplab-pytorch-coco"):
         fake_checkpoints(repo, repo / "config" / f"{name}.yaml")
@@ -89,6 +90,7 @@ CASES = {
     "voc12": ["config/voc12.yaml"],
     "coco14": ["config/coco14.yaml"],
     "voc12 + user overlay": ["config/voc12.yaml", "mine.yaml"],
+    "voc12 + VOC test set": ["config/voc12.yaml", "config/voc12-test.yaml"],
     "voc12 + DeepLab COCO-init recipe": [
         "config/voc12.yaml",
         "config/deeplab/deeplab-pytorch-coco.yaml",
@@ -367,3 +369,55 @@ def test_released_deeplab_replaces_training_and_is_scored(clone: Path, tmp_path:
     s = json.loads((work / "results/voc12/eval_deeplab/val/crf/summary.json").read_text())
     assert 0.0 <= s["miou"] <= 1.0
     assert len(list((work / "results/voc12/infer_deeplab/val/crf").glob("*/*.png"))) == 2
+
+
+def test_voc_test_submission_added_to_a_finished_run(clone: Path, tmp_path: Path) -> None:
+    """`--configfile config/voc12.yaml config/voc12-test.yaml` on a run whose DeepLab is done
+    (here a released one, scored on val first): only the test manifest, DeepLab on test and
+    the archive are planned (and the config record); the archive holds one VOC-palette PNG
+    per test id under comp5_test_cls (CLIMS's folder), equal to infer_deeplab's CRF masks,
+    and no label of the test split is read (its ids have no annotation or label PNG)."""
+    import tarfile
+
+    import torch
+
+    from tests.test_released import random_deeplab_pytorch_net
+
+    work = copy_repo(tmp_path / "qaclims", src=clone)
+    torch.save(random_deeplab_pytorch_net(21, seed=0).state_dict(), work / "checkpoint_30000.pth")
+    (work / "released.yaml").write_text("released: {deeplab: checkpoint_30000.pth}\nshards: 2\n")
+    env = user_env(tmp_path)
+    val = " results/voc12/eval_deeplab/val/crf/summary.json results/voc12/config.yaml"
+    r = run("snakemake --cores 2 --configfile config/voc12.yaml released.yaml --" + val, work, env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+
+    overlays = "config/voc12.yaml config/voc12-test.yaml released.yaml"
+    cmd = f"snakemake --cores 2 --configfile {overlays} --"
+    archive = "results/voc12/submission/test.tar.gz"
+    r = run(cmd.replace("--cores 2", "-n --cores 2") + val + " " + archive, work, env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    planned = re.findall(r"^(?:local)?rule (\w+):", r.stdout + r.stderr, re.M)
+    assert sorted(planned) == sorted(
+        ["run_config", "test_manifest", "infer_deeplab", "infer_deeplab", "voc_submission"]
+    )
+    r = run(cmd + val + " " + archive, work, env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+
+    m = pd.read_parquet(work / "results/voc12/data/manifest/test.parquet")
+    assert sorted(m["image_id"]) == VOC_IDS["test"]
+    assert all(len(lab) == 0 for lab in m["labels"]) and set(m["gt_path"]) == {""}
+    crf = {p.stem: p for p in (work / "results/voc12/infer_deeplab/test/crf").glob("*/*.png")}
+    assert sorted(crf) == VOC_IDS["test"]
+    with tarfile.open(work / archive) as tar:
+        files = [t for t in tar.getmembers() if t.isfile()]
+        names = [t.name for t in files]
+        assert names == [
+            f"results/VOC2012/Segmentation/comp5_test_cls/{i}.png" for i in VOC_IDS["test"]
+        ]
+        for t in files:
+            im = Image.open(tar.extractfile(t))  # type: ignore[arg-type]
+            assert im.mode == "P" and im.size == (32, 24)
+            want = np.asarray(Image.open(crf[Path(t.name).stem]))
+            np.testing.assert_array_equal(np.asarray(im), want)
+    summary = json.loads((work / "results/voc12/submission/test.json").read_text())
+    assert (summary["images"], summary["variant"], summary["competition"]) == (3, "crf", "comp5")

@@ -125,17 +125,26 @@ def write_overlay(path: Path, overlay: dict[str, Any]) -> Path:
     return path
 
 
-def fake_voc(root: Path, ids: dict[str, list[str]], size: tuple[int, int] = (20, 30)) -> None:
-    """A VOC tree: random JPEGs, one dog box per label PNG and XML, the given split lists."""
+def fake_voc(
+    root: Path,
+    ids: dict[str, list[str]],
+    size: tuple[int, int] = (20, 30),
+    unlabelled: tuple[str, ...] = (),
+) -> None:
+    """A VOC tree: random JPEGs, one dog box per label PNG and XML, the given split lists.
+    Ids of the ``unlabelled`` splits (VOC's test) get a JPEG only."""
     rng = np.random.default_rng(0)
     for d in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
         (root / d).mkdir(parents=True, exist_ok=True)
     for split, names in ids.items():
         (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    for name in {n for names in ids.values() for n in names}:
+    bare = {n for s in unlabelled for n in ids[s]}
+    for name in sorted({n for names in ids.values() for n in names}):
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
             root / "JPEGImages" / f"{name}.jpg"
         )
+        if name in bare:
+            continue
         mask = np.zeros(size, np.uint8)
         mask[5:15, 5:20] = 12  # dog
         Image.fromarray(mask, mode="L").save(root / "SegmentationClass" / f"{name}.png")

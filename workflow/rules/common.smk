@@ -54,6 +54,7 @@ def _check_splits():
 
 
 _check_splits()
+preflight.check_test_split(config)
 # Paths that must exist, and every stage's typed config, before any job runs.
 preflight.check_paths(config)
 preflight.check_stage_configs(
@@ -83,6 +84,11 @@ def data_fingerprint(wildcards):
     if not _DATA_FINGERPRINT:
         _DATA_FINGERPRINT.append(preflight.data_fingerprint(config))
     return _DATA_FINGERPRINT[0]
+
+
+def test_fingerprint(wildcards):
+    """data_fingerprint of splits.test alone: its list and images (rule test_manifest)."""
+    return preflight.data_fingerprint(config, [SPLITS["test"]], labelled=False)
 
 
 def R(*parts):
@@ -253,6 +259,12 @@ def deeplab_variants():
     return ["nocrf", "crf"] if config["infer_deeplab"]["crf"]["enabled"] else ["nocrf"]
 
 
+def submission_variant():
+    """The masks of splits.test the server gets: DeepLab's final ones (after the CRF when
+    infer_deeplab runs it, as the paper's test figures are)."""
+    return deeplab_variants()[-1]
+
+
 def ir_label_dirs(model, split):
     return expand(
         R("cam_to_ir_label", model, split, "{shard}"),
@@ -379,6 +391,8 @@ def all_targets():
             R("eval_deeplab", SPLITS["val"], "{variant}", "summary.json"),
             variant=deeplab_variants(),
         )
+        if SPLITS["test"]:  # rule voc_submission
+            t.append(R("submission", f"{SPLITS['test']}.tar.gz"))
     if config["report"]["enabled"]:
         t.append(R("report", "index.html"))
     if config["experiments"]["variants"]:

@@ -54,3 +54,22 @@ rule dataset:
         data=data_fingerprint,
     script:
         "../scripts/dataset.py"
+
+
+if SPLITS["test"]:
+
+    rule test_manifest:
+        output:
+            manifest=manifest(SPLITS["test"]),
+        log:
+            LOG("test_manifest.log"),
+        conda:
+            "../../envs/torch.yaml"
+        threads: config["threads"]["cpu_shard"]
+        params:
+            code=code("test_manifest"),
+            cfg=result_cfg("dataset"),
+            root=dataset_root(),
+            data=test_fingerprint,
+        script:
+            "../scripts/test_manifest.py"

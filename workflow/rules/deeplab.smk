@@ -78,6 +78,30 @@ rule eval_deeplab:
         "../scripts/eval_labels.py"
 
 
+rule voc_submission:
+    input:
+        manifest=manifest("{split}"),
+        classes=R("data", "classes.json"),
+        preds=lambda wc: expand(
+            R("infer_deeplab", wc.split, submission_variant(), "{shard}"),
+            shard=shard_ids(),
+        ),
+    output:
+        archive=R("submission", "{split}.tar.gz"),
+        summary=R("submission", "{split}.json"),
+    log:
+        LOG("voc_submission", "{split}.log"),
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    params:
+        code=code("voc_submission"),
+        variant=submission_variant(),
+        competition=config["submission"]["competition"],
+    script:
+        "../scripts/voc_submission.py"
+
+
 if config["released"]["deeplab"]:
 
     ruleorder: released_deeplab > train_deeplab

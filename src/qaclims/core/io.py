@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -185,15 +186,27 @@ def voc_palette() -> list[int]:
     return pal
 
 
-def write_label_png(path: PathLike, label: np.ndarray) -> None:
-    """Write ``HxW uint8`` labels as a VOC-palette PNG, atomically (readable as indices)."""
+def _label_image(label: np.ndarray) -> Image.Image:
     lab = np.asarray(label)
     if lab.ndim != 2 or lab.dtype != np.uint8:
         raise ValueError(f"label must be HxW uint8, got shape {lab.shape} dtype {lab.dtype}")
     im = Image.fromarray(lab, mode="P")
     im.putpalette(voc_palette())
+    return im
+
+
+def write_label_png(path: PathLike, label: np.ndarray) -> None:
+    """Write ``HxW uint8`` labels as a VOC-palette PNG, atomically (readable as indices)."""
+    im = _label_image(label)
     with atomic_path(path) as tmp:
         im.save(tmp, format="PNG")
+
+
+def encode_label_png(label: np.ndarray) -> bytes:
+    """The bytes :func:`write_label_png` writes for ``label`` (``HxW uint8``)."""
+    buf = io.BytesIO()
+    _label_image(label).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def write_image(path: PathLike, image: np.ndarray, quality: int = 95) -> None:

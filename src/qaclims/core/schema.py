@@ -95,6 +95,17 @@ WORKFLOW: dict[str, Any] = {
                 "default": "val",
                 "description": "Split the segmentation network is scored on.",
             },
+            "test": {
+                "type": "string",
+                "default": "",
+                "description": "VOC only: an unlabelled split (test: 1,456 ids, from "
+                "VOC2012test.tar in the same tree) DeepLab segments for the PASCAL VOC "
+                "evaluation server; no label of it is read and nothing of it is scored here. "
+                "Rule voc_submission packs its masks (CRF ones when infer_deeplab.crf.enabled) "
+                "as results/<run>/submission/<split>.tar.gz. Its manifest comes from rule "
+                "test_manifest, so it must not be in dataset.splits (adding it leaves the "
+                "dataset rule and everything after it as they are). Empty: none.",
+            },
         },
         "default": {},
     },
@@ -223,6 +234,23 @@ WORKFLOW: dict[str, Any] = {
                 "type": "boolean",
                 "default": True,
                 "description": "Train, infer and score DeepLab on the pseudo masks.",
+            }
+        },
+    },
+    "submission": {
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "description": "The archive of splits.test for the PASCAL VOC evaluation server "
+        "(rule voc_submission).",
+        "properties": {
+            "competition": {
+                "type": "string",
+                "enum": ["comp5", "comp6"],
+                "default": "comp5",
+                "description": "the server's competition, the archive's folder "
+                "results/VOC2012/Segmentation/<competition>_test_cls: comp5 (VOC data only; "
+                "what CLIMS's segmentation/deeplabv2/eval.py writes) or comp6 (own data).",
             }
         },
     },

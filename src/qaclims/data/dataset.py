@@ -37,6 +37,7 @@ __all__ = [
     "read_classes",
     "read_manifest",
     "run",
+    "run_unlabelled",
     "shard_rows",
 ]
 
@@ -109,6 +110,31 @@ def _run_coco(cfg: DatasetConfig, out: Path, workers: int = 1) -> list[str]:
         del coco
     assert classes is not None
     return classes
+
+
+def run_unlabelled(cfg: DatasetConfig, split: str, out_manifest: PathLike) -> None:
+    """Write the manifest of an unlabelled VOC split (VOC's test: images only, its
+    annotations are withheld) to ``out_manifest``: every row has no labels and no
+    ``gt_path``; nothing but the split list and the images is read.
+
+    Raises :class:`ConfigError` unless ``cfg.name`` is voc12, :class:`DataError` naming a
+    missing split list or image.
+    """
+    if cfg.name != "voc12":
+        raise ConfigError(
+            f"an unlabelled split ({split!r}) needs dataset.name voc12, got {cfg.name!r}"
+        )
+    if not cfg.root:
+        raise ConfigError("dataset.root is empty: set it to the data set's folder")
+    root = Path(cfg.root)
+    base.require_dir(root, "data set root")
+    base.require_dir(root / cfg.voc12.image_dir, "image")
+    ids = base.read_id_list(root / cfg.voc12.split_dir / f"{split}.txt", split)
+    df = voc.build_manifest(
+        root, split, ids, cfg.voc12, VOC_CLASSES, cfg.check_images, cfg.io_workers,
+        labelled=False,
+    )  # fmt: skip
+    base.write_manifest(out_manifest, df)
 
 
 def run(cfg: DatasetConfig, out_dir: PathLike, workers: int = 1) -> None:

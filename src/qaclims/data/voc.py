@@ -128,19 +128,22 @@ def build_manifest(
     classes: Sequence[str],
     check_images: bool,
     workers: int,
+    labelled: bool = True,
 ) -> pd.DataFrame:
     """The manifest of one split (columns of :data:`base.MANIFEST_COLUMNS`, sorted by id).
 
     ``ids`` come from :func:`check_layout`. Paths are ``root`` joined with the layout
     folders (relative when ``root`` is). ``check_images`` also rejects truncated images and
-    label PNGs whose size differs from their image's.
+    label PNGs whose size differs from their image's. ``labelled=False`` (VOC's test split,
+    whose annotations are withheld): only the images are read; every row has no labels and
+    no ``gt_path``.
     """
     where = f"in split {split!r} ({root / cfg.split_dir / f'{split}.txt'})"
     images = [root / cfg.image_dir / f"{i}{IMAGE_SUFFIX}" for i in ids]
     base.check_exist(images, "images", where)
-    labels = _labels(root, ids, cfg, classes, where)
+    labels = _labels(root, ids, cfg, classes, where) if labelled else [[] for _ in ids]
     gts = [root / cfg.gt_dir / f"{i}.png" for i in ids]
-    has_gt = [g.is_file() for g in gts]
+    has_gt = [labelled and g.is_file() for g in gts]
     sizes = base.image_sizes(images, where, workers, check_images)
     if check_images:
         pairs = [(g, s) for g, s, h in zip(gts, sizes, has_gt, strict=True) if h]
@@ -152,8 +155,11 @@ def build_manifest(
          "gt_path": str(g) if h else ""}
         for i, p, s, lab, g, h in zip(ids, images, sizes, labels, gts, has_gt, strict=True)
     ]  # fmt: skip
-    log.info(
-        "%s: %d images, %d with a label PNG, %d without any class label",
-        split, len(rows), sum(has_gt), sum(not lab for lab in labels),
-    )  # fmt: skip
+    if labelled:
+        log.info(
+            "%s: %d images, %d with a label PNG, %d without any class label",
+            split, len(rows), sum(has_gt), sum(not lab for lab in labels),
+        )  # fmt: skip
+    else:
+        log.info("%s: %d images, unlabelled (no annotation or label PNG read)", split, len(rows))
     return base.manifest_frame(rows)

@@ -1,7 +1,8 @@
 """Print the headline figures of a finished run: ``python -m qaclims.report.summary results/<run>``.
 
 Collects every ``eval_*/.../summary.json`` under the run folder into one table (stage,
-method, split, images, mIoU, best-threshold mIoU, all-background baseline, coverage).
+method, split, images, mIoU, best-threshold mIoU, all-background baseline, coverage), then
+a line per archive made for the VOC evaluation server (``submission/<split>.json``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ def collect(run_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+def submissions(run_dir: str | Path) -> list[str]:
+    """One line per ``submission/<split>.json`` under ``run_dir`` (rule voc_submission)."""
+    lines = []
+    for p in sorted(Path(run_dir).glob("submission/*.json")):
+        s = read_json(p)
+        lines.append(
+            f"VOC server archive {p.with_name(s['archive'])}: {s['images']} masks "
+            f"({s['variant']}) under {s['members']}, sha256 {s['sha256']}"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     run_dir = Path(args[0] if args else "results/demo")
@@ -50,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
         print(df.to_string(index=False))
+    for line in submissions(run_dir):
+        print(line)
     return 0
 
 

@@ -3,7 +3,8 @@
 deeplab-pytorch's MSC inference by default (max over the scales' logits on the scale-1
 grid), or the mean / max of the passes at image size; the argmax is written as a label PNG,
 and with ``crf.enabled`` also the argmax of the dense-CRF-refined softmax (deeplab-pytorch's
-CRF parameters by default), optionally in the VOC evaluation server's layout.
+CRF parameters by default). :mod:`qaclims.seg.submission` packs the masks of VOC's test split
+for the evaluation server.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from qaclims.training import (
 log = logging.getLogger(__name__)
 
 FUSIONS = ("msc", "max", "mean")
-SERVER_SUBDIR = Path("results", "VOC2012", "Segmentation", "comp6_test_cls")
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,6 @@ def _read_batch(rows: pd.DataFrame) -> list[np.ndarray]:
 class _Outputs:
     nocrf: Path
     crf: Path | None
-    server: Path | None
 
 
 def _write(
@@ -255,8 +254,6 @@ def _write(
 
         pred = dense_crf(image, probs, crf_cfg).argmax(0).astype(np.uint8)
         write_label_png(out.crf / f"{image_id}.png", pred)
-    if out.server is not None:
-        write_label_png(out.server / SERVER_SUBDIR / f"{image_id}.png", pred)
 
 
 def _check_outputs(cfg: InferDeeplabConfig, out_dir_crf: Path | None, num_classes: int) -> None:
@@ -279,16 +276,12 @@ def infer_run(
     shard: int,
     num_shards: int,
     device: str,
-    server_layout_dir: Path | None = None,
 ) -> None:
     """Segment shard ``shard`` of ``num_shards`` of ``manifest``'s images.
 
     Writes ``out_dir_nocrf/<image_id>.png`` (argmax of the fused logits) and, when
     ``cfg.crf.enabled``, ``out_dir_crf/<image_id>.png`` (argmax after the dense CRF):
-    ``HxW uint8`` label PNGs in ``[0, num_classes)`` at the image size. With
-    ``server_layout_dir`` the final masks (CRF ones when enabled) are also written as
-    ``<server_layout_dir>/results/VOC2012/Segmentation/comp6_test_cls/<image_id>.png``, the
-    layout the PASCAL VOC evaluation server takes (tar the ``results`` folder).
+    ``HxW uint8`` label PNGs in ``[0, num_classes)`` at the image size.
 
     ``weights``: safetensors from :func:`train_run`; ``model_cfg``: the
     ``train_deeplab.model`` slice that built them; ``num_classes`` includes background.
@@ -299,11 +292,7 @@ def infer_run(
     crf_cfg = _crf_config(cfg.crf) if cfg.crf.enabled else None
     dev = torch.device(torch_device(device))
     model = _load_model(Path(weights), model_cfg, num_classes, dev)
-    out = _Outputs(
-        Path(out_dir_nocrf),
-        Path(out_dir_crf) if out_dir_crf else None,
-        Path(server_layout_dir) if server_layout_dir else None,
-    )
+    out = _Outputs(Path(out_dir_nocrf), Path(out_dir_crf) if out_dir_crf else None)
     for d in (out.nocrf, out.crf):
         if d is not None:
             d.mkdir(parents=True, exist_ok=True)

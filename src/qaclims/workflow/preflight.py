@@ -5,6 +5,8 @@
   schema the Snakefile has already loaded with the C YAML loader: Snakemake's own call loads
   it again in pure Python, 0.5 s of every parse, SLURM jobs included); the error names the
   key.
+- :func:`check_test_split`: the split segmented for the VOC evaluation server is an
+  unlabelled VOC split of a run with DeepLab.
 - :func:`check_paths`: every file or folder the run needs and cannot make itself (data set
   root and layout, checkpoint files named by path) exists; the error names the config key and
   the absolute path.
@@ -86,6 +88,11 @@ def check_paths(config: Mapping[str, Any]) -> None:
             ok = path.is_file() if kind == "file" else path.is_dir()
             if not ok:
                 raise _missing(key, path, kind)
+        test = config["splits"].get("test", "")
+        if test and d["name"] == "voc12":
+            lst = Path(d["root"]) / d["voc12"]["split_dir"] / f"{test}.txt"
+            if not lst.is_file():
+                raise _missing("splits.test", lst, "file")
     rel = config["released"]
     for key in ("cam", "ritc", "deeplab"):
         if rel.get(key):
@@ -126,6 +133,41 @@ def check_paths(config: Mapping[str, Any]) -> None:
                     raise ConfigError(f"config key vqa.precomputed.{kind} is empty")
                 if not path.startswith(run_dir + os.sep):  # made by this run's own rules
                     _require(f"vqa.precomputed.{kind}", path)
+
+
+def check_test_split(config: Mapping[str, Any]) -> None:
+    """``splits.test`` (the split segmented for the PASCAL VOC evaluation server) must be a
+    VOC split outside ``dataset.splits`` (rule test_manifest builds it without labels), none
+    of the labelled splits, on a run that trains or reads a DeepLab: raise
+    :class:`ConfigError` naming the key otherwise."""
+    splits = config["splits"]
+    test = splits.get("test", "")
+    if not test:
+        return
+    name = config["dataset"]["name"]
+    if name != "voc12":
+        raise ConfigError(
+            f"config key splits.test ({test!r}) is for the PASCAL VOC evaluation server; "
+            f"dataset.name is {name!r}, not voc12"
+        )
+    labelled = {"splits.train": [splits["train"]], "splits.cam": list(splits["cam"]),
+                "splits.eval_cam": [splits["eval_cam"]], "splits.val": [splits["val"]]}  # fmt: skip
+    for key, names in labelled.items():
+        if test in names:
+            raise ConfigError(
+                f"config key splits.test ({test!r}) is read without labels, so it cannot "
+                f"also be {key}"
+            )
+    if test in config["dataset"]["splits"]:
+        raise ConfigError(
+            f"config key splits.test ({test!r}) is also in dataset.splits "
+            f"{list(config['dataset']['splits'])}: rule test_manifest builds it without labels, "
+            "the dataset rule would read its (withheld) annotations; remove it there"
+        )
+    if not config["deeplab"]["enabled"]:
+        raise ConfigError(
+            f"config key splits.test ({test!r}) needs DeepLab: deeplab.enabled is false"
+        )
 
 
 def check_irn_backbone(config: Mapping[str, Any]) -> None:
@@ -210,30 +252,36 @@ def check_stage_configs(
     return True
 
 
-def data_fingerprint(config: Mapping[str, Any]) -> str:
+def data_fingerprint(
+    config: Mapping[str, Any], splits: Iterable[str] | None = None, labelled: bool = True
+) -> str:
     """Digest of (path, size, mtime) of the data set's input files ("" for synthetic).
 
-    VOC: the split lists and, for every id they list, its image, label PNG and annotation;
-    COCO: the annotation files and every file in the image folders.
+    VOC: the split lists and, for every id they list, its image, label PNG and annotation
+    (``labelled=False``: the image only); COCO: the annotation files and every file in the
+    image folders. ``splits``: those instead of ``dataset.splits``.
     """
     d = config["dataset"]
     if d["name"] == "synthetic":
         return ""
     root = Path(d["root"])
     files: set[Path] = set()
+    chosen = list(d["splits"] if splits is None else splits)
     if d["name"] == "voc12":
         v = d["voc12"]
-        for s in d["splits"]:
+        for s in chosen:
             lst = root / v["split_dir"] / f"{s}.txt"
             files.add(lst)
             for i in lst.read_text().split():
                 files.add(root / v["image_dir"] / f"{i}.jpg")
+                if not labelled:
+                    continue
                 files.add(root / v["gt_dir"] / f"{i}.png")
                 if v["label_source"] == "xml":
                     files.add(root / v["annotation_dir"] / f"{i}.xml")
     else:
         c = d["coco14"]
-        for s in d["splits"]:
+        for s in chosen:
             files.add(root / c["annotation_file"].format(split=s))
             with os.scandir(root / c["image_dir"].format(split=s)) as it:
                 files |= {Path(e.path) for e in it if e.is_file()}
