@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -185,6 +186,10 @@ def test_stage_table(tmp_path: Path) -> None:
     assert p.rows[3] == ["deeplab", "val", "1449", "–", "–", "–"]
     # the floor: predicting background everywhere, from the first stage's summary
     assert p.rows[4] == ["all background (floor)", "train", "1464", "11.23", "–", "–"]
+    assert "<p>" not in text
+    tables.stage_table_html(rows, tmp_path / "n.html", notes=["archive <a>.tar.gz", "two"])
+    paras = re.findall(r"<p>(.*?)</p>", (tmp_path / "n.html").read_text())
+    assert paras[-2:] == ["archive &lt;a&gt;.tar.gz", "two"]
 
 
 def test_per_class_table_deltas_and_dead_flag(tmp_path: Path) -> None:

@@ -421,3 +421,10 @@ def test_voc_test_submission_added_to_a_finished_run(clone: Path, tmp_path: Path
             np.testing.assert_array_equal(np.asarray(im), want)
     summary = json.loads((work / "results/voc12/submission/test.json").read_text())
     assert (summary["images"], summary["variant"], summary["competition"]) == (3, "crf", "comp5")
+    # the report quotes the archive under its stage table
+    r = run(
+        cmd.replace("--cores 2", "-n --cores 2") + " results/voc12/report/index.html", work, env
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    block = re.search(r"^rule report:\n((?:    .*\n)+)", r.stdout + r.stderr, re.M)
+    assert block and "results/voc12/submission/test.json" in block.group(1)

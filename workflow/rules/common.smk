@@ -327,10 +327,10 @@ def report_plan():
     is encoded in input names): ``stages`` (label, summary, per_class, sweep or None, in
     the order of the stage table), ``histories`` (stage -> history table), ``overlays``
     (label, kind, sample file per column of :func:`overlay_sources`), ``corpus``,
-    ``manifest``.
+    ``manifest``, ``submissions`` (rule voc_submission's summaries).
     """
     ev = SPLITS["eval_cam"]
-    plan = {"stages": [], "histories": {}, "overlays": [], "corpus": None}
+    plan = {"stages": [], "histories": {}, "overlays": [], "corpus": None, "submissions": []}
 
     def stage(label, base, sweep=False):
         plan["stages"].append(
@@ -360,6 +360,8 @@ def report_plan():
             stage(f"DeepLab {val} ({crf_label(v)})", R("eval_deeplab", val, v))
         if not config["released"]["deeplab"]:
             plan["histories"]["train_deeplab"] = R("train_deeplab", "history.parquet")
+        if SPLITS["test"]:  # rule voc_submission's summary, quoted under the stage table
+            plan["submissions"] = [R("submission", f"{SPLITS['test']}.json")]
     for key, (label, kind, _) in overlay_sources().items():
         plan["overlays"].append(
             {"label": label, "kind": kind, "sample": overlay_sample(key)}
@@ -378,6 +380,7 @@ def report_inputs(wildcards):
     files += [o["sample"] for o in plan["overlays"]]
     if plan["corpus"]:
         files.append(plan["corpus"])
+    files += plan["submissions"]
     return list(dict.fromkeys(files))
 
 

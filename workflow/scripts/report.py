@@ -29,4 +29,5 @@ with job(snakemake):
         num_overlays=snakemake.config["report"]["num_overlays"],
         fixed_threshold=snakemake.params.threshold,
         dead_warn=snakemake.config["train_ritc"]["dead_warn"],
+        submissions=[Path(p) for p in plan["submissions"]],
     )

@@ -27,6 +27,7 @@ from qaclims.core.io import (
 from qaclims.report import figures as report
 from qaclims.report import tables
 from qaclims.report.overlay import overlay_frame, overlay_rows, read_overlay_sample
+from qaclims.report.summary import submission_line
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +135,21 @@ def run(
     num_overlays: int = 6,
     fixed_threshold: float = 0.15,
     dead_warn: float = 0.5,
+    submissions: Sequence[Path] = (),
 ) -> None:
     """Write ``index.html``, ``per_class_iou.png``, ``per_class.html``, ``sweep.png``,
     ``losses.png``, ``overlays.png`` and ``corpus.html`` into ``out_dir``.
 
     The per-class table compares every stage with the first (the baseline CAM) and flags
-    classes whose CAMs RITC's guard saw die (share of dead pairs >= ``dead_warn``)."""
+    classes whose CAMs RITC's guard saw die (share of dead pairs >= ``dead_warn``).
+    ``submissions``: summaries of rule voc_submission, quoted below the stage table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables.stage_table_html(stage_rows(evals), out_dir / "index.html", "QA-CLIMS: mIoU per stage")
+    tables.stage_table_html(
+        stage_rows(evals),
+        out_dir / "index.html",
+        "QA-CLIMS: mIoU per stage",
+        notes=[submission_line(p) for p in submissions],
+    )
     per_class = {it.label: read_parquet(it.per_class) for it in evals}
     report.plot_per_class_iou(per_class, out_dir / "per_class_iou.png", "IoU per class")
     classes = list(next(iter(per_class.values()))["class"])

@@ -42,16 +42,20 @@ def collect(run_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+def submission_line(path: str | Path) -> str:
+    """The sentence of one ``submission/<split>.json`` (rule voc_submission): the archive's
+    path beside it, its mask count and kind, its folder and sha256."""
+    p = Path(path)
+    s = read_json(p)
+    return (
+        f"VOC server archive {p.with_name(s['archive'])}: {s['images']} masks "
+        f"({s['variant']}) under {s['members']}, sha256 {s['sha256']}"
+    )
+
+
 def submissions(run_dir: str | Path) -> list[str]:
-    """One line per ``submission/<split>.json`` under ``run_dir`` (rule voc_submission)."""
-    lines = []
-    for p in sorted(Path(run_dir).glob("submission/*.json")):
-        s = read_json(p)
-        lines.append(
-            f"VOC server archive {p.with_name(s['archive'])}: {s['images']} masks "
-            f"({s['variant']}) under {s['members']}, sha256 {s['sha256']}"
-        )
-    return lines
+    """:func:`submission_line` of every ``submission/*.json`` under ``run_dir``."""
+    return [submission_line(p) for p in sorted(Path(run_dir).glob("submission/*.json"))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,10 @@ def _page(title: str, body: str, out_html: PathLike) -> None:
 
 
 def stage_table_html(
-    rows: Sequence[Mapping[str, Any]], out_html: PathLike, title: str = ""
+    rows: Sequence[Mapping[str, Any]],
+    out_html: PathLike,
+    title: str = "",
+    notes: Sequence[str] = (),
 ) -> None:
     """Per-stage metrics as an HTML table.
 
@@ -66,6 +69,7 @@ def stage_table_html(
             of predicting background everywhere, the floor every stage is above.
         out_html: HTML path.
         title: page heading.
+        notes: sentences shown below the table, one paragraph each (escaped).
     """
     head = "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in STAGE_COLUMNS)
 
@@ -89,7 +93,8 @@ def stage_table_html(
         }
         body.append(tr(floor, "floor"))
     table = f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body)
-    _page(title or "QA-CLIMS stages", table + "\n</tbody>\n</table>", out_html)
+    paras = "".join(f"\n<p>{html.escape(n)}</p>" for n in notes)
+    _page(title or "QA-CLIMS stages", table + "\n</tbody>\n</table>" + paras, out_html)
 
 
 def per_class_table(
