@@ -56,7 +56,8 @@ def _few(names: Sequence[str]) -> str:
 
 
 def index_masks(pred_dirs: Sequence[PathLike]) -> dict[str, Path]:
-    """``{image_id: path}`` of every ``<image_id>.png`` in ``pred_dirs`` (the shard folders).
+    """``{image_id: path}`` of every ``<image_id>.png`` in ``pred_dirs`` (the shard folders;
+    hidden files, such as an interrupted atomic write's temporary, are not masks).
 
     Raises :class:`DataError` naming an id found in two folders.
     """
@@ -65,6 +66,8 @@ def index_masks(pred_dirs: Sequence[PathLike]) -> dict[str, Path]:
         if not d.is_dir():
             raise DataError(f"missing prediction folder {d}")
         for p in sorted(d.glob("*.png")):
+            if p.name.startswith("."):
+                continue
             if p.stem in found:
                 raise DataError(f"mask of {p.stem} is in two shard folders: {found[p.stem]}, {p}")
             found[p.stem] = p
