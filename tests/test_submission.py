@@ -94,13 +94,13 @@ def _break(kind: str, masks: dict[str, Any]) -> str:
     d0, d1 = masks["dirs"]
     if kind == "missing":
         (d1 / "2008_000010.png").unlink()
-        return "no mask for 1 images.*2008_000010"
+        return "1 of 3 test images have no DeepLab mask .*2008_000010"
     if kind == "extra":
         Image.fromarray(np.zeros((3, 3), np.uint8)).save(d0 / "2011_000099.png")
         return "not in .*test.parquet: 2011_000099"
     if kind == "twice":
         (d0 / "2008_000010.png").write_bytes((d1 / "2008_000010.png").read_bytes())
-        return "2008_000010 is in two shard folders"
+        return "2008_000010.png occurs twice"
     if kind == "size":
         Image.fromarray(np.zeros((5, 7), np.uint8)).save(d1 / "2008_000010.png")
         return "2008_000010.png is 5x7, its image 5x6"

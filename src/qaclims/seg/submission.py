@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from qaclims.artifacts.shards import NAMES_IN_ERROR, files_for, index_files
 from qaclims.core.errors import DataError
 from qaclims.core.io import (
     PathLike,
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 COMPETITIONS = ("comp5", "comp6")
 COMPETITION = "comp5"
-MAX_LISTED = 5
 
 
 def member_dir(competition: str = COMPETITION) -> PurePosixPath:
@@ -51,27 +51,8 @@ def member_dir(competition: str = COMPETITION) -> PurePosixPath:
 
 
 def _few(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:MAX_LISTED])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > MAX_LISTED else "")
-
-
-def index_masks(pred_dirs: Sequence[PathLike]) -> dict[str, Path]:
-    """``{image_id: path}`` of every ``<image_id>.png`` in ``pred_dirs`` (the shard folders;
-    hidden files, such as an interrupted atomic write's temporary, are not masks).
-
-    Raises :class:`DataError` naming an id found in two folders.
-    """
-    found: dict[str, Path] = {}
-    for d in map(Path, pred_dirs):
-        if not d.is_dir():
-            raise DataError(f"missing prediction folder {d}")
-        for p in sorted(d.glob("*.png")):
-            if p.name.startswith("."):
-                continue
-            if p.stem in found:
-                raise DataError(f"mask of {p.stem} is in two shard folders: {found[p.stem]}, {p}")
-            found[p.stem] = p
-    return found
+    shown = ", ".join(names[:NAMES_IN_ERROR])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > NAMES_IN_ERROR else "")
 
 
 def _check_mask(path: Path, label: np.ndarray, hw: tuple[int, int], num_classes: int) -> None:
@@ -119,11 +100,9 @@ def pack(
         "image_id", ignore_index=True
     )
     ids = [str(i) for i in rows["image_id"]]
-    masks = index_masks(pred_dirs)
-    missing = [i for i in ids if i not in masks]
-    if missing:
-        raise DataError(f"no mask for {len(missing)} images of {manifest}: {_few(missing)}")
-    extra = sorted(set(masks) - set(ids))
+    dirs = [Path(d) for d in pred_dirs]
+    paths = files_for(ids, dirs, ".png", "DeepLab mask", "test images")
+    extra = sorted(set(index_files(dirs, ".png", "DeepLab mask")) - set(ids))
     if extra:
         raise DataError(f"masks of images not in {manifest}: {_few(extra)}")
     if competition not in COMPETITIONS:
@@ -138,9 +117,9 @@ def pack(
             for parent in reversed(top.parents[:-1]):
                 tar.addfile(_dir_entry(parent))
             tar.addfile(_dir_entry(top))
-            for image_id, h, w in zip(ids, rows["height"], rows["width"], strict=True):
-                label = read_label_png(masks[image_id])
-                _check_mask(masks[image_id], label, (int(h), int(w)), num_classes)
+            for image_id, path, h, w in zip(ids, paths, rows["height"], rows["width"], strict=True):
+                label = read_label_png(path)
+                _check_mask(path, label, (int(h), int(w)), num_classes)
                 data = encode_label_png(label)
                 tar.addfile(_file_entry(top / f"{image_id}.png", len(data)), io.BytesIO(data))
         digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
