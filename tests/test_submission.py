@@ -212,3 +212,18 @@ def test_competition_names_the_folder(masks: dict[str, Any], tmp_path: Path) -> 
     assert files == [f"{s['members']}/{i}.png" for i in sorted(SIZES)]
     with pytest.raises(ValueError, match="comp7"):
         submission.pack(masks["manifest"], masks["dirs"], tmp_path / "c7.tar.gz", K, "comp7")
+
+
+def test_an_incomplete_test_set_is_warned_about(
+    masks: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="qaclims.seg.submission"):
+        submission.pack(masks["manifest"], masks["dirs"], tmp_path / "s.tar.gz", K)
+    assert "holds 3 masks; VOC 2012's segmentation test set has 1456 images" in caplog.text
+    caplog.clear()
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(submission, "VOC2012_TEST_IMAGES", 3)  # as if this were the whole set
+    with caplog.at_level("WARNING", logger="qaclims.seg.submission"):
+        submission.pack(masks["manifest"], masks["dirs"], tmp_path / "t.tar.gz", K)
+    monkey.undo()
+    assert "holds" not in caplog.text

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 COMPETITIONS = ("comp5", "comp6")
 COMPETITION = "comp5"
+VOC2012_TEST_IMAGES = 1456  # ImageSets/Segmentation/test.txt of VOC2012test.tar
 
 
 def member_dir(competition: str = COMPETITION) -> PurePosixPath:
@@ -124,6 +125,12 @@ def pack(
                 tar.addfile(_file_entry(top / f"{image_id}.png", len(data)), io.BytesIO(data))
         digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
     log.info("%s: %d masks under %s, sha256 %s", out_tar, len(ids), top, digest)
+    if len(ids) != VOC2012_TEST_IMAGES:
+        log.warning(
+            "%s holds %d masks; VOC 2012's segmentation test set has %d images, and the "
+            "server scores complete sets only",
+            out_tar, len(ids), VOC2012_TEST_IMAGES,
+        )  # fmt: skip
     return {
         "images": len(ids),
         "competition": competition,
