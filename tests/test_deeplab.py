@@ -516,6 +516,65 @@ def test_infer_run_writes_label_pngs_per_shard(
         )  # fmt: skip
 
 
+def _infer(world: dict[str, Path], trained: Path, out: Path, **over: object) -> None:
+    mapping = {"scales": [1.0, 0.5], "flip": False, "batch_size": 1, **over}
+    cfg = from_mapping(infer_deeplab.InferDeeplabConfig, mapping, "infer_deeplab")
+    infer_deeplab.infer_run(
+        world["manifest"], trained / "m.st", tiny_train_cfg().model, K, cfg,
+        out / "nocrf", out / "crf", 0, 1, "cpu",
+    )  # fmt: skip
+
+
+def test_interrupted_shard_resumes_from_its_partial_folders(
+    world: dict[str, Path], trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard stopped after 2 of its images keeps them: the rerun computes only the other
+    4 and ends with the masks of an uninterrupted run; under other settings the partial
+    folders are discarded and every image is computed again."""
+    _infer(world, trained, tmp_path / "fresh")
+    real_write, written = infer_deeplab._write, []
+
+    def write(image_id: str, *args: object) -> None:
+        if len(written) == 2:
+            raise KeyboardInterrupt  # the job is killed
+        written.append(image_id)
+        real_write(image_id, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(infer_deeplab, "_write", write)
+    with pytest.raises(KeyboardInterrupt):
+        _infer(world, trained, tmp_path / "run")
+    assert not (tmp_path / "run" / "nocrf").exists()
+    partial = tmp_path / "run" / ".nocrf.partial"
+    assert sorted(p.stem for p in partial.glob("*.png")) == sorted(written)
+    first, written[:] = list(written), []
+    computed: list[str] = []
+    monkeypatch.setattr(
+        infer_deeplab, "_write", lambda i, *a: (computed.append(i), real_write(i, *a))
+    )
+    _infer(world, trained, tmp_path / "run")
+    assert len(computed) == len(SIZES) - 2 and not set(computed) & set(first)
+    assert not partial.exists() and not (tmp_path / "run" / ".crf.partial").exists()
+    for kind in ("nocrf", "crf"):
+        names = sorted(p.name for p in (tmp_path / "fresh" / kind).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / "run" / kind).iterdir())
+        for n in names:
+            np.testing.assert_array_equal(
+                io.read_label_png(tmp_path / "run" / kind / n),
+                io.read_label_png(tmp_path / "fresh" / kind / n),
+            )
+    # interrupted again, then rerun with another scale set: nothing is kept
+    (tmp_path / "run2").mkdir()
+    monkeypatch.setattr(infer_deeplab, "_write", write)
+    with pytest.raises(KeyboardInterrupt):
+        _infer(world, trained, tmp_path / "run2")
+    computed.clear()
+    monkeypatch.setattr(
+        infer_deeplab, "_write", lambda i, *a: (computed.append(i), real_write(i, *a))
+    )
+    _infer(world, trained, tmp_path / "run2", scales=[1.0])
+    assert len(computed) == len(SIZES)
+
+
 # ---------------------------------------------------------------- DDP
 
 

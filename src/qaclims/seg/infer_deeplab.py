@@ -4,7 +4,9 @@ deeplab-pytorch's MSC inference by default (max over the scales' logits on the s
 grid), or the mean / max of the passes at image size; the argmax is written as a label PNG,
 and with ``crf.enabled`` also the argmax of the dense-CRF-refined softmax (deeplab-pytorch's
 CRF parameters by default). :mod:`qaclims.seg.submission` packs the masks of VOC's test split
-for the evaluation server.
+for the evaluation server. A shard's masks go to partial folders beside its outputs
+(:mod:`qaclims.artifacts.partial`) and are kept by a rerun of the same network, settings and
+images, so an interrupted shard (a COCO val shard with the CRF takes long) resumes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from qaclims.core.config import runtime, setting
+from qaclims.artifacts.partial import PartialDir
+from qaclims.artifacts.weights import tensors_digest
+from qaclims.core.config import runtime, setting, to_dict
 from qaclims.core.devices import torch_device
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.core.io import read_image, read_parquet, write_label_png
@@ -281,7 +285,10 @@ def infer_run(
 
     Writes ``out_dir_nocrf/<image_id>.png`` (argmax of the fused logits) and, when
     ``cfg.crf.enabled``, ``out_dir_crf/<image_id>.png`` (argmax after the dense CRF):
-    ``HxW uint8`` label PNGs in ``[0, num_classes)`` at the image size.
+    ``HxW uint8`` label PNGs in ``[0, num_classes)`` at the image size. They are written
+    into ``.<folder name>.partial`` beside each folder, renamed onto it when the shard is
+    done; a rerun keeps the images finished there when the weights (by content), the
+    config, the model config and the image list are the same, else starts afresh.
 
     ``weights``: safetensors from :func:`train_run`; ``model_cfg``: the
     ``train_deeplab.model`` slice that built them; ``num_classes`` includes background.
@@ -292,20 +299,28 @@ def infer_run(
     crf_cfg = _crf_config(cfg.crf) if cfg.crf.enabled else None
     dev = torch.device(torch_device(device))
     model = _load_model(Path(weights), model_cfg, num_classes, dev)
-    out = _Outputs(Path(out_dir_nocrf), Path(out_dir_crf) if out_dir_crf else None)
-    for d in (out.nocrf, out.crf):
-        if d is not None:
-            d.mkdir(parents=True, exist_ok=True)
+    inputs = {
+        "cfg": to_dict(cfg),
+        "weights": tensors_digest(Path(weights)),
+        "model": to_dict(model_cfg),
+        "num_classes": num_classes,
+        "images": list(rows["image_path"]),
+    }
+    parts = [PartialDir(Path(d), inputs) for d in (out_dir_nocrf, out_dir_crf) if d]
+    out = _Outputs(parts[0].path, parts[1].path if len(parts) > 1 else None)
+    done = rows["image_id"].map(lambda i: all(p.done(f"{i}.png") for p in parts))
     log.info(
-        "infer_deeplab: shard %d/%d, %d images, scales %s flip %s, crf %s, %s",
+        "infer_deeplab: shard %d/%d, %d images (%d done before), scales %s flip %s, crf %s, %s",
         shard,
         num_shards,
         len(rows),
+        int(done.sum()),
         list(cfg.scales),
         cfg.flip,
         cfg.crf.enabled,
         dev,
     )
+    rows = rows[~done]
     bar = tqdm(total=len(rows), desc=f"infer_deeplab {shard}", unit="img", dynamic_ncols=True)
     for batch in size_batches(rows, cfg.batch_size):
         images = _read_batch(batch)
@@ -316,3 +331,5 @@ def infer_run(
             _write(str(image_id), im, p, crf_cfg, out)
         bar.update(len(batch))
     bar.close()
+    for p in parts:
+        p.finish()
