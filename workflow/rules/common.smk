@@ -330,7 +330,13 @@ def report_plan():
     ``manifest``, ``submissions`` (rule voc_submission's summaries).
     """
     ev = SPLITS["eval_cam"]
-    plan = {"stages": [], "histories": {}, "overlays": [], "corpus": None, "submissions": []}
+    plan = {
+        "stages": [],
+        "histories": {},
+        "overlays": [],
+        "corpus": None,
+        "submissions": [],
+    }
 
     def stage(label, base, sweep=False):
         plan["stages"].append(
@@ -360,7 +366,8 @@ def report_plan():
             stage(f"DeepLab {val} ({crf_label(v)})", R("eval_deeplab", val, v))
         if not config["released"]["deeplab"]:
             plan["histories"]["train_deeplab"] = R("train_deeplab", "history.parquet")
-        if SPLITS["test"]:  # rule voc_submission's summary, quoted under the stage table
+        # rule voc_submission's summary, quoted under the stage table
+        if SPLITS["test"]:
             plan["submissions"] = [R("submission", f"{SPLITS['test']}.json")]
     for key, (label, kind, _) in overlay_sources().items():
         plan["overlays"].append(
