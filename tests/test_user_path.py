@@ -421,6 +421,15 @@ def test_voc_test_submission_added_to_a_finished_run(clone: Path, tmp_path: Path
             np.testing.assert_array_equal(np.asarray(im), want)
     summary = json.loads((work / "results/voc12/submission/test.json").read_text())
     assert (summary["images"], summary["variant"], summary["competition"]) == (3, "crf", "comp5")
+    # editing a test image reruns the test branch only
+    voc = yaml.safe_load((work / "config/voc12.yaml").read_text())["dataset"]["root"]
+    img = work / voc / "JPEGImages" / f"{VOC_IDS['test'][0]}.jpg"
+    Image.new("RGB", (32, 24), (9, 9, 9)).save(img)
+    r = run(cmd.replace("--cores 2", "-n --cores 2") + val + " " + archive, work, env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    planned = re.findall(r"^(?:local)?rule (\w+):", r.stdout + r.stderr, re.M)
+    assert sorted(planned) == sorted(["test_manifest", "infer_deeplab", "infer_deeplab",
+                                      "voc_submission"])  # fmt: skip
     # the report quotes the archive under its stage table
     r = run(
         cmd.replace("--cores 2", "-n --cores 2") + " results/voc12/report/index.html", work, env
