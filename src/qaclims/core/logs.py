@@ -23,7 +23,8 @@ def job_tag(rule: str, wildcards: Mapping[str, str] | None = None) -> str:
 def setup(
     log_path: str | Path | None = None, level: int = logging.INFO, tag: str = ""
 ) -> logging.Logger:
-    """Send ``qaclims`` log records to ``log_path`` (appended) and to stderr (with ``tag``)."""
+    """Send ``qaclims`` log records to ``log_path`` (appended) and to stderr (with ``tag``);
+    those of :func:`provenance` to ``log_path`` only."""
     root = logging.getLogger("qaclims")
     root.setLevel(level)
     root.handlers.clear()
@@ -31,9 +32,20 @@ def setup(
     term = logging.StreamHandler(sys.stderr)
     term.setFormatter(logging.Formatter(tag.replace("%", "%%") + FORMAT))
     root.addHandler(term)
+    record = provenance()
+    record.handlers.clear()
+    record.propagate = False
+    record.setLevel(logging.INFO)
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         file = logging.FileHandler(log_path, mode="a")
         file.setFormatter(logging.Formatter(FORMAT))
         root.addHandler(file)
+        record.addHandler(file)
     return root
+
+
+def provenance() -> logging.Logger:
+    """The logger of a job's software and machine lines (:mod:`qaclims.core.provenance`):
+    after :func:`setup`, its records go to the job's log file only, not to the terminal."""
+    return logging.getLogger("qaclims.provenance")

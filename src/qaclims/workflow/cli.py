@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-from qaclims.core import devices, logs
+from qaclims.core import devices, logs, provenance
 
 WORKERS = (
     "qaclims.qape.train_tiny_blip",
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     fixed = int(job["config"].get("threads", {}).get("train_torch", 0))
     torch.set_num_threads(fixed or max(1, int(job.get("threads", 1)) // int(world)))
     log.info("%s on %s (rank %d of %s)", args[0], device, rank, world)
+    log.info("software: %s; %s", provenance.software(), provenance.torch_info(device))
     try:
         importlib.import_module(args[0]).worker(job, device)
     except Exception:

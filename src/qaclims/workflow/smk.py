@@ -6,6 +6,8 @@ lines), gives a job of an experiment's (variant, seed) that cell's config as ``s
 ``resources: gpu`` (see :mod:`qaclims.core.devices`), resolves the torch device from
 ``config["device"]``, sets torch's CPU threads to the rule's ``threads``, warns when a job
 holding GPUs runs on the CPU, and logs any exception with its traceback before re-raising it.
+The job's log file (not the terminal) gets the code version and software it ran with
+(:mod:`qaclims.core.provenance`).
 
 A job whose script has not imported torch and holds no GPU (eval_cam, corpus, the report,
 ...) does not import it here either (2-3 s a job): its device is resolved when the script
@@ -23,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from qaclims.core import devices, logs
+from qaclims.core import devices, logs, provenance
 from qaclims.workflow import experiments
 
 
@@ -44,7 +46,10 @@ class Job:
     def device(self) -> str:
         if not self.requested:
             return ""
-        return _set_up_torch(self.threads, self.requested)
+        dev = _set_up_torch(self.threads, self.requested)
+        if info := provenance.torch_info(dev):
+            logs.provenance().info("software: %s", info)
+        return dev
 
 
 def tag_of(smk: Any) -> str:
@@ -80,6 +85,7 @@ def job(smk: Any, gpus: bool = True) -> Iterator[Job]:
         # a job of an experiment's (variant, seed): its scripts read that cell's config
         smk.config = experiments.job_config(smk.config, dict(wc.items()))
     logger = logs.setup(log_path, tag=tag)
+    logs.provenance().info("software: %s", provenance.software())
     threads = int(smk.threads)
     n_gpu = int(getattr(smk.resources, "gpu", 0) or 0) if gpus else 0
     requested = str(smk.config.get("device", "auto"))
