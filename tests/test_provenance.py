@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import platform
 import subprocess
@@ -101,3 +103,36 @@ def test_a_job_logs_its_software_to_its_log_file_only(tmp_path: Path, read: str)
         assert lines[1].endswith("; device cpu")
     else:
         assert len(lines) == 1  # torch was never imported: nothing to say about it
+
+
+def test_a_training_worker_names_its_software_in_its_start_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The worker entry point (one per GPU under torchrun) logs code, software and device
+    after its start line; its output reaches the rule's log through the launcher."""
+    import types
+
+    import torch
+
+    from qaclims.workflow import cli
+
+    ran: list[str] = []
+    fake = types.SimpleNamespace(worker=lambda job, device: ran.append(device))
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: fake)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    job = {"config": {"device": "cpu", "threads": {"train_torch": 1}}, "threads": 1}
+    loggers = [logging.getLogger(n) for n in ("qaclims", "qaclims.provenance")]
+    saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    threads = torch.get_num_threads()
+    try:  # cli.main sets up logging and torch's threads for its process
+        assert cli.main(["qaclims.cam.train_cam", json.dumps(job)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        for lg, (handlers, propagate, level) in zip(loggers, saved, strict=True):
+            lg.handlers[:], lg.propagate, lg.level = handlers, propagate, level
+    assert ran == ["cpu"]
+    err = capsys.readouterr().err
+    assert "qaclims.cam.train_cam on cpu (rank 0 of 1)" in err
+    want = f"software: {provenance.software()}; torch {torch.__version__} ("
+    assert want in err and err.rstrip().endswith("; device cpu")
