@@ -97,6 +97,8 @@ def pack(
     Raises :class:`DataError` naming the missing or extra ids, a mask of the wrong size or
     with a label out of range; no archive is left behind then.
     """
+    if competition not in COMPETITIONS:
+        raise ValueError(f"competition must be one of {COMPETITIONS}, got {competition!r}")
     rows = read_parquet(manifest, ["image_id", "height", "width"]).sort_values(
         "image_id", ignore_index=True
     )
@@ -106,8 +108,6 @@ def pack(
     extra = sorted(set(index_files(dirs, ".png", "DeepLab mask")) - set(ids))
     if extra:
         raise DataError(f"masks of images not in {manifest}: {_few(extra)}")
-    if competition not in COMPETITIONS:
-        raise ValueError(f"competition must be one of {COMPETITIONS}, got {competition!r}")
     top = member_dir(competition)
     with atomic_path(out_tar) as tmp:
         with (
