@@ -1,10 +1,13 @@
-"""The code params: transitive library imports, content digests, the cross-process scan cache."""
+"""The code params: transitive library imports, code digests, the cross-process scan cache."""
 
 from __future__ import annotations
 
+import dis
 import hashlib
 import json
 import os
+import types
+from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,9 +33,8 @@ def pkg(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def _clear() -> None:
-    codegraph._imported_modules.cache_clear()
+    codegraph._scanned.cache_clear()
     codegraph._closure.cache_clear()
-    codegraph._digest.cache_clear()
     codegraph._module_file.cache_clear()
     codegraph._SCAN_CACHE.clear()
     codegraph._SCAN_FILE.clear()
@@ -123,3 +125,148 @@ def test_unreadable_cache_is_ignored(pkg: tuple[Path, Path]) -> None:
     cache.write_text("{not json")
     codegraph.use_scan_cache(cache)
     assert len(codegraph.library_files(script, src)) == 5
+
+
+def test_scan_cache_keeps_the_code_digest(pkg: tuple[Path, Path]) -> None:
+    """A fresh process takes a file's digest from the cache while the file's size and mtime
+    are unchanged."""
+    src, script = pkg
+    cache = src.parent / "imports.json"
+    codegraph.use_scan_cache(cache)
+    first = codegraph.code_digests(script, src)
+    codegraph.save_scan_cache()
+    stored = json.loads(cache.read_text())
+    c = str((src / "qaclims" / "sub" / "c.py").resolve())
+    assert stored[c][3] == first["qaclims/sub/c.py"]
+    stored[c][3] = "0" * 16  # what a (fake) earlier scan found
+    cache.write_text(json.dumps(stored))
+    _clear()
+    codegraph.use_scan_cache(cache)
+    assert codegraph.code_digests(script, src)["qaclims/sub/c.py"] == "0" * 16
+
+
+SOURCE = '''"""Module docstring."""
+
+# a comment line
+import os  # trailing comment
+
+
+def f(x):
+    """One line."""
+
+    return x  # why
+
+
+def g():
+    """Only a docstring:
+    its body becomes pass."""
+
+
+class A:
+    """Class docstring."""
+
+    size = 3
+    """An attribute's doc string."""
+
+    def h(self):
+        text = """first line
+  kept<SP>
+
+        verbatim, # not a comment
+"""
+        return text; "shares its line"
+'''.replace("<SP>", "  ")  # trailing blanks inside a literal
+
+# written by hand from SOURCE: what is left of it
+EXPECTED = '''import os
+def f(x):
+    return x
+def g():
+    pass
+class A:
+    size = 3
+    def h(self):
+        text = """first line
+  kept<SP>
+
+        verbatim, # not a comment
+"""
+        return text; "shares its line"
+'''.replace("<SP>", "  ")
+
+
+def test_code_text_leaves_out_comments_docstrings_and_blank_lines() -> None:
+    assert codegraph.code_text(SOURCE.encode()) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "same"),
+    [
+        ('"""One line."""', '"""One line, reworded."""', True),
+        ("# why", "# because", True),
+        ("import os  # trailing comment", "import os", True),
+        ("    size = 3\n", "\n\n    size = 3   \n", True),
+        ('"""An attribute\'s doc string."""', '"""Reworded."""', True),
+        ('its body becomes pass."""', 'still pass."""', True),
+        ("return x  # why", "return x + 0", False),
+        ("size = 3", "size = 4", False),
+        ("  kept  \n", "  kept \n", False),  # inside a string literal: verbatim
+        ("  kept  \n\n", "  kept  \n", False),  # a blank line inside a literal
+        ('"shares its line"', '"other"', False),  # not alone on its line: kept
+        ("def f(x):", "def f(y):", False),
+    ],
+)
+def test_only_code_edits_change_the_digest(tmp_path: Path, old: str, new: str, same: bool) -> None:
+    assert old in SOURCE
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text(SOURCE)
+    b.write_text(SOURCE.replace(old, new, 1))
+    assert (codegraph._digest(a) == codegraph._digest(b)) is same
+    codegraph._scanned.cache_clear()
+
+
+def test_code_text_of_a_file_that_does_not_parse_is_its_content() -> None:
+    assert codegraph.code_text(b"def (:\n  # x\n") == "def (:\n  # x\n"
+    assert codegraph.code_text(b"\xff\xfe") == "\ufffd\ufffd"
+
+
+def _bytecode(code: types.CodeType) -> tuple[object, ...]:
+    """A code object's instructions and names, line numbers and no-ops aside (jumps as
+    indices into the instructions kept)."""
+    kept = [i for i in dis.get_instructions(code) if i.opname not in ("NOP", "RESUME", "CACHE")]
+    offsets = [i.offset for i in kept]
+    ops: list[tuple[str, object]] = []
+    for i in kept:
+        if i.opcode in dis.hasjrel or i.opcode in dis.hasjabs:
+            ops.append((i.opname, bisect_left(offsets, i.argval)))
+        elif isinstance(i.argval, types.CodeType):
+            ops.append((i.opname, _bytecode(i.argval)))
+        else:
+            ops.append((i.opname, repr(i.argval)))
+    consts = tuple(
+        _bytecode(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts
+    )
+    names = (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)
+    return (code.co_name, code.co_argcount, code.co_kwonlyargcount, code.co_flags, names,
+            tuple(ops), consts)  # fmt: skip
+
+
+def test_code_text_compiles_like_the_file_for_every_library_module() -> None:
+    """Second method: what the digest reads compiles, for every file of the library, to the
+    bytecode of the file itself with docstrings stripped as ``python -OO`` strips them."""
+    root = Path(__file__).resolve().parents[1] / "src"
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 80
+    for f in files:
+        raw = f.read_bytes()
+        want = _bytecode(compile(raw, str(f), "exec", optimize=2))
+        text = codegraph.code_text(raw)
+        assert len(text) < len(raw) or not raw.strip(), f
+        assert _bytecode(compile(text, str(f), "exec", optimize=2)) == want, f
+
+
+def test_the_bytecode_check_sees_a_changed_constant() -> None:
+    a = _bytecode(compile("def f():\n    return 1\n", "a", "exec", optimize=2))
+    b = _bytecode(compile("def f():\n    return 2\n", "a", "exec", optimize=2))
+    c = _bytecode(compile("def f():\n\n    return 1  # c\n", "a", "exec", optimize=2))
+    assert a != b and a == c

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -296,12 +297,16 @@ def _jobs(smoke: tuple[Path, Path], overlay: dict | None = None) -> set[str]:
 
 
 def _jobs_after_editing(smoke: tuple[Path, Path], module: str) -> set[str]:
-    """The jobs a dry run plans with ``src/qaclims/<module>`` of the smoke repo edited (the
-    edit is undone afterwards)."""
+    """The jobs a dry run plans with the code of ``src/qaclims/<module>`` of the smoke repo
+    edited (a new module-level name; the edit is undone afterwards)."""
+    return _jobs_after(smoke, module, lambda text: text + "\n_EDITED = True\n")
+
+
+def _jobs_after(smoke: tuple[Path, Path], module: str, edit: Callable[[str], str]) -> set[str]:
     src = smoke[0] / "src" / "qaclims" / module
     original = src.read_text()
     try:
-        src.write_text(original + "\n# edited\n")
+        src.write_text(edit(original))
         return _jobs(smoke)
     finally:
         src.write_text(original)
@@ -536,6 +541,7 @@ def test_code_params_are_each_scripts_transitive_library_imports() -> None:
     import modulefinder
     import re
 
+    from qaclims.workflow import codegraph
     from qaclims.workflow.codegraph import code_digests, library_files
 
     src = ROOT / "src"
@@ -567,7 +573,20 @@ def test_code_params_are_each_scripts_transitive_library_imports() -> None:
         digests = code_digests(path, src)
         assert {str(src / k) for k in digests} == expected, rule
         for k, v in digests.items():
-            assert v == hashlib.sha256((src / k).read_bytes()).hexdigest()[:16], (rule, k)
+            want = hashlib.sha256(codegraph.code_text((src / k).read_bytes()).encode())
+            assert v == want.hexdigest()[:16], (rule, k)
+
+
+def test_editing_only_documentation_reruns_nothing(smoke: tuple[Path, Path]) -> None:
+    """A docstring reworded, a comment added and blank lines added in a module every rule
+    imports (the job glue) plan nothing; the same file with a code edit plans every stage."""
+
+    def reword(text: str) -> str:
+        assert text.startswith('"""')
+        return '"""Reworded.\n\n' + text[3:].replace("\n\n\n", "\n\n\n\n# a comment\n", 1)
+
+    assert _jobs_after(smoke, "workflow/smk.py", reword) == set()
+    assert {"dataset", "train_cam", "eval_cam"} <= _jobs_after_editing(smoke, "workflow/smk.py")
 
 
 def test_touching_library_code_reruns_nothing(smoke: tuple[Path, Path]) -> None:

@@ -116,8 +116,9 @@ def cam_output(path):
 
 
 def code(script):
-    """Content digests of the library files a rule's script imports (transitively), a
-    param: editing one reruns that rule and what follows; touching one reruns nothing.
+    """Code digests of the library files a rule's script imports (transitively), a
+    param: editing one's code reruns that rule and what follows; touching one, or editing
+    only its comments or docstrings, reruns nothing.
     """
     digests = codegraph.code_digests(os.path.join(SCRIPTS, f"{script}.py"), SRC_ROOT)
     # one string, not a dict: Snakemake applies wildcards to every param item of every job

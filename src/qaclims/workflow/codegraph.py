@@ -1,19 +1,26 @@
 """The library files a workflow script depends on: its transitive imports inside ``qaclims``.
 
-A rule's ``code`` param is :func:`code_digests` of this list (each file's content digest),
+A rule's ``code`` param is :func:`code_digests` of this list (a digest of each file's code),
 so editing any module a stage imports (directly or through another module, at module level
 or inside a function) reruns that stage, and nothing else does; touching a file, a ``git
 checkout`` that restores its content, or moving the checkout reruns nothing. A param, not
 inputs: 20 library files per job were most of the DAG's edges. Standard library only, so
 the Snakefile can use it at parse time.
+
+The digest is of the file's code, not of its bytes (:func:`code_text`): comments,
+docstrings, other bare string statements, trailing blanks and blank lines are left out, so
+an update of the workflow that only rewords documentation reruns nothing. Everything else
+counts, down to a reformatted line or another quote style.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import io
 import json
 import os
+import tokenize
 from functools import cache
 from pathlib import Path
 
@@ -64,19 +71,120 @@ def save_scan_cache() -> None:
 
 
 @cache
-def _imported_modules(path: Path) -> frozenset[str]:
-    """``qaclims`` modules named by the import statements of one file (any nesting).
+def _scanned(path: Path) -> tuple[frozenset[str], str]:
+    """(the ``qaclims`` modules one file's import statements name, its code digest).
 
     Parsed once per process, and across processes through :func:`use_scan_cache`."""
     st = path.stat()
     stamp = [st.st_size, st.st_mtime_ns]
     hit = _SCAN_CACHE.get(str(path))
-    if isinstance(hit, list) and len(hit) == 3 and hit[:2] == stamp and isinstance(hit[2], list):
-        return frozenset(str(m) for m in hit[2])
+    if (
+        isinstance(hit, list)
+        and len(hit) == 4
+        and hit[:2] == stamp
+        and isinstance(hit[2], list)
+        and isinstance(hit[3], str)
+    ):
+        return frozenset(str(m) for m in hit[2]), hit[3]
+    text = path.read_bytes()
     found = _scan(path)
-    _SCAN_CACHE[str(path)] = [*stamp, sorted(found)]
+    digest = hashlib.sha256(code_text(text).encode()).hexdigest()[:16]
+    _SCAN_CACHE[str(path)] = [*stamp, sorted(found), digest]
     _DIRTY[:] = [True]
-    return found
+    return found, digest
+
+
+def _imported_modules(path: Path) -> frozenset[str]:
+    """``qaclims`` modules named by the import statements of one file (any nesting)."""
+    return _scanned(path)[0]
+
+
+def _bare_strings(tree: ast.Module) -> list[ast.Expr]:
+    """Statements that are a string and nothing else: docstrings (module, class, function)
+    and the string statements some code uses as attribute comments. Evaluating one has no
+    effect; only a docstring is kept, as ``__doc__``."""
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    ]
+
+
+def _col(line: str, byte_offset: int) -> int:
+    """The character index of a UTF-8 byte offset into ``line`` (ast counts bytes)."""
+    return len(line.encode()[:byte_offset].decode(errors="ignore"))
+
+
+def _body_sizes(tree: ast.Module) -> dict[int, int]:
+    """``id(statement)`` -> how many statements the body holding it has."""
+    sizes: dict[int, int] = {}
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if isinstance(body, list):
+                sizes.update((id(stmt), len(body)) for stmt in body)
+    return sizes
+
+
+def code_text(source: bytes) -> str:
+    """``source`` (a Python file's bytes) without what cannot change what it computes.
+
+    Left out: comments; statements that are only a string (docstrings; a body that holds
+    nothing else gets ``pass`` in its place, so the text still compiles); trailing blanks
+    and blank lines, except inside a multi-line string literal, which is kept verbatim.
+    Everything else is kept as written. A file that does not decode or parse is returned
+    as its bytes decoded with replacement, so it still counts by content. The result
+    compiles to the bytecode of ``source`` compiled with docstrings stripped (``-OO``),
+    line numbers and no-ops aside (tested on every library file).
+    """
+    try:
+        text = source.decode("utf-8")
+        tree = ast.parse(text)
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (UnicodeDecodeError, SyntaxError, ValueError, tokenize.TokenError):
+        return source.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    cut: dict[int, int] = {}  # line index -> where its comment starts
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            cut[tok.start[0] - 1] = tok.start[1]
+    verbatim: set[int] = set()  # lines inside multi-line string literals
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Constant, ast.JoinedStr)) and (node.end_lineno or 0) > node.lineno:
+            verbatim.update(range(node.lineno - 1, node.end_lineno or 0))  # 0-based indices
+    drop: set[int] = set()
+    replace: dict[int, str] = {}
+    sizes = _body_sizes(tree)
+    for stmt in _bare_strings(tree):
+        first, last = stmt.lineno - 1, (stmt.end_lineno or stmt.lineno) - 1
+        end_col = _col(lines[last], stmt.end_col_offset or 0)
+        head = lines[first][: _col(lines[first], stmt.col_offset)]
+        tail = lines[last][end_col:]
+        if head.strip() or (tail.strip() and not tail.strip().startswith("#")):
+            continue  # shares a line with other code: kept
+        span = range(first, last + 1)
+        drop.update(span)
+        verbatim.difference_update(span)
+        if sizes.get(id(stmt)) == 1:
+            replace[first] = head + "pass"
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if i in replace:
+            out.append(replace[i])
+            continue
+        if i in drop:
+            continue
+        if i in cut:
+            line = line[: cut[i]]
+        elif i in verbatim:
+            out.append(line)
+            continue
+        line = line.rstrip()
+        if line:
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 LAUNCHERS = ("run_rule",)  # qaclims.workflow.launch: the stage module is named, not imported
@@ -133,16 +241,18 @@ def library_files(script: str | Path, src: str | Path) -> list[str]:
     return sorted(str(p) for p in _closure(Path(src).resolve(), Path(script).resolve()))
 
 
-@cache
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    """sha256 prefix (16 hex) of :func:`code_text` of the file."""
+    return _scanned(path)[1]
 
 
 def code_digests(script: str | Path, src: str | Path) -> dict[str, str]:
-    """``{path relative to src: sha256 prefix (16 hex)}`` of :func:`library_files`.
+    """``{path relative to src: sha256 prefix (16 hex) of its code_text}`` of
+    :func:`library_files`.
 
     Keys are relative (``qaclims/eval_cam.py``), so the same code in another checkout gives
-    the same value. Read once per process and file.
+    the same value. Read once per process and file (and across processes through
+    :func:`use_scan_cache`).
     """
     root = Path(src).resolve()
     return {str(Path(f).relative_to(root)): _digest(Path(f)) for f in library_files(script, src)}
