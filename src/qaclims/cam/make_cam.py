@@ -85,9 +85,10 @@ class MakeCamConfig:
     store: str = setting(
         "levels",
         choices=STORES,
-        doc="how the full-size CAMs are stored. levels: uint8 ceil(200 v), 0.27x the "
-        "reference's float32 bytes, every threshold on the 0.005 grid decides as on the float "
-        "CAM; float16: half precision (format 1), 0.5x.",
+        doc="how the full-size CAMs are stored. levels: uint8 ceil(200 v), one byte a value "
+        "(the reference's float32: four), every threshold on the 0.005 grid decides as on the "
+        "float CAM; float16: half precision (format 1). Bytes per image measured in "
+        "docs/REPRODUCING.md.",
     )
 
 

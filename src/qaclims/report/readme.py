@@ -25,12 +25,18 @@ benchmarks' records (:mod:`qaclims.report.speed`), and the dry-run table of the 
 between ``<!-- dag:begin -->`` and ``<!-- dag:end -->`` from their ``bench_dag.py`` records;
 with ``--write`` it also rewrites the GPU-hours block of the VOC pipeline
 (:mod:`qaclims.report.gpu_hours`) from the same records.
+
+``python -m qaclims.report.readme --deviations benchmarks/records/deviations-demo.json
+[--write docs/REPRODUCING.md]`` makes the block between ``<!-- deviations:begin -->`` and
+``<!-- deviations:end -->``: the measured effect of each deliberate deviation on the demo
+(:mod:`qaclims.report.deviations`).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import math
 import os
 import platform
@@ -41,7 +47,7 @@ import pandas as pd
 import yaml
 
 from qaclims.core.errors import DataError
-from qaclims.report import gpu_hours, speed
+from qaclims.report import deviations, gpu_hours, speed
 from qaclims.report.summary import collect
 
 #: (image, class) pairs per VOC train_aug image that the README's GPU-hours table assumes
@@ -257,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", default=None, help="README to update in place")
     ap.add_argument("--experiments", action="store_true", help="the experiments block instead")
     ap.add_argument("--speed", nargs="+", default=None, help="speed record files: that block")
+    ap.add_argument("--deviations", default=None, help="bench_deviations.py record: that block")
     args = ap.parse_args(argv)
     if args.speed and args.write:  # the GPU-hours estimate comes from the same records
         gpu_hours.main(["--records", *args.speed, "--pairs-per-image", str(VOC_PAIRS_PER_IMAGE),
@@ -267,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             (speed.block(args.speed), (speed.BEGIN, speed.END)),
             (speed.dag_block(args.speed), (speed.DAG_BEGIN, speed.DAG_END)),
         ]
+    elif args.deviations:
+        record = json.loads(Path(args.deviations).read_text())
+        blocks = [(deviations.block(record), (deviations.BEGIN, deviations.END))]
     elif args.experiments:
         blocks = [(experiments_block(Path(args.run_dir)), (EXP_BEGIN, EXP_END))]
     else:
