@@ -48,9 +48,9 @@ VOC_IDS = {
 }
 
 
-def readme_commands() -> list[str]:
-    """The ``snakemake`` lines of the README's bash blocks, without their comments."""
-    text = (ROOT / "README.md").read_text()
+def readme_commands(doc: str = "README.md") -> list[str]:
+    """The ``snakemake`` lines of a document's bash blocks, without their comments."""
+    text = (ROOT / doc).read_text()
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.splitlines():
@@ -133,6 +133,70 @@ def test_a_job_sees_schema_defaults_plus_the_given_files(
     elif "voc12" in case:  # the demo leaks nothing into a paper run
         assert seen["clip"]["name"] == "ViT-L-14" and seen["train_ritc"]["lr"] == 0.00035
         assert seen["vqa"]["precomputed"]["format"] == "qaclims_npy"
+
+
+# ------------------------------------------------------------------ the docs' commands
+
+DOCS = ("docs/REPRODUCING.md", "docs/EXPERIMENTS.md", "config/README.md")
+DOC_COMMANDS = [(d, c) for d in DOCS for c in readme_commands(d) if c not in readme_commands()]
+
+
+def doc_overlays(doc: str) -> dict[str, str]:
+    """The YAML blocks of a document that name their file on their first line
+    (``# mine.yaml``): file name -> the block as printed."""
+    text = (ROOT / doc).read_text()
+    out = {}
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
+        m = re.match(r"# ([\w.-]+\.yaml)\n", block)
+        if m:
+            out[m.group(1)] = block
+    return out
+
+
+def test_the_docs_name_their_commands_and_overlays() -> None:
+    """What the next test runs exists: REPRODUCING's commands and its two overlays."""
+    commands = [c for d, c in DOC_COMMANDS if d == "docs/REPRODUCING.md"]
+    assert any("mine.yaml" in c for c in commands) and any("released.yaml" in c for c in commands)
+    assert any("config/deviations-demo.yaml" in c for c in commands)
+    assert set(doc_overlays("docs/REPRODUCING.md")) == {"mine.yaml", "released.yaml"}
+
+
+@pytest.mark.parametrize(("doc", "cmd"), DOC_COMMANDS, ids=[c for _, c in DOC_COMMANDS])
+def test_docs_command_dry_runs_as_printed(clone: Path, tmp_path: Path, doc: str, cmd: str) -> None:
+    """Every snakemake command of docs/ and config/README.md (those the README does not
+    already give) dry-runs from the repository root as printed, with the overlay files the
+    document prints written as printed and fakes of the files they name (the authors'
+    answer files and networks) where they say."""
+    import torch
+
+    from tests.test_released import ReferenceNet
+    from tests.test_vqa import authors_npy
+
+    work = copy_repo(tmp_path / "qaclims", src=clone)
+    for name, text in doc_overlays(doc).items():
+        (work / name).write_text(text)
+        cfg = yaml.safe_load(text)
+        for i, path in enumerate((cfg.get("released") or {}).values()):
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            torch.manual_seed(i)
+            torch.save(ReferenceNet().state_dict(), work / path)
+        pre = (cfg.get("vqa") or {}).get("precomputed") or {}
+        for kind in ("fg", "bg"):
+            if kind in pre:
+                (work / pre[kind]).parent.mkdir(parents=True, exist_ok=True)
+                ids = VOC_IDS["train_aug"]
+                authors_npy(work / pre[kind], ids, {i: ["dog"] for i in ids})
+    r = run(cmd + " -n", work, user_env(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-6000:]
+    planned = out.split("Job stats:")[1][:3000]
+    if "released.yaml" in cmd:
+        assert "released_cam" in planned and "released_ritc" in planned
+        assert not re.search(r"^(train_ritc|vqa|corpus) ", planned, re.M)
+    if "mine.yaml" in cmd:  # the authors' answers: no BLIP, no tiny networks
+        assert re.search(r"^vqa ", planned, re.M) and "train_tiny" not in planned
+    if "deviations-demo.yaml" in cmd:
+        assert "compare_experiments" in planned and "train_deeplab_cell" in planned
 
 
 # ------------------------------------------------------------------ README dry runs
