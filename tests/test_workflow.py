@@ -575,6 +575,8 @@ def test_code_params_are_each_scripts_transitive_library_imports() -> None:
         for k, v in digests.items():
             want = hashlib.sha256(codegraph.code_text((src / k).read_bytes()).encode())
             assert v == want.hexdigest()[:16], (rule, k)
+        want = hashlib.sha256(codegraph.code_text(path.read_bytes()).encode())
+        assert codegraph.script_digest(path) == want.hexdigest()[:16], rule
 
 
 def test_editing_only_documentation_reruns_nothing(smoke: tuple[Path, Path]) -> None:
@@ -587,6 +589,26 @@ def test_editing_only_documentation_reruns_nothing(smoke: tuple[Path, Path]) -> 
 
     assert _jobs_after(smoke, "workflow/smk.py", reword) == set()
     assert {"dataset", "train_cam", "eval_cam"} <= _jobs_after_editing(smoke, "workflow/smk.py")
+
+
+def test_workflow_scripts_count_by_content_not_by_mtime(smoke: tuple[Path, Path]) -> None:
+    """A workflow script rewritten unchanged (a git checkout), or with only its documentation
+    changed, reruns nothing; a change of its code reruns its rule and what follows. Snakemake
+    alone would rerun a script's rule whenever the file is newer than the outputs."""
+    script = smoke[0] / "workflow" / "scripts" / "eval_cam.py"
+    original = script.read_text()
+    assert not original.startswith('"""')
+    try:
+        st = script.stat()
+        os.utime(script, (st.st_atime + 3600, st.st_mtime + 3600))
+        assert _jobs(smoke) == set()
+        script.write_text('"""A docstring added."""\n\n' + original.replace("\n\n", "\n\n\n", 1))
+        assert _jobs(smoke) == set()
+        script.write_text(original + "\n_EDITED = True\n")
+        assert _jobs(smoke) - {"all", "report"} == {"eval_cam"}
+    finally:
+        script.write_text(original)
+    assert _jobs(smoke) == set()
 
 
 def test_touching_library_code_reruns_nothing(smoke: tuple[Path, Path]) -> None:

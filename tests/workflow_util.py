@@ -29,7 +29,8 @@ def snakemake(
     timeout: int = 1200,
     repo: Path = ROOT,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m snakemake`` on ``repo``'s Snakefile in ``workdir``."""
+    """Run ``python -m snakemake`` on ``repo``'s Snakefile in ``workdir``, with ``repo``'s
+    workflow profile (``profiles/default``, which Snakemake loads on a user's every run)."""
     cmd = [
         sys.executable,
         "-m",
@@ -38,8 +39,8 @@ def snakemake(
         str(repo / "Snakefile"),
         "--directory",
         str(workdir),
-        "--workflow-profile",
-        "none",
+        "--workflow-profile",  # the shipped one, as a user's run loads it
+        str(repo / "profiles" / "default"),
         "--configfiles",
         *map(str, configfiles),
         *args,

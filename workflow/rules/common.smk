@@ -116,11 +116,14 @@ def cam_output(path):
 
 
 def code(script):
-    """Code digests of the library files a rule's script imports (transitively), a
-    param: editing one's code reruns that rule and what follows; touching one, or editing
-    only its comments or docstrings, reruns nothing.
+    """Code digests of a rule's script and of the library files it imports (transitively),
+    a param: editing one's code reruns that rule and what follows; touching one, or editing
+    only its comments or docstrings, reruns nothing (profiles/default leaves Snakemake's
+    mtime-based ``code`` trigger out).
     """
-    digests = codegraph.code_digests(os.path.join(SCRIPTS, f"{script}.py"), SRC_ROOT)
+    path = os.path.join(SCRIPTS, f"{script}.py")
+    digests = codegraph.code_digests(path, SRC_ROOT)
+    digests[f"workflow/scripts/{script}.py"] = codegraph.script_digest(path)
     # one string, not a dict: Snakemake applies wildcards to every param item of every job
     return " ".join(f"{path}:{digest}" for path, digest in sorted(digests.items()))
 

@@ -246,6 +246,16 @@ def _digest(path: Path) -> str:
     return _scanned(path)[1]
 
 
+def script_digest(script: str | Path) -> str:
+    """sha256 prefix (16 hex) of :func:`code_text` of a workflow script itself.
+
+    A rule's ``code`` param holds it beside :func:`code_digests`, so a script counts by
+    content as the library does; the profile ``profiles/default`` drops Snakemake's own
+    ``code`` rerun trigger, which reruns a script's rule when the file is merely newer than
+    the rule's outputs (a ``git checkout`` that rewrites it unchanged)."""
+    return _digest(Path(script).resolve())
+
+
 def code_digests(script: str | Path, src: str | Path) -> dict[str, str]:
     """``{path relative to src: sha256 prefix (16 hex) of its code_text}`` of
     :func:`library_files`.
