@@ -40,13 +40,14 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=None, help="--resources gpu= (default: cores)")
     ap.add_argument("--record", default="benchmarks/records/deviations-demo.json")
     ap.add_argument("--record-only", action="store_true", help="record a finished run again")
+    ap.add_argument("--run-dir", default=None, help="the run (default: results/<run> of the demo)")
     args = ap.parse_args()
     gpus = args.gpus if args.gpus is not None else args.cores
     files = ["config/config.yaml", PRESET]
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--resources",
            f"gpu={gpus}", "--configfile", *files]  # fmt: skip
     cfg = yaml.safe_load((ROOT / files[0]).read_text())
-    run_dir = ROOT / "results" / str(cfg.get("run", "demo"))
+    run_dir = Path(args.run_dir) if args.run_dir else ROOT / "results" / str(cfg.get("run", "demo"))
     wall = run_dir / "experiments" / "benchmarks" / "deviations-wall.json"
     if not args.record_only:
         dry = subprocess.run([*cmd, "-n"], cwd=ROOT, capture_output=True, text=True, check=True)

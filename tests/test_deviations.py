@@ -5,6 +5,8 @@ block is the one its record makes."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -216,3 +218,39 @@ def test_reproducing_holds_the_block_its_record_makes() -> None:
     assert new == text, "run python -m qaclims.report.readme --deviations ... --write"
     preset = yaml.safe_load(PRESET.read_text())["experiments"]
     assert [v["name"] for v in record["variants"]] == [v for v in preset["variants"] if v != "demo"]
+
+
+def test_the_benchmark_records_a_finished_run(tmp_path: Path) -> None:
+    """``bench_deviations.py --record-only`` on a finished run of the shipped preset (made
+    by hand here: its comparison, the run's and the float16 cell's CAM files, the cells'
+    evaluation folders, the timing the run left) writes the record make_record makes and
+    prints its block."""
+    preset = yaml.safe_load(PRESET.read_text())
+    names = list(preset["experiments"]["variants"])
+    run = _fake_run(tmp_path, names)
+    (run / "config.yaml").write_text(yaml.safe_dump(expected_config([CONFIG])))
+    f16 = run / "experiments" / "store_float16" / "common" / "make_cam" / "ritc" / "val" / "000"
+    f16.mkdir(parents=True)
+    (run / "experiments" / "f16" / "seed0" / "make_cam" / "ritc" / "val" / "000" / "x.npz").rename(
+        f16 / "x.npz"
+    )
+    for name in names[1:]:
+        (run / "experiments" / name / "seed0" / "eval_deeplab").mkdir(parents=True)
+    timing = {"seconds": 612.0, "command": "snakemake x", "machine": "m", "cores": 2,
+              "code": "qaclims 0.1.0, git c0de"}  # fmt: skip
+    wall = run / "experiments" / "benchmarks" / "deviations-wall.json"
+    wall.parent.mkdir(parents=True)
+    wall.write_text(json.dumps(timing))
+    out = tmp_path / "record.json"
+    cmd = [sys.executable, "benchmarks/bench_deviations.py", "--record-only", "--run-dir",
+           str(run), "--record", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads(out.read_text())
+    want = json.loads(json.dumps(deviations.make_record(run, preset, timing)))
+    assert {k: v for k, v in record.items() if k != "date"} == {
+        k: v for k, v in want.items() if k != "date"
+    }
+    assert record["code"] == "qaclims 0.1.0, git c0de" and record["seconds"] == 612.0
+    assert set(record["cam_bytes"]) == {"store_float16", "demo", "float32 (reference's .npy)"}
+    assert deviations.block(record) in r.stdout
