@@ -611,6 +611,27 @@ def test_workflow_scripts_count_by_content_not_by_mtime(smoke: tuple[Path, Path]
     assert _jobs(smoke) == set()
 
 
+def test_touch_records_an_update_judged_neutral(smoke: tuple[Path, Path]) -> None:
+    """The README's way past an update whose code change the user judges result-neutral:
+    ``snakemake --touch`` records the new code params without computing anything, after
+    which nothing is planned; the outputs are the same files."""
+    repo, work = smoke
+    src = repo / "src" / "qaclims" / "evaluation" / "metrics.py"
+    summary = work / "results" / "demo" / "eval_cam" / "ritc" / "val" / "summary.json"
+    before = summary.read_bytes()
+    original = src.read_text()
+    try:
+        src.write_text(original + "\n_EDITED = True\n")
+        assert "eval_cam" in _jobs(smoke)
+        snakemake(work, "--touch", "--cores", "1", repo=repo)
+        assert _jobs(smoke) == set()
+        assert summary.read_bytes() == before
+    finally:
+        src.write_text(original)
+    snakemake(work, "--touch", "--cores", "1", repo=repo)  # back to the state of the others
+    assert _jobs(smoke) == set()
+
+
 def test_touching_library_code_reruns_nothing(smoke: tuple[Path, Path]) -> None:
     """Only content counts: a newer mtime (git checkout, editor save without change)
     reruns nothing."""
