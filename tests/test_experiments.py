@@ -391,3 +391,31 @@ def test_a_released_network_is_a_variant(tmp_path: Path) -> None:
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "experiments.variants.released" in out and "released.ritc" in out
+
+
+def test_the_comparison_figure_has_a_panel_per_metric_on_its_own_scale() -> None:
+    """One panel per metric, a bar per variant ending at its mean (values by hand), each
+    panel's axis spanning its own values (a CAM change of 0.4 points is not squeezed onto a
+    0-100 scale shared with the seeds' coverage), the reference's mean dashed."""
+    rows = [("ref", 0, "cam_miou", 78.0), ("ref", 1, "cam_miou", 78.4),
+            ("abl", 0, "cam_miou", 78.6), ("abl", 1, "cam_miou", 79.0),
+            ("ref", 0, "seeds_coverage", 97.0), ("ref", 1, "seeds_coverage", 97.0),
+            ("abl", 0, "seeds_coverage", 96.0), ("abl", 1, "seeds_coverage", 96.2)]  # fmt: skip
+    metrics = pd.DataFrame(rows, columns=["variant", "seed", "metric", "value"])
+    table = pd.DataFrame({
+        "variant": ["ref", "ref", "abl", "abl"],
+        "metric": ["cam_miou", "seeds_coverage", "cam_miou", "seeds_coverage"],
+        "mean": [78.2, 97.0, 78.8, 96.1], "sd": [0.28, 0.0, 0.28, 0.14],
+    })  # fmt: skip
+    fig = compare.figure(metrics, table, "ref")
+    axes = fig.get_axes()
+    assert [a.get_title() for a in axes] == ["CAM mIoU", "seeds coverage"]
+    for ax, means in zip(axes, ([78.2, 78.8], [97.0, 96.1]), strict=True):
+        ends = sorted((p.get_y(), p.get_x() + p.get_width()) for p in ax.patches)
+        assert [e for _, e in ends][::-1] == pytest.approx(means)  # ref on top, then abl
+        lo, hi = ax.get_xlim()
+        assert lo <= min(means) - 0.2 and hi >= max(means) + 0.2 and hi - lo < 5
+        dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert len(dashed) == 1 and dashed[0].get_xdata()[0] == pytest.approx(means[0])
+    labels = [t.get_text() for t in axes[0].get_yticklabels()]
+    assert sorted(labels) == ["abl", "ref"]

@@ -9,8 +9,8 @@ Input: a plan, one row per (variant, seed, evaluation) with that cell's ``summar
 - ``per_class.csv``: one row per (variant, evaluation, class): IoU mean, sd, n, and the delta
   of the mean against the reference variant;
 - ``comparison.html``: the table wide (a row per variant, ``mean ± sd (n)`` per metric) and
-  the per-class deltas of the CAM; ``comparison.png``: the metrics as grouped bars with the
-  seeds' sd as error bars and each seed as a dot.
+  the per-class deltas of the CAM; ``comparison.png``: a panel per metric on its own scale,
+  a bar per variant with the seeds' sd as error bar and each seed as a dot.
 """
 
 from __future__ import annotations
@@ -167,28 +167,52 @@ def write_html(
         tmp.write_text(doc, encoding="utf-8")
 
 
-def plot(metrics: pd.DataFrame, table: pd.DataFrame, out_png: PathLike) -> None:
-    """Grouped bars (metric groups, a bar per variant) with sd error bars and seed dots."""
+def figure(metrics: pd.DataFrame, table: pd.DataFrame, reference: str | None = None) -> Figure:
+    """Small multiples: one panel per metric, a horizontal bar per variant (its mean, the
+    sd over seeds as an error bar, each seed as a dot), each panel on its own scale so that
+    a change of a few tenths shows; a dashed line marks the reference variant's mean.
+
+    ``metrics``: per-seed values (variant, seed, metric, value in percent); ``table``: the
+    summary of :func:`summarise` (variant, metric, mean, sd).
+    """
     names = list(dict.fromkeys(table["metric"]))
     variants = list(dict.fromkeys(table["variant"]))
-    width = 0.8 / len(variants)
-    fig = Figure(figsize=(max(6.0, 1.6 * len(names) * max(1, len(variants)) / 2), 4.2))
-    ax = fig.add_subplot()
-    x = np.arange(len(names))
-    for i, v in enumerate(variants):
-        t = table[table["variant"] == v].set_index("metric").reindex(names)
-        pos = x - 0.4 + width * (i + 0.5)
-        ax.bar(pos, t["mean"], width * 0.9, yerr=t["sd"].fillna(0), capsize=3, label=v)
-        seeds = metrics[metrics["variant"] == v]
-        for j, m in enumerate(names):
-            vals = seeds.loc[seeds["metric"] == m, "value"]
-            ax.plot([pos[j]] * len(vals), vals, "k.", markersize=3)
-    ax.set_xticks(x, [HEADINGS[m] for m in names], rotation=20, ha="right")
-    ax.set_ylabel("%")
-    lo = float(np.nanmin(metrics["value"]))
-    ax.set_ylim(max(0.0, lo - 10), min(100.0, float(np.nanmax(metrics["value"])) + 5))
-    ax.legend(fontsize=8, ncols=min(4, len(variants)))
-    ax.set_title("variants: mean ± sd over seeds (dots: seeds)")
+    ncols = min(4, len(names))
+    nrows = -(-len(names) // ncols)
+    height = 0.32 * len(variants) + 1.2
+    fig = Figure(figsize=(4.2 * ncols, height * nrows))
+    y = np.arange(len(variants))[::-1]  # the first variant on top
+    colours = [f"C{i % 10}" for i in range(len(variants))]
+    for k, m in enumerate(names):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        t = table[table["metric"] == m].set_index("variant").reindex(variants)
+        seeds = metrics[metrics["metric"] == m]
+        values = np.concatenate([t["mean"].to_numpy(float), seeds["value"].to_numpy(float)])
+        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+        pad = max(0.5, 0.15 * (hi - lo))
+        left = max(0.0, lo - pad)
+        ax.barh(y, t["mean"] - left, left=left, height=0.7, color=colours,
+                xerr=t["sd"].fillna(0), capsize=2)  # fmt: skip
+        for yi, v in zip(y, variants, strict=True):
+            vals = seeds.loc[seeds["variant"] == v, "value"]
+            ax.plot(vals, [yi] * len(vals), "k.", markersize=3)
+        if reference in variants:
+            ax.axvline(float(t.loc[reference, "mean"]), color="k", ls="--", lw=0.8)
+        ax.set_xlim(left, min(100.0, hi + pad))
+        ax.set_yticks(y, variants if k % ncols == 0 else [""] * len(variants), fontsize=8)
+        ax.set_title(HEADINGS[m], fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("variants: mean ± sd over seeds (dots: seeds; dashed: the reference)")
+    fig.tight_layout()
+    return fig
+
+
+def plot(
+    metrics: pd.DataFrame, table: pd.DataFrame, out_png: PathLike, reference: str | None = None
+) -> None:
+    """:func:`figure` written as a PNG (atomically)."""
+    fig = figure(metrics, table, reference)
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
@@ -212,5 +236,5 @@ def run(
     with atomic_path(out_per_class) as tmp:
         cls.to_csv(tmp, index=False, float_format="%.4f")
     write_html(table, cls, reference, out_html)
-    plot(metrics, table, out_png)
+    plot(metrics, table, out_png, reference)
     return table
