@@ -86,9 +86,10 @@ def _scanned(path: Path) -> tuple[frozenset[str], str]:
         and isinstance(hit[3], str)
     ):
         return frozenset(str(m) for m in hit[2]), hit[3]
-    text = path.read_bytes()
-    found = _scan(path)
-    digest = hashlib.sha256(code_text(text).encode()).hexdigest()[:16]
+    source = path.read_bytes()
+    tree = ast.parse(source.decode(), filename=str(path))  # one parse serves both
+    found = _scan(tree)
+    digest = hashlib.sha256(code_text(source, tree).encode()).hexdigest()[:16]
     _SCAN_CACHE[str(path)] = [*stamp, sorted(found), digest]
     _DIRTY[:] = [True]
     return found, digest
@@ -128,20 +129,21 @@ def _body_sizes(tree: ast.Module) -> dict[int, int]:
     return sizes
 
 
-def code_text(source: bytes) -> str:
+def code_text(source: bytes, tree: ast.Module | None = None) -> str:
     """``source`` (a Python file's bytes) without what cannot change what it computes.
 
     Left out: comments; statements that are only a string (docstrings; a body that holds
     nothing else gets ``pass`` in its place, so the text still compiles); trailing blanks
     and blank lines, except inside a multi-line string literal, which is kept verbatim.
     Everything else is kept as written. A file that does not decode or parse is returned
-    as its bytes decoded with replacement, so it still counts by content. The result
+    as its bytes decoded with replacement, so it still counts by content. ``tree``: the
+    file's ``ast.parse`` if the caller has it (parsed here otherwise). The result
     compiles to the bytecode of ``source`` compiled with docstrings stripped (``-OO``),
     line numbers and no-ops aside (tested on every library file).
     """
     try:
         text = source.decode("utf-8")
-        tree = ast.parse(text)
+        tree = ast.parse(text) if tree is None else tree
         tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     except (UnicodeDecodeError, SyntaxError, ValueError, tokenize.TokenError):
         return source.decode("utf-8", errors="replace")
@@ -190,10 +192,9 @@ def code_text(source: bytes) -> str:
 LAUNCHERS = ("run_rule",)  # qaclims.workflow.launch: the stage module is named, not imported
 
 
-def _scan(path: Path) -> frozenset[str]:
+def _scan(tree: ast.Module) -> frozenset[str]:
     """Modules named by import statements, and the stage module a training script hands to
     ``launch.run_rule(snakemake, "qaclims....")`` (its worker process imports it)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
