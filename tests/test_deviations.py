@@ -190,7 +190,7 @@ def test_the_preset_computes_what_each_switch_reaches_and_nothing_else(tmp_path:
     cfg = expected_config([CONFIG])
     shards, splits = cfg["shards"], len({*cfg["splits"]["cam"], cfg["splits"]["eval_cam"]})
     # by hand, from the stage graph: which variants reach each stage
-    cams = ("rescale_tensor", "store_float16", "corpus_reference")  # make_cam on
+    cams = ("rescale_tensor", "store_float16", "corpus_clean")  # make_cam on
     irn = (*cams, "random_irn_backbone")  # train_irn on
     walk = (*irn, "irn_bg_thres")  # make_sem_seg on
     deeplab = (*walk, "fusion_max", "fusion_mean")  # infer_deeplab on

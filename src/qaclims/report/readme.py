@@ -30,6 +30,11 @@ with ``--write`` it also rewrites the GPU-hours block of the VOC pipeline
 [--write docs/REPRODUCING.md]`` makes the block between ``<!-- deviations:begin -->`` and
 ``<!-- deviations:end -->``: the measured effect of each deliberate deviation on the demo
 (:mod:`qaclims.report.deviations`).
+
+``python -m qaclims.report.readme --demo-settings [--write docs/REPRODUCING.md]``, run from
+the repository root, makes the block between ``<!-- demo-settings:begin -->`` and
+``<!-- demo-settings:end -->``: each setting of the demo that differs from the VOC paper
+config, with the demo file's comment on it (:mod:`qaclims.report.demo_settings`).
 """
 
 from __future__ import annotations
@@ -47,13 +52,18 @@ import pandas as pd
 import yaml
 
 from qaclims.core.errors import DataError
-from qaclims.report import deviations, gpu_hours, speed
+from qaclims.report import demo_settings, deviations, gpu_hours, speed
 from qaclims.report.summary import collect
 
 #: (image, class) pairs per VOC train_aug image that the README's GPU-hours table assumes
 #: for the VQA stage (an estimate: ``python -m qaclims.report.gpu_hours --manifest`` counts
 #: them in a built manifest).
 VOC_PAIRS_PER_IMAGE = 1.5
+
+#: the files the demo-settings block compares (relative to the repository root)
+DEMO_CONFIG = Path("config/config.yaml")
+PAPER_CONFIG = Path("config/voc12.yaml")
+SCHEMA = Path("workflow/schemas/config.schema.yaml")
 
 BEGIN, END = "<!-- demo-figures:begin -->", "<!-- demo-figures:end -->"
 EXP_BEGIN, EXP_END = "<!-- experiments-figures:begin -->", "<!-- experiments-figures:end -->"
@@ -264,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", action="store_true", help="the experiments block instead")
     ap.add_argument("--speed", nargs="+", default=None, help="speed record files: that block")
     ap.add_argument("--deviations", default=None, help="bench_deviations.py record: that block")
+    ap.add_argument(
+        "--demo-settings", action="store_true", help="the demo against the paper config: that block"
+    )
     args = ap.parse_args(argv)
     if args.speed and args.write:  # the GPU-hours estimate comes from the same records
         gpu_hours.main(["--records", *args.speed, "--pairs-per-image", str(VOC_PAIRS_PER_IMAGE),
@@ -277,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.deviations:
         record = json.loads(Path(args.deviations).read_text())
         blocks = [(deviations.block(record), (deviations.BEGIN, deviations.END))]
+    elif args.demo_settings:
+        schema = yaml.safe_load(SCHEMA.read_text())
+        new = demo_settings.block(DEMO_CONFIG, PAPER_CONFIG, schema)
+        blocks = [(new, (demo_settings.BEGIN, demo_settings.END))]
     elif args.experiments:
         blocks = [(experiments_block(Path(args.run_dir)), (EXP_BEGIN, EXP_END))]
     else:
