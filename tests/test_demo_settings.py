@@ -4,6 +4,8 @@ config/config.yaml, and the document's table is the one the two files make."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +134,14 @@ def test_a_difference_without_a_comment_is_refused(tmp_path: Path) -> None:
         ds.block(bare, PAPER, SCHEMA)
 
 
-def test_reproducing_holds_the_generated_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT)  # the command's paths are the repository's, as printed
+def test_reproducing_holds_the_generated_table() -> None:
+    """REPRODUCING's command, as printed but without ``--write``, from the repository root:
+    it prints the block the document holds."""
+    cmd = [sys.executable, "-m", "qaclims.report.readme", "--demo-settings"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     text = (ROOT / "docs" / "REPRODUCING.md").read_text()
-    new = ds.block(readme.DEMO_CONFIG, readme.PAPER_CONFIG, SCHEMA)
+    assert "python -m qaclims.report.readme --demo-settings --write\ndocs/REPRODUCING.md" in text
     markers = (ds.BEGIN, ds.END)
-    assert readme.replace_block(text, new, "REPRODUCING.md", markers) == text, (
+    assert readme.replace_block(text, out.strip(), "REPRODUCING.md", markers) == text, (
         "run python -m qaclims.report.readme --demo-settings --write docs/REPRODUCING.md"
     )
