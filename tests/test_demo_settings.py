@@ -14,7 +14,7 @@ import yaml
 
 from qaclims.core.errors import DataError
 from qaclims.report import demo_settings as ds
-from qaclims.report import readme
+from qaclims.report import gpu_hours, readme
 from tests.workflow_util import ROOT
 
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -113,7 +113,7 @@ def test_the_shipped_demo_explains_every_difference() -> None:
     assert unexplained == [], "comment these keys in config/config.yaml"
     # a second method: every path where the two resolved configs differ, found by entering
     # every mapping, lies under a row's key or an operational leaf, and every row holds one
-    demo, paper = (_flat(ds.resolved(p, SCHEMA)) for p in (DEMO, PAPER))
+    demo, paper = (_flat(gpu_hours.load_config([p])) for p in (DEMO, PAPER))
     differ = {p for p in demo.keys() | paper.keys() if demo.get(p, "?") != paper.get(p, "?")}
     covers = [r.key for r in rows] + operational
     assert all(any(p[: len(c)] == c for c in covers) for p in differ)

@@ -1,8 +1,8 @@
 """The demo against the paper config: each setting of ``config/config.yaml`` that computes
 something other than ``config/voc12.yaml``, with the reason the demo file gives for it.
 
-Both files are resolved as a job sees them (schema defaults plus the file, as
-:func:`qaclims.core.validate.validate_config` fills them) and compared leaf by leaf: a
+Both files are resolved as a job sees them (schema defaults plus the file:
+:func:`qaclims.report.gpu_hours.load_config`) and compared leaf by leaf: a
 leaf is a key whose schema has no ``properties`` (so ``corpus.synonyms``, a free-form map
 of class names, is one value). Every differing leaf must be explained by a comment of
 the demo file: the comment on its own line, or, for a leaf the line does not comment (or
@@ -23,7 +23,6 @@ the tests require to be none.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import yaml
 
 from qaclims.core.errors import DataError
-from qaclims.core.validate import validate_config
+from qaclims.report.gpu_hours import SCHEMA, load_config
 
 BEGIN, END = "<!-- demo-settings:begin -->", "<!-- demo-settings:end -->"
 
@@ -68,17 +67,6 @@ class Row:
     demo: list[str] = field(default_factory=list)
     paper: list[str] = field(default_factory=list)
     why: str = ""
-
-
-def resolved(path: Path, schema: Mapping[str, Any]) -> dict[str, Any]:
-    """The config a job of ``path`` alone sees: the file, schema defaults filled in."""
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise DataError(f"cannot read config {path}: {e}") from e
-    cfg = copy.deepcopy(cfg)
-    validate_config(cfg, schema)
-    return dict(cfg)
 
 
 def leaves(cfg: Mapping[str, Any], schema: Mapping[str, Any], at: Path_ = ()) -> Iterator[Path_]:
@@ -163,15 +151,18 @@ def _fmt(value: Any) -> str:
 
 
 def compare(
-    demo_path: Path, paper_path: Path, schema: Mapping[str, Any]
+    demo_path: Path, paper_path: Path, schema: Mapping[str, Any] | None = None
 ) -> tuple[list[Row], list[Path_], list[Path_]]:
-    """The demo's differing leaves against the paper config.
+    """The demo's differing leaves against the paper config, both resolved with the
+    defaults of ``schema`` (default: the checkout's schema).
 
-    Returns (rows: explained groups in the demo file's order, then the others'; the
+    Returns (rows: explained groups in the order of their keys in the demo file; the
     operational leaves that differ; the unexplained leaves, which should be none).
     """
+    if schema is None:
+        schema = yaml.safe_load(SCHEMA.read_text())
+    demo, paper = load_config([demo_path], schema), load_config([paper_path], schema)
     text = demo_path.read_text()
-    demo, paper = resolved(demo_path, schema), resolved(paper_path, schema)
     notes, lines = comments(text), key_lines(text)
     paths = list(dict.fromkeys([*leaves(demo, schema), *leaves(paper, schema)]))
     groups: dict[Path_, Row] = {}
@@ -205,7 +196,7 @@ def _cell(items: list[str]) -> str:
     return "<br>".join(f"`{i}`" for i in items).replace("|", "\\|")
 
 
-def block(demo_path: Path, paper_path: Path, schema: Mapping[str, Any]) -> str:
+def block(demo_path: Path, paper_path: Path, schema: Mapping[str, Any] | None = None) -> str:
     """The Markdown table of :func:`compare`; DataError naming any unexplained leaf."""
     rows, operational, unexplained = compare(demo_path, paper_path, schema)
     if unexplained:

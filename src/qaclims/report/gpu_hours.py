@@ -52,22 +52,26 @@ class Work:
     how: str
 
 
-def load_config(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+def load_config(
+    paths: Sequence[str | os.PathLike[str]], schema: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The config the workflow resolves from ``paths`` (merged left to right, as
-    ``--configfiles``) and the schema's defaults."""
+    ``--configfiles``) and the defaults of ``schema`` (default: the checkout's schema)."""
     import yaml
 
     from qaclims.core.validate import validate_config
 
-    if not SCHEMA.is_file():
-        raise ConfigError(f"the config schema {SCHEMA} is missing: run from a checkout")
+    if schema is None:
+        if not SCHEMA.is_file():
+            raise ConfigError(f"the config schema {SCHEMA} is missing: run from a checkout")
+        schema = yaml.safe_load(SCHEMA.read_text())
     merged: dict[str, Any] = {}
     for p in paths:
         path = Path(p)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         _merge(merged, yaml.safe_load(path.read_text()) or {})
-    validate_config(merged, yaml.safe_load(SCHEMA.read_text()))
+    validate_config(merged, schema)
     return merged
 
 

@@ -31,10 +31,10 @@ with ``--write`` it also rewrites the GPU-hours block of the VOC pipeline
 ``<!-- deviations:end -->``: the measured effect of each deliberate deviation on the demo
 (:mod:`qaclims.report.deviations`).
 
-``python -m qaclims.report.readme --demo-settings [--write docs/REPRODUCING.md]``, run from
-the repository root, makes the block between ``<!-- demo-settings:begin -->`` and
-``<!-- demo-settings:end -->``: each setting of the demo that differs from the VOC paper
-config, with the demo file's comment on it (:mod:`qaclims.report.demo_settings`).
+``python -m qaclims.report.readme --demo-settings [--write docs/REPRODUCING.md]`` makes the
+block between ``<!-- demo-settings:begin -->`` and ``<!-- demo-settings:end -->``: each
+setting of the demo that differs from the VOC paper config, with the demo file's comment on it
+(:mod:`qaclims.report.demo_settings`).
 """
 
 from __future__ import annotations
@@ -60,10 +60,9 @@ from qaclims.report.summary import collect
 #: them in a built manifest).
 VOC_PAIRS_PER_IMAGE = 1.5
 
-#: the files the demo-settings block compares (relative to the repository root)
-DEMO_CONFIG = Path("config/config.yaml")
-PAPER_CONFIG = Path("config/voc12.yaml")
-SCHEMA = Path("workflow/schemas/config.schema.yaml")
+#: the files the demo-settings block compares
+DEMO_CONFIG = gpu_hours.ROOT / "config" / "config.yaml"
+PAPER_CONFIG = gpu_hours.ROOT / "config" / "voc12.yaml"
 
 BEGIN, END = "<!-- demo-figures:begin -->", "<!-- demo-figures:end -->"
 EXP_BEGIN, EXP_END = "<!-- experiments-figures:begin -->", "<!-- experiments-figures:end -->"
@@ -291,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads(Path(args.deviations).read_text())
         blocks = [(deviations.block(record), (deviations.BEGIN, deviations.END))]
     elif args.demo_settings:
-        schema = yaml.safe_load(SCHEMA.read_text())
-        new = demo_settings.block(DEMO_CONFIG, PAPER_CONFIG, schema)
+        new = demo_settings.block(DEMO_CONFIG, PAPER_CONFIG)
         blocks = [(new, (demo_settings.BEGIN, demo_settings.END))]
     elif args.experiments:
         blocks = [(experiments_block(Path(args.run_dir)), (EXP_BEGIN, EXP_END))]
