@@ -113,7 +113,9 @@ def captions_for(rng: np.random.Generator, image_id: str, objs: Sequence[SceneOb
     """Caption rows (image_id, region, caption): ``n`` distinct ones per region.
 
     Regions: ``image`` (objects and background), ``fg:<class>`` (the object alone, no
-    background words) and ``bg`` (the background alone, no object words).
+    background words) and ``bg`` (the background alone, no object words). An object's
+    captions draw from each of its names in the singular ("a bouncy ball") and in the plural
+    ("bouncy balls"), as foreground answers use both (``fg_answer``).
     """
     things = [[f"{o.kind.colour_name} {o.kind.name}", o.kind.name, o.kind.synonyms[0]]
               for o in objs]  # fmt: skip
@@ -124,11 +126,13 @@ def captions_for(rng: np.random.Generator, image_id: str, objs: Sequence[SceneOb
         whole = [f"{_a(a)} and {_a(b)} {p}" for a, b in pairs for p in bg.in_phrases]
         whole.append(f"{_a(things[0][1])} next to {_a(things[1][1])}")
     # every word a VQA answer may use is in some caption: all the names of the background,
-    # its places and what is above and under it; all the names of each object
+    # its places and what is above and under it; all the names of each object, singular
+    # and plural (the reference's answer rules keep "bouncy balls" as it is)
     bg_words = (*bg.synonyms, *bg.places, *bg.above, *bg.under)
     regions: dict[str, list[str]] = {"image": whole, "bg": [*bg.alone, *map(_a, bg_words)]}
     for o, t in zip(objs, things, strict=True):
-        regions[f"fg:{o.kind.name}"] = [_a(x) for x in (*t, *o.kind.synonyms, *o.kind.subtypes)]
+        names = list(dict.fromkeys((*t, *o.kind.synonyms, *o.kind.subtypes)))
+        regions[f"fg:{o.kind.name}"] = [*map(_a, names), *map(plural, names)]
     rows = []
     for region, candidates in regions.items():
         options = list(dict.fromkeys(candidates))  # distinct, in order
