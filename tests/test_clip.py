@@ -4,6 +4,7 @@ features and the foreground mix, the tiny CLIP trainer."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from qaclims.core.config import from_mapping
 from qaclims.core.errors import ConfigError, DataError
 from qaclims.models import clip as clip_models
 from qaclims.models import clip_encode
-from qaclims.models.clip import ClipConfig, TinyClipArch, load_clip, seeded_tiny
+from qaclims.models.clip import ClipConfig, TinyClipArch, load_clip, seeded_tiny, tiny_io
 from qaclims.models.clip_encode import encode_image_masked
 from qaclims.ritc import text_features as clip_text
 from qaclims.ritc import tiny_clip_data as tiny_data
@@ -171,6 +172,11 @@ def test_config_errors_name_the_key() -> None:
         load_clip(ClipConfig(name="tiny", tiny=dataclasses.replace(ARCH, image_size=30)), "cpu")
     with pytest.raises(ConfigError, match="clip.tiny.unknown"):
         from_mapping(ClipConfig, {"name": "tiny", "tiny": {"unknown": 1}}, "clip")
+    with pytest.raises(ConfigError, match=r"train_tiny_clip\.blank_share"):
+        from_mapping(TinyClipConfig, {"blank_share": 1.5}, "train_tiny_clip")
+    with pytest.raises(ConfigError, match=r"train_tiny_clip\.blank_caption"):
+        no_caption = TinyClipConfig(blank_caption=" ")
+        tiny_training.train_tiny_clip(Path("-"), Path("-"), CLIP, no_caption, Path("-"), "cpu")
 
 
 def test_tiny_weights_round_trip(tmp_path: Path) -> None:
@@ -365,14 +371,44 @@ def write_world(root: Path, n: int = 6) -> None:
     )
 
 
+def test_blank_samples_are_the_zero_image_described_by_their_own_text(tmp_path: Path) -> None:
+    """Blank samples: the region samples unchanged, then round(share x samples) samples whose
+    input is exactly the zero image under an all-ones token mask (what above_blank and a dead
+    CAM show CLIP), each with the blank caption, in the prompt, as its only positive."""
+    write_world(tmp_path)
+    info = tiny_io(CLIP.tiny)[1]
+    load = functools.partial(tiny_data.load_region_set, tmp_path, tmp_path / "captions.parquet",
+                             ["red", "blue"], info)  # fmt: skip
+    plain = load(TinyClipConfig(blank_share=0.0))
+    cfg = TinyClipConfig(blank_share=0.5, blank_caption="a void")
+    data = load(cfg)
+    n = len(plain.samples)
+    assert n == 6 * 3  # 6 images x (image, background, object)
+    assert len(data.samples) == n + 9 and data.samples[:n] == plain.samples
+    assert data.texts == [*plain.texts, "a photo of void."]
+    assert torch.equal(data.positives[:n, :-1], plain.positives)
+    assert not data.positives[:n, -1].any()
+    assert data.positives[n:, -1].all() and not data.positives[n:, :-1].any()
+    assert torch.equal(data.images[:-1], plain.images) and not data.images[-1].any()
+    x, m = tiny_data.batch_inputs(data, list(range(n - 2, n + 9)), cfg,
+                                  torch.Generator().manual_seed(0))  # fmt: skip
+    assert not x[2:].any() and bool(m[2:].eq(1).all())
+    assert x[:2].abs().sum() > 0  # the last region samples are not blanked
+    taken = next(t for t in plain.texts if t.startswith("a photo of blue"))[len("a photo of ") :]
+    with pytest.raises(DataError, match=r"train_tiny_clip\.blank_caption"):
+        load(TinyClipConfig(blank_caption=taken.rstrip(".")))
+
+
 def test_tiny_clip_learns_the_region_captions(tmp_path: Path) -> None:
     write_world(tmp_path)
-    cfg = TinyClipConfig(epochs=40, batch_size=9, lr=0.005, log_every=1000)
+    cfg = TinyClipConfig(epochs=80, batch_size=9, lr=0.005, log_every=1000)
     out = tmp_path / "tiny.safetensors"
     stats = tiny_training.train_tiny_clip(tmp_path, tmp_path / "captions.parquet", CLIP, cfg, out,
                                         "cpu")  # fmt: skip
-    # 2 object captions, 2 backgrounds, 4 whole-image captions: chance is <= 1/2 per region
+    # 2 object captions, 2 backgrounds, 4 whole-image captions: chance is <= 1/2 per region;
+    # the blank samples (20% of 18 samples: 4) retrieve their own text
     assert stats["acc_fg"] == 1.0 and stats["acc_bg"] == 1.0, stats
+    assert stats["acc_blank"] == 1.0, stats
     model, _, _ = load_clip(CLIP, "cpu", out)  # loads strictly, mask prompt included
     assert clip_models.mask_prompt(model) is not None
 

@@ -21,7 +21,8 @@ QA-CLIMS' background text is meant to fix.
   :data:`DEFAULT_QUESTIONS` for every (image, present class): image_id, class_name, kind
   (``fg``/``bg``), question, answer.
 - ``captions.parquet``: image_id, region (``image``, ``fg:<class>`` or ``bg``), caption:
-  whole-image captions, each object described alone, the background described alone.
+  whole-image captions, each object described alone (in the singular or the plural, as
+  the answers name it), the background described alone.
 
 Each image is drawn from its own generator seeded by ``(seed, split, index)``, so output is
 byte-for-byte reproducible and does not depend on the order or number of images generated.

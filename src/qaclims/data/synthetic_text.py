@@ -113,9 +113,10 @@ def captions_for(rng: np.random.Generator, image_id: str, objs: Sequence[SceneOb
     """Caption rows (image_id, region, caption): ``n`` distinct ones per region.
 
     Regions: ``image`` (objects and background), ``fg:<class>`` (the object alone, no
-    background words) and ``bg`` (the background alone, no object words). An object's
-    captions draw from each of its names in the singular ("a bouncy ball") and in the plural
-    ("bouncy balls"), as foreground answers use both (``fg_answer``).
+    background words) and ``bg`` (the background alone, no object words). An object's ``n``
+    captions name it in the singular ("a bouncy ball"), and one more in the plural ("bouncy
+    balls"), as foreground answers use both (``fg_answer``); the plural is an extra caption
+    so that the singular names are seen as often as without it.
     """
     things = [[f"{o.kind.colour_name} {o.kind.name}", o.kind.name, o.kind.synonyms[0]]
               for o in objs]  # fmt: skip
@@ -129,13 +130,14 @@ def captions_for(rng: np.random.Generator, image_id: str, objs: Sequence[SceneOb
     # its places and what is above and under it; all the names of each object, singular
     # and plural (the reference's answer rules keep "bouncy balls" as it is)
     bg_words = (*bg.synonyms, *bg.places, *bg.above, *bg.under)
-    regions: dict[str, list[str]] = {"image": whole, "bg": [*bg.alone, *map(_a, bg_words)]}
+    draws = [("image", whole, n), ("bg", [*bg.alone, *map(_a, bg_words)], n)]
     for o, t in zip(objs, things, strict=True):
-        names = list(dict.fromkeys((*t, *o.kind.synonyms, *o.kind.subtypes)))
-        regions[f"fg:{o.kind.name}"] = [*map(_a, names), *map(plural, names)]
+        names = [*t, *o.kind.synonyms, *o.kind.subtypes]
+        draws += [(f"fg:{o.kind.name}", [*map(_a, names)], n),
+                  (f"fg:{o.kind.name}", [*map(plural, names)], 1)]  # fmt: skip
     rows = []
-    for region, candidates in regions.items():
+    for region, candidates, k in draws:
         options = list(dict.fromkeys(candidates))  # distinct, in order
-        for i in rng.permutation(len(options))[:n]:
+        for i in rng.permutation(len(options))[:k]:
             rows.append({"image_id": image_id, "region": region, "caption": options[int(i)]})
     return rows

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: region kinds of a sample
-REGION_IMAGE, REGION_FG, REGION_BG = 0, 1, 2
+#: region kinds of a sample (a blank sample: the zero image under an all-ones mask)
+REGION_IMAGE, REGION_FG, REGION_BG, REGION_BLANK = 0, 1, 2, 3
 ARTICLES = ("a ", "an ", "the ")
 
 
@@ -35,6 +35,7 @@ class RegionSet:
     images: ``N x 3 x S x S float32`` (ImageNet-normalised); labels: ``N x S x S int64`` label
     maps; samples: ``(image, region kind, class index or -1)`` per sample; positives:
     ``samples x T bool``, the texts that describe each sample; texts: the ``T`` prompts.
+    With blank samples the last image is all zeros (label 0) and the last text is theirs.
     """
 
     images: torch.Tensor
@@ -134,19 +135,45 @@ def load_region_set(root: Path, captions: Path, classes: list[str], info: ClipIn
         for i in order])  # fmt: skip
     samples = [(where[str(i)], *_region_key(str(r), classes, captions)) for i, r in grouped.index]
     positives = torch.tensor(group_cluster)[:, None] == torch.tensor(text_cluster)[None, :]
-    return RegionSet(images, labels, samples, positives, texts)
+    data = RegionSet(images, labels, samples, positives, texts)
+    return with_blanks(data, cfg) if cfg.blank_share > 0 else data
+
+
+def with_blanks(data: RegionSet, cfg: TinyClipConfig) -> RegionSet:
+    """``data`` plus ``max(1, round(blank_share x samples))`` blank samples: the zero image
+    (the mean colour after normalisation) under an all-ones mask, which is what a dead CAM
+    shows CLIP, each described by ``blank_caption`` alone (a text no region has)."""
+    text = _prompted(cfg.blank_caption, cfg)
+    if text in data.texts:
+        raise DataError(
+            f"train_tiny_clip.blank_caption {cfg.blank_caption!r} is also a region's caption "
+            f"({text!r}); a blank must have a text of its own"
+        )
+    k = max(1, round(cfg.blank_share * len(data.samples)))
+    n_texts = len(data.texts)
+    positives = torch.zeros(len(data.samples) + k, n_texts + 1, dtype=torch.bool)
+    positives[: len(data.samples), :n_texts] = data.positives
+    positives[len(data.samples) :, n_texts] = True
+    blank_image = len(data.images)
+    return RegionSet(
+        images=torch.cat([data.images, torch.zeros_like(data.images[:1])]),
+        labels=torch.cat([data.labels, torch.zeros_like(data.labels[:1])]),
+        samples=[*data.samples, *[(blank_image, REGION_BLANK, -1)] * k],
+        positives=positives,
+        texts=[*data.texts, text],
+    )
 
 
 def region_masks(data: RegionSet, idx: Sequence[int]) -> torch.Tensor:
-    """``B x 1 x S x S float`` masks of samples ``idx``: ones (whole image), the object's
-    pixels (foreground) or the pixels of no object (background)."""
+    """``B x 1 x S x S float`` masks of samples ``idx``: ones (whole image, blank), the
+    object's pixels (foreground) or the pixels of no object (background)."""
     out = []
     for i in idx:
         image, kind, cls = data.samples[i]
         lab = data.labels[image]
         m = (
             torch.ones_like(lab, dtype=torch.bool)
-            if kind == REGION_IMAGE
+            if kind in (REGION_IMAGE, REGION_BLANK)
             else (lab == cls + 1 if kind == REGION_FG else lab == 0)
         )
         out.append(m)
@@ -158,7 +185,7 @@ def perturb_regions(
 ) -> torch.Tensor:
     """CAM-like soft weights ``B x 1 x S x S`` in [0, 1] from binary region masks: each mask
     dilated or eroded by up to ``jitter`` pixels, ``inside``/``outside`` weight levels drawn
-    per sample, edges smoothed by a 3x3 mean. Whole-image samples keep weight 1."""
+    per sample, edges smoothed by a 3x3 mean. Samples marked ``whole`` keep weight 1."""
     b = masks.shape[0]
     out = masks.clone()
     radii = torch.randint(-cfg.jitter, cfg.jitter + 1, (b,), generator=gen)
@@ -182,7 +209,7 @@ def batch_inputs(
     """Inputs ``weight * image`` and token masks (``weight >= alpha * max``) of samples."""
     images = data.images[[data.samples[i][0] for i in idx]]
     masks = region_masks(data, idx)
-    whole = torch.tensor([data.samples[i][1] == REGION_IMAGE for i in idx])
+    whole = torch.tensor([data.samples[i][1] in (REGION_IMAGE, REGION_BLANK) for i in idx])
     if cfg.hflip:
         flip = torch.rand(len(idx), generator=gen) < 0.5
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)

@@ -23,6 +23,7 @@ from qaclims.models.clip import ClipConfig, ClipModel, Tokenizer, seeded_tiny, t
 from qaclims.models.clip_encode import encode_image_masked, encode_texts
 from qaclims.ritc.tiny_clip_data import (
     REGION_BG,
+    REGION_BLANK,
     REGION_FG,
     REGION_IMAGE,
     RegionSet,
@@ -57,6 +58,12 @@ class TinyClipConfig:
     alpha: tokens are masked (mask prompt) where the weight is below alpha x its maximum, as
         train_ritc's mask adapter.
     hflip: random horizontal flips.
+    blank_share: blank samples added to an epoch, as a share of the region samples: the zero
+        image under an all-ones mask (what a dead CAM shows CLIP), described by
+        ``blank_caption`` alone, so the tiny CLIP learns what a real one knows, that no
+        object's text describes nothing. 0 adds none.
+    blank_caption: the blank samples' caption (put in ``prompt`` like the others); no
+        region may have it.
     seed: seed of the initialisation, order and augmentation.
     log_every: steps per log line. resume_every: steps between resume-state saves.
     """
@@ -73,6 +80,8 @@ class TinyClipConfig:
     jitter: int = setting(2, ge=0)
     alpha: float = setting(0.1, ge=0.0, le=1.0)
     hflip: bool = True
+    blank_share: float = setting(0.2, ge=0.0, le=1.0)
+    blank_caption: str = "an empty image"
     seed: int = 0
     log_every: int = runtime(50, ge=1)
     resume_every: int = runtime(100, ge=1, doc="steps between resume-state saves.")
@@ -96,6 +105,8 @@ def _check_tiny_train(cfg: TinyClipConfig) -> None:
         raise ConfigError(
             "train_tiny_clip: lr must be > 0, prompt must contain '{}', jitter must be >= 0"
         )
+    if cfg.blank_share > 0 and not cfg.blank_caption.strip():
+        raise ConfigError("train_tiny_clip.blank_caption must not be empty when blank_share > 0")
     for key in ("inside", "outside"):
         lo_hi = getattr(cfg, key)
         if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
@@ -268,11 +279,14 @@ def above_blank(
 def retrieval_accuracy(
     model: ClipModel, tokenizer: Tokenizer, data: RegionSet, cfg: TinyClipConfig
 ) -> dict[str, float]:
-    """Top-1 text retrieval accuracy per region kind (``acc_image``, ``acc_fg``, ``acc_bg``)
-    with clean region masks (no jitter, weight 1 inside and 0 outside)."""
+    """Top-1 text retrieval accuracy per region kind (``acc_image``, ``acc_fg``, ``acc_bg``,
+    and ``acc_blank`` with blank samples) with clean region masks (no jitter, weight 1
+    inside and 0 outside)."""
     dev = next(model.parameters()).device
     txt = encode_texts(model, tokenizer, data.texts).to(dev)
     hits: dict[int, list[bool]] = {REGION_IMAGE: [], REGION_FG: [], REGION_BG: []}
+    if any(kind == REGION_BLANK for _, kind, _ in data.samples):
+        hits[REGION_BLANK] = []
     for s in range(0, len(data.samples), 256):
         idx = list(range(s, min(s + 256, len(data.samples))))
         images = data.images[[data.samples[i][0] for i in idx]]
@@ -282,7 +296,8 @@ def retrieval_accuracy(
         best = (img @ txt.t()).argmax(dim=1).cpu()
         for i, b in zip(idx, best.tolist(), strict=True):
             hits[data.samples[i][1]].append(bool(data.positives[i, b]))
-    names = {REGION_IMAGE: "acc_image", REGION_FG: "acc_fg", REGION_BG: "acc_bg"}
+    names = {REGION_IMAGE: "acc_image", REGION_FG: "acc_fg", REGION_BG: "acc_bg",
+             REGION_BLANK: "acc_blank"}  # fmt: skip
     return {names[k]: float(np.mean(v)) if v else float("nan") for k, v in hits.items()}
 
 
