@@ -120,7 +120,7 @@ def test_context_bias_and_two_class_rate_follow_the_config(p_context: float) -> 
 
 def _words(kind: synthetic.ObjectKind) -> set[str]:
     phrases = {kind.name, *kind.synonyms, *kind.subtypes}
-    return phrases | {synthetic_text.plural(p) for p in phrases}
+    return phrases | {synthetic_text.plural_of(p) for p in phrases}
 
 
 def _mentions(text: str, phrases: set[str]) -> bool:
@@ -161,7 +161,10 @@ def test_left_and_right_answers_name_a_neighbour_on_that_side(world: Path) -> No
     assert checked > 0
 
 
-def test_captions_describe_regions_separately(world: Path) -> None:
+@pytest.mark.parametrize("plural", [False, True])
+def test_captions_describe_regions_separately(tmp_path: Path, plural: bool) -> None:
+    world = tmp_path / "w"
+    synthetic.run(world, _cfg(plural_captions=plural))
     scene = pd.read_parquet(world / "scene.parquet")
     caps = pd.read_parquet(world / "captions.parquet")
     bg_words = {w for b in synthetic.BACKGROUNDS.values() for w in (*b.synonyms, *b.places)}
@@ -177,8 +180,11 @@ def test_captions_describe_regions_separately(world: Path) -> None:
             singular = {t for t in texts if t.split(" ", 1)[0] in ("a", "an")
                         and t.split(" ", 1)[1] in names}  # fmt: skip
             others = set(texts) - singular
-            assert len(singular) == 2, texts  # two singular names and one plural
-            assert len(others) == 1 and others <= {synthetic_text.plural(x) for x in names}
+            assert len(singular) == 2, texts  # two singular names (and one plural)
+            if plural:
+                assert len(others) == 1 and others <= {synthetic_text.plural_of(x) for x in names}
+            else:
+                assert not others, texts
         for r in rows.itertuples():
             obj_words = set().union(*(_words(k) for k in synthetic.OBJECTS.values()))
             if r.region == "bg":
@@ -203,16 +209,19 @@ def test_class_subset_and_config_errors(tmp_path: Path) -> None:
             from_mapping(synthetic.SyntheticConfig, mapping, "synthetic")
 
 
-@pytest.mark.parametrize("rules", ["clean", "demo"])
-def test_corpus_phrase_words_and_the_training_captions(tmp_path: Path, rules: str) -> None:
+@pytest.mark.parametrize(("rules", "plural"), [("clean", False), ("demo", False), ("demo", True)])
+def test_corpus_phrase_words_and_the_training_captions(
+    tmp_path: Path, rules: str, plural: bool
+) -> None:
     """The demo's tiny CLIP learns words only from the captions of its training images. Under
     the project's ``clean`` rules every word of every corpus phrase (over the world's
     answers, which bound what the tiny BLIP can say) occurs in one of them. Under the demo's
-    rules (the reference's) the phrases also keep plural words of answers of several words
-    (the reference lemmatises an answer as one noun: "bouncy balls"), which the captions
-    hold too, and the world's noise answers (``yes``, ``no``, ...): those are the only words
-    it never saw, their text features untrained, a limit of the demo world, not of the
-    method (a real CLIP knows them)."""
+    rules (the reference's) the only words it never saw are what those rules keep and the
+    clean ones remove: plural forms of caption words in answers of several words (the
+    reference lemmatises an answer as one noun: "bouncy balls"), unless the world's
+    captions name objects in the plural too (``synthetic.plural_captions``), and the world's
+    noise answers (``yes``, ``no``, ...); their text features are untrained, a limit of the
+    demo world, not of the method (a real CLIP knows them)."""
     import yaml
 
     from qaclims.qape import corpus
@@ -220,7 +229,8 @@ def test_corpus_phrase_words_and_the_training_captions(tmp_path: Path, rules: st
 
     demo = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
     assert demo["corpus"]["rules"] == "reference"
-    world = {**demo["synthetic"], "num_images": {"train": 240}}
+    assert not demo["synthetic"].get("plural_captions", False)
+    world = {**demo["synthetic"], "num_images": {"train": 240}, "plural_captions": plural}
     cfg = from_mapping(synthetic.SyntheticConfig, world, "synthetic")
     synthetic.run(tmp_path / "w", cfg)
     captions = pd.read_parquet(tmp_path / "w" / "captions.parquet")
@@ -234,12 +244,17 @@ def test_corpus_phrase_words_and_the_training_captions(tmp_path: Path, rules: st
 
     known = set().union(*map(words, captions["caption"]))
     missing = set().union(*(words(p) - known for p in phrases["phrase"]))
+    noise = set(corpus.DROP_ANSWERS)
     assert len(phrases) > 100
     if rules == "clean":
         assert not missing, sorted(missing)
+        return
+    kept_plurals = {w for p in phrases["phrase"] for w in words(p) if reference_lemma(w) != w}
+    assert kept_plurals, "the reference keeps the plurals of answers of several words"
+    assert missing & noise, "the reference keeps the noise answers"
+    if plural:
+        assert missing <= noise, sorted(missing)
     else:
-        kept_plurals = {w for p in phrases["phrase"] for w in words(p)
-                        if reference_lemma(w) != w}  # fmt: skip
-        assert kept_plurals, "the reference keeps the plurals of answers of several words"
-        assert missing, "the reference keeps the noise answers"
-        assert missing <= set(corpus.DROP_ANSWERS), sorted(missing)
+        assert missing - noise, "plurals the captions do not name"
+        assert all(w in noise or (reference_lemma(w) != w and reference_lemma(w) in known)
+                   for w in missing), sorted(missing)  # fmt: skip

@@ -21,8 +21,8 @@ QA-CLIMS' background text is meant to fix.
   :data:`DEFAULT_QUESTIONS` for every (image, present class): image_id, class_name, kind
   (``fg``/``bg``), question, answer.
 - ``captions.parquet``: image_id, region (``image``, ``fg:<class>`` or ``bg``), caption:
-  whole-image captions, each object described alone (in the singular or the plural, as
-  the answers name it), the background described alone.
+  whole-image captions, each object described alone (with ``plural_captions`` also in the
+  plural, as the answers may name it), the background described alone.
 
 Each image is drawn from its own generator seeded by ``(seed, split, index)``, so output is
 byte-for-byte reproducible and does not depend on the order or number of images generated.
@@ -76,6 +76,9 @@ class SyntheticConfig:
     p_class_name: probability that a foreground answer is the class name itself.
     p_plural: probability that a foreground answer is put in the plural.
     captions_per_region: captions per image, per object and for the background.
+    plural_captions: one more caption per object naming it in the plural ("bouncy balls"),
+        as foreground answers may (``p_plural``), so the tiny CLIP learns the plural words
+        that the reference's answer rules keep.
     """
 
     seed: int = 0
@@ -95,6 +98,7 @@ class SyntheticConfig:
     p_class_name: float = setting(0.2, ge=0.0, le=1.0)
     p_plural: float = setting(0.15, ge=0.0, le=1.0)
     captions_per_region: int = setting(2, ge=1)
+    plural_captions: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -380,7 +384,8 @@ def _make_image(root: Path, split: str, index: int, cfg: SyntheticConfig,
         })  # fmt: skip
     bgk = BACKGROUNDS[bg]
     tables.answers += answers_for(rng, image_id, objs, bgk, cfg)
-    tables.captions += captions_for(rng, image_id, objs, bgk, cfg.captions_per_region)
+    tables.captions += captions_for(rng, image_id, objs, bgk, cfg.captions_per_region,
+                                    plural=cfg.plural_captions)  # fmt: skip
     return image_id
 
 

@@ -26,7 +26,7 @@ def _a(phrase: str) -> str:
     return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
 
 
-def plural(phrase: str) -> str:
+def plural_of(phrase: str) -> str:
     """English plural of a phrase's last word ("beach ball" -> "beach balls", "box" -> "boxes")."""
     if phrase.endswith(("s", "x", "ch", "sh")):
         return phrase + "es"
@@ -50,7 +50,7 @@ def fg_answer(rng: np.random.Generator, kind: ObjectKind, relation: str,
         word = _pick(rng, (*kind.subtypes, f"{kind.colour_name} {kind.name}"))
     else:
         word = _pick(rng, kind.synonyms)
-    return plural(word) if rng.random() < cfg.p_plural else word
+    return plural_of(word) if rng.random() < cfg.p_plural else word
 
 
 @dataclass(frozen=True)
@@ -109,13 +109,14 @@ def _answer_row(image_id: str, name: str, kind: str, q: str, a: str) -> dict[str
 
 
 def captions_for(rng: np.random.Generator, image_id: str, objs: Sequence[SceneObject],
-                 bg: BackgroundKind, n: int) -> list[dict[str, str]]:  # fmt: skip
+                 bg: BackgroundKind, n: int,
+                 plural: bool = False) -> list[dict[str, str]]:  # fmt: skip
     """Caption rows (image_id, region, caption): ``n`` distinct ones per region.
 
     Regions: ``image`` (objects and background), ``fg:<class>`` (the object alone, no
     background words) and ``bg`` (the background alone, no object words). An object's ``n``
-    captions name it in the singular ("a bouncy ball"), and one more in the plural ("bouncy
-    balls"), as foreground answers use both (``fg_answer``); the plural is an extra caption
+    captions name it in the singular ("a bouncy ball"); with ``plural`` one more names it in
+    the plural ("bouncy balls"), as foreground answers may (``fg_answer``), an extra caption
     so that the singular names are seen as often as without it.
     """
     things = [[f"{o.kind.colour_name} {o.kind.name}", o.kind.name, o.kind.synonyms[0]]
@@ -127,14 +128,15 @@ def captions_for(rng: np.random.Generator, image_id: str, objs: Sequence[SceneOb
         whole = [f"{_a(a)} and {_a(b)} {p}" for a, b in pairs for p in bg.in_phrases]
         whole.append(f"{_a(things[0][1])} next to {_a(things[1][1])}")
     # every word a VQA answer may use is in some caption: all the names of the background,
-    # its places and what is above and under it; all the names of each object, singular
-    # and plural (the reference's answer rules keep "bouncy balls" as it is)
+    # its places and what is above and under it; all the names of each object (and with
+    # ``plural`` their plurals, which the reference's answer rules keep in "bouncy balls")
     bg_words = (*bg.synonyms, *bg.places, *bg.above, *bg.under)
     draws = [("image", whole, n), ("bg", [*bg.alone, *map(_a, bg_words)], n)]
     for o, t in zip(objs, things, strict=True):
         names = [*t, *o.kind.synonyms, *o.kind.subtypes]
-        draws += [(f"fg:{o.kind.name}", [*map(_a, names)], n),
-                  (f"fg:{o.kind.name}", [*map(plural, names)], 1)]  # fmt: skip
+        draws.append((f"fg:{o.kind.name}", [*map(_a, names)], n))
+        if plural:
+            draws.append((f"fg:{o.kind.name}", [*map(plural_of, names)], 1))
     rows = []
     for region, candidates, k in draws:
         options = list(dict.fromkeys(candidates))  # distinct, in order

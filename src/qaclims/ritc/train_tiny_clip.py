@@ -80,7 +80,7 @@ class TinyClipConfig:
     jitter: int = setting(2, ge=0)
     alpha: float = setting(0.1, ge=0.0, le=1.0)
     hflip: bool = True
-    blank_share: float = setting(0.2, ge=0.0, le=1.0)
+    blank_share: float = setting(0.0, ge=0.0, le=1.0)
     blank_caption: str = "an empty image"
     seed: int = 0
     log_every: int = runtime(50, ge=1)
