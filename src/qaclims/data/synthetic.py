@@ -78,7 +78,8 @@ class SyntheticConfig:
     captions_per_region: captions per image, per object and for the background.
     plural_captions: one more caption per object naming it in the plural ("bouncy balls"),
         as foreground answers may (``p_plural``), so the tiny CLIP learns the plural words
-        that the reference's answer rules keep.
+        that the reference's answer rules keep (off in the demo: measured with blank
+        samples in the README).
     """
 
     seed: int = 0

@@ -61,7 +61,8 @@ class TinyClipConfig:
     blank_share: blank samples added to an epoch, as a share of the region samples: the zero
         image under an all-ones mask (what a dead CAM shows CLIP), described by
         ``blank_caption`` alone, so the tiny CLIP learns what a real one knows, that no
-        object's text describes nothing. 0 adds none.
+        object's text describes nothing. 0 adds none (the demo's: with 0.2 one world's
+        cross CAM died in RITC, README).
     blank_caption: the blank samples' caption (put in ``prompt`` like the others); no
         region may have it.
     seed: seed of the initialisation, order and augmentation.
