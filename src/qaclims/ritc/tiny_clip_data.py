@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: region kinds of a sample (a blank sample: the zero image under an all-ones mask)
 REGION_IMAGE, REGION_FG, REGION_BG, REGION_BLANK = 0, 1, 2, 3
+#: kinds whose region is the whole (possibly blank) image: mask of ones, weight 1
+WHOLE_KINDS = (REGION_IMAGE, REGION_BLANK)
 ARTICLES = ("a ", "an ", "the ")
 
 
@@ -173,7 +175,7 @@ def region_masks(data: RegionSet, idx: Sequence[int]) -> torch.Tensor:
         lab = data.labels[image]
         m = (
             torch.ones_like(lab, dtype=torch.bool)
-            if kind in (REGION_IMAGE, REGION_BLANK)
+            if kind in WHOLE_KINDS
             else (lab == cls + 1 if kind == REGION_FG else lab == 0)
         )
         out.append(m)
@@ -209,7 +211,7 @@ def batch_inputs(
     """Inputs ``weight * image`` and token masks (``weight >= alpha * max``) of samples."""
     images = data.images[[data.samples[i][0] for i in idx]]
     masks = region_masks(data, idx)
-    whole = torch.tensor([data.samples[i][1] in (REGION_IMAGE, REGION_BLANK) for i in idx])
+    whole = torch.tensor([data.samples[i][1] in WHOLE_KINDS for i in idx])
     if cfg.hflip:
         flip = torch.rand(len(idx), generator=gen) < 0.5
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
