@@ -47,6 +47,7 @@ from tests.workflow_util import (  # noqa: E402
     fake_checkpoints,
     fake_coco,
     fake_voc,
+    pretrained_caches,
     snakemake,
     write_overlay,
 )
@@ -106,6 +107,8 @@ def main() -> None:
         else:
             fake_voc(data, {"train_aug": ["a", "b", "c"], "train": ["a", "b"], "val": ["d"]})
         fake_checkpoints(tmp, cfg)
+        # offline (as the helper runs Snakemake): the parse checks that the models are cached
+        os.environ.update(pretrained_caches(tmp / "caches", (cfg,)))
         over = write_overlay(tmp / "root.yaml", {"dataset": {"root": str(data)}})
         snakemake(tmp, "--cores", "1", "dataset", configfiles=(cfg, over))
         extra = tuple(p.resolve() for p in args.overlay)

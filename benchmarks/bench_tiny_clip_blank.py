@@ -7,9 +7,11 @@ train split, then prints per class the share of its object regions whose score f
 class's own prompt is above the blank's (issue 13 asks for every class to rank its regions
 above the blank), and the training time.
 ``--seeds`` draws other worlds and trains with the same seed (``synthetic.seed`` and
-``train_tiny_clip.seed``, as ``bench_demo_seeds.py --whole`` sets them).
+``train_tiny_clip.seed``, as ``bench_demo_seeds.py --whole`` sets them);
+``--plural-captions`` draws them with ``synthetic.plural_captions: true``.
 
     python benchmarks/bench_tiny_clip_blank.py [--epochs 10 30] [--seeds 0 1 2 3 4]
+        [--blank-share 0.2] [--plural-captions]
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="world and training seeds (default: the demo's)")  # fmt: skip
+    ap.add_argument("--plural-captions", action="store_true",
+                    help="synthetic.plural_captions: true (default: the demo's)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     demo = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -65,6 +69,7 @@ def main() -> None:
                 **demo["synthetic"],
                 "seed": seed,
                 "num_images": {"train": demo["synthetic"]["num_images"]["train"]},
+                **({"plural_captions": True} if args.plural_captions else {}),
             }
             synthetic.run(tmp / "w", from_mapping(synthetic.SyntheticConfig, world, "synthetic"))
             for epochs in args.epochs or [demo["train_tiny_clip"]["epochs"]]:

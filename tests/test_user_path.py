@@ -48,14 +48,15 @@ VOC_IDS = {
 }
 
 
-def readme_commands(doc: str = "README.md") -> list[str]:
-    """The ``snakemake`` lines of a document's bash blocks, without their comments."""
+def readme_commands(doc: str = "README.md", program: str = "snakemake") -> list[str]:
+    """The ``program`` lines of a document's bash blocks (``snakemake``, possibly after
+    ``VAR=value`` assignments), without their comments."""
     text = (ROOT / doc).read_text()
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.splitlines():
             cmd = line.split("#", 1)[0].strip()
-            if cmd.startswith("snakemake "):
+            if re.match(rf"(\w+=\S*\s+)*{re.escape(program)} ", cmd):
                 lines.append(cmd)
     return lines
 
@@ -221,6 +222,45 @@ def test_readme_command_dry_runs_as_printed(clone: Path, tmp_path: Path, cmd: st
         blocks = re.findall(r"rule make_cam:\n(?:    .*\n)+", out)
         assert blocks and all("gpu=1" in b and "slurm_partition=gpu" in b for b in blocks)
         assert all("cpus_per_gpu=8" in b for b in blocks), blocks[0]
+
+
+CLOSED_WEB = {
+    k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+}
+
+
+def test_an_offline_run_without_the_models_stops_before_any_job_and_says_how_to_fetch(
+    clone: Path, tmp_path: Path
+) -> None:
+    """The README's offline line, with caches that lack the models: the parse stops naming
+    every key whose model is missing and the fetch command; the README's fetch line, as
+    printed, names each model (here it cannot download: exit status 1); with the models
+    cached (the test session's placeholders, as after a fetch) the same line plans the run."""
+    offline = next(c for c in readme_commands() if c.startswith("HF_HUB_OFFLINE=1 snakemake"))
+    fetch = readme_commands(program="python -m qaclims.models.pretrained")
+    assert fetch == ["python -m qaclims.models.pretrained --configfile config/voc12.yaml --fetch"]
+    env = user_env(tmp_path)
+    cached = {k: env[k] for k in ("HF_HUB_CACHE", "TORCH_HOME")}  # conftest's, filled
+    env.update(HF_HUB_CACHE=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"))
+    r = run(offline + " -n", clone, env)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    for key in ("vqa.model", "clip.pretrained", "train_cam.model.backbone.weights",
+                "train_irn.model.backbone.weights"):  # fmt: skip
+        assert f"  - {key}: " in out, key
+    assert "python -m qaclims.models.pretrained --fetch" in out
+    assert "Job stats:" not in out
+    # not offline: nothing is checked at parse time (the jobs download on first use)
+    online = {k: v for k, v in env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    r = run(offline.replace("HF_HUB_OFFLINE=1 ", "") + " -n", clone, online)
+    assert r.returncode == 0 and "Job stats:" in r.stdout + r.stderr, r.stderr[-3000:]
+    # the fetch line as printed, where nothing can be downloaded: each model named, status 1
+    r = run(fetch[0], clone, {**env, **CLOSED_WEB, "NO_PROXY": "", "no_proxy": ""})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert sum("download failed" in line for line in r.stdout.splitlines()) == 3, r.stdout
+    # with the models in the caches the offline line plans the whole run
+    r = run(offline + " -n", clone, {**env, **cached})
+    assert r.returncode == 0 and "Job stats:" in r.stdout + r.stderr, r.stderr[-3000:]
 
 
 def test_readme_unlock_releases_a_stale_lock(clone: Path, tmp_path: Path) -> None:

@@ -169,6 +169,60 @@ def fake_checkpoints(workdir: Path, config: Path) -> None:
             (workdir / path).write_bytes(b"placeholder")
 
 
+def hf_cache_put(cache: Path, repo: str, filename: str, data: bytes | Path) -> Path:
+    """Put a file of model repository ``repo`` into a Hugging Face hub cache folder
+    (``HF_HUB_CACHE``) the way huggingface_hub's downloads lay it out: ``refs/main`` names a
+    snapshot folder that holds the file. ``data``: the bytes, or a file to copy."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    dest = folder / "snapshots" / commit / filename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, Path):
+        shutil.copyfile(data, dest)
+    else:
+        dest.write_bytes(data)
+    return dest
+
+
+PAPER_CONFIGS = (ROOT / "config" / "voc12.yaml", ROOT / "config" / "coco14.yaml")
+
+
+def pretrained_caches(root: Path, configs: tuple[Path, ...] = PAPER_CONFIGS) -> dict[str, str]:
+    """Model caches under ``root`` with a placeholder (a few bytes, never loaded) for every
+    pretrained model ``configs`` download, so an offline run's parse-time check passes.
+    Returns the variables that point the libraries there (``HF_HUB_CACHE``, ``TORCH_HOME``)."""
+    from qaclims.models import pretrained
+    from qaclims.report.gpu_hours import load_config
+
+    env = {"HF_HUB_CACHE": str(root / "hf"), "TORCH_HOME": str(root / "torch")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # torch hub reads TORCH_HOME when asked for its folder
+    try:
+        for cfg in configs:
+            for p in pretrained.needed(load_config([cfg])):
+                if p.source == "transformers":
+                    files = (*pretrained.HF_CONFIG_FILES, pretrained.HF_PROCESSOR_FILES[-1])
+                    for f in (*files, pretrained.HF_WEIGHT_FILES[0]):
+                        hf_cache_put(root / "hf", p.name, f, b"{}")
+                elif p.source == "open_clip":
+                    repo, files = pretrained.open_clip_files(p.name, p.tag)
+                    assert repo is not None, f"{p.what} is not on the hub"
+                    hf_cache_put(root / "hf", repo, str(files[0]), b"placeholder")
+                else:
+                    path = pretrained.torchvision_file(p.name, p.tag)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(b"placeholder")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return env
+
+
 def fake_coco(root: Path) -> None:
     """A COCO 2014 tree: 3 images per split, one dog polygon each."""
     rng = np.random.default_rng(0)

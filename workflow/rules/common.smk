@@ -60,6 +60,10 @@ preflight.check_paths(config)
 preflight.check_stage_configs(
     config, SRC_ROOT, cache_dir=os.path.join(".snakemake", "qaclims")
 )
+# Offline (HF_HUB_OFFLINE): every pretrained model the run downloads is cached. Checked by
+# the main process only: a SLURM job's parse would pay the libraries' imports again.
+if workflow.is_main_process:
+    preflight.check_pretrained(config, cache_dir=os.path.join(".snakemake", "qaclims"))
 
 
 def _check_cell_config(cfg):
@@ -69,6 +73,8 @@ def _check_cell_config(cfg):
     preflight.check_stage_configs(
         cfg, SRC_ROOT, cache_dir=os.path.join(".snakemake", "qaclims")
     )
+    if workflow.is_main_process:
+        preflight.check_pretrained(cfg, cache_dir=os.path.join(".snakemake", "qaclims"))
 
 
 # Experiments (workflow/rules/experiments.smk): every variant checked before any job runs.

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from qaclims.core.errors import ConfigError
+from qaclims.models.pretrained import is_hub_name
 from qaclims.qape.vqa_config import DTYPES, VqaConfig
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,9 @@ def model_source(model: str) -> str:
     the hub's ``owner/name`` form is a folder. Raises :class:`ConfigError` naming
     ``vqa.model`` when that folder is missing or incomplete.
     """
-    p = Path(model).expanduser()
-    local = model.startswith(("/", ".", "~")) or p.exists() or model.count("/") != 1
-    if not local:
+    if is_hub_name(model):
         return model
+    p = Path(model).expanduser()
     if not p.is_dir():
         raise ConfigError(f"config key vqa.model: checkpoint folder {p} does not exist")
     if not (p / "config.json").is_file():

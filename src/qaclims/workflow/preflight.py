@@ -10,6 +10,9 @@
 - :func:`check_paths`: every file or folder the run needs and cannot make itself (data set
   root and layout, checkpoint files named by path) exists; the error names the config key and
   the absolute path.
+- :func:`check_pretrained`: with ``HF_HUB_OFFLINE`` set, every pretrained model the run
+  downloads (:mod:`qaclims.models.pretrained`) is in this machine's caches; the error names
+  the config keys and the command that fetches them.
 - :func:`check_stage_configs`: every stage's typed config is built from the resolved config,
   so cross-field checks of the config classes fail at parse time, naming the key. Building
   them imports the stage modules (torch), so a successful check is remembered per config and
@@ -39,6 +42,15 @@ __all__ = ["validate_config"]  # re-exported: the Snakefile's and the tests' nam
 
 PRETRAINED_WORDS = {"imagenet", "none", ""}
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+# Environment variables that move the caches pretrained models are read from.
+PRETRAINED_CACHE_VARS = (
+    "HOME",
+    "XDG_CACHE_HOME",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "TORCH_HOME",
+)
 
 
 def _missing(key: str, path: Path, what: str) -> ConfigError:
@@ -133,6 +145,57 @@ def check_paths(config: Mapping[str, Any]) -> None:
                     raise ConfigError(f"config key vqa.precomputed.{kind} is empty")
                 if not path.startswith(run_dir + os.sep):  # made by this run's own rules
                     _require(f"vqa.precomputed.{kind}", path)
+
+
+def offline() -> bool:
+    """Whether the run declares it cannot download: ``HF_HUB_OFFLINE`` is set to a true
+    value (as huggingface_hub reads it: ``1``, ``ON``, ``YES``, ``TRUE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def check_pretrained(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> None:
+    """With :func:`offline`, raise :class:`ConfigError` listing every pretrained model of
+    :func:`qaclims.models.pretrained.needed` that this machine's caches lack (key, model,
+    the fetch command). Found locations are remembered under ``cache_dir`` (keyed by the
+    models and the cache variables), so later parses only stat them. Skipped when not
+    offline, and in a driver env without the model libraries (the job names the model)."""
+    if not offline():
+        return
+    from qaclims.models import pretrained
+
+    wanted = pretrained.needed(config)
+    if not wanted:
+        return
+    env = {k: os.environ.get(k, "") for k in PRETRAINED_CACHE_VARS}
+    ident = [[p.source, p.name, p.tag] for p in wanted]
+    digest = hashlib.sha256(json.dumps([ident, env]).encode()).hexdigest()[:32]
+    marker = Path(cache_dir) / f"pretrained-{digest}.json" if cache_dir else None
+    if marker is not None and marker.is_file():
+        try:
+            if all(Path(w).exists() for w in json.loads(marker.read_text())):
+                return
+        except (ValueError, TypeError):
+            pass
+    try:
+        found = {p: pretrained.locate(p) for p in wanted}
+    except ImportError:  # a light driver env (snakemake only): the job names the model
+        return
+    lacking = [p for p, where in found.items() if where is None]
+    if lacking:
+        lines = "\n".join(f"  - {p.key}: {p.what}" for p in lacking)
+        raise ConfigError(
+            "HF_HUB_OFFLINE is set and these pretrained models are not in this machine's "
+            f"caches, so the jobs that load them would fail:\n{lines}\n"
+            "Download them where the internet is reachable, into the caches these jobs read "
+            "(HF_HOME / HF_HUB_CACHE, TORCH_HOME): python -m qaclims.models.pretrained --fetch "
+            "--configfile <this run's config files>; or point the keys at local files."
+        )
+    if marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        io_text = json.dumps([str(w) for w in found.values()])
+        tmp = marker.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(io_text)
+        tmp.replace(marker)
 
 
 def check_test_split(config: Mapping[str, Any]) -> None:
