@@ -72,8 +72,36 @@ def is_hub_name(model: str) -> bool:
     return model.count("/") == 1
 
 
-def _is_file_value(value: str) -> bool:
-    return value.startswith(("/", ".", "~")) or Path(value).expanduser().is_file()
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def names_a_file(value: str) -> bool:
+    """Whether a weights value (``clip.pretrained``, ``backbone.weights``) names a local
+    file rather than something downloaded: a checkpoint suffix, a path start (``/``, ``./``,
+    ``../``, ``~``) or an existing file."""
+    return (
+        value.endswith(CHECKPOINT_SUFFIXES)
+        or value.startswith(("/", "./", "../", "~"))
+        or Path(value).expanduser().is_file()
+    )
+
+
+def backbone_stages(config: Mapping[str, Any]) -> list[str]:
+    """The stages whose ``model.backbone.weights`` the planned DAG loads: train_cam unless
+    its network is released, train_irn when it refines on its own backbone (not
+    ``backbone_from: train_cam``), train_deeplab when DeepLab is trained."""
+    rel = config["released"]
+    stages = [] if rel.get("cam") else ["train_cam"]
+    if config["refine"]["enabled"] and config["train_irn"]["backbone_from"] != "train_cam":
+        stages.append("train_irn")
+    if config["deeplab"]["enabled"] and not rel.get("deeplab"):
+        stages.append("train_deeplab")
+    return stages
+
+
+def trains_ritc(config: Mapping[str, Any]) -> bool:
+    """Whether the run trains RITC (and so loads CLIP and asks the VQA model)."""
+    return "ritc" in config["methods"] and not config["released"].get("ritc")
 
 
 def needed(config: Mapping[str, Any]) -> list[Pretrained]:
@@ -81,22 +109,15 @@ def needed(config: Mapping[str, Any]) -> list[Pretrained]:
     filled): one entry per config key, in DAG order; files and local folders are not here
     (the preflight checks that they exist)."""
     out: list[Pretrained] = []
-    rel = config["released"]
-    stages = [] if rel.get("cam") else ["train_cam"]
-    if config["refine"]["enabled"] and config["train_irn"]["backbone_from"] != "train_cam":
-        stages.append("train_irn")
-    if config["deeplab"]["enabled"] and not rel.get("deeplab"):
-        stages.append("train_deeplab")
-    trains_ritc = "ritc" in config["methods"] and not rel.get("ritc")
     v = config["vqa"]
-    if trains_ritc and v["backend"] == "blip" and is_hub_name(v["model"]):
+    if trains_ritc(config) and v["backend"] == "blip" and is_hub_name(v["model"]):
         out.append(Pretrained("vqa.model", "transformers", v["model"]))
     clip = config["clip"]
     tag = clip["pretrained"]
-    if trains_ritc and clip["name"] != "tiny" and tag not in ("", "none"):
-        if not _is_file_value(tag):
+    if trains_ritc(config) and clip["name"] != "tiny" and tag not in ("", "none"):
+        if not names_a_file(tag):
             out.append(Pretrained("clip.pretrained", "open_clip", clip["name"], tag))
-    for stage in stages:
+    for stage in backbone_stages(config):
         bb = config[stage]["model"]["backbone"]
         if bb["weights"] == "imagenet" and bb["arch"] != "tiny":
             key = f"{stage}.model.backbone.weights"

@@ -37,11 +37,11 @@ from typing import Any
 
 from qaclims.core.errors import ConfigError
 from qaclims.core.validate import validate_config
+from qaclims.models import pretrained
 
 __all__ = ["validate_config"]  # re-exported: the Snakefile's and the tests' name for it
 
 PRETRAINED_WORDS = {"imagenet", "none", ""}
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 # Environment variables that move the caches pretrained models are read from.
 PRETRAINED_CACHE_VARS = (
     "HOME",
@@ -55,10 +55,6 @@ PRETRAINED_CACHE_VARS = (
 
 def _missing(key: str, path: Path, what: str) -> ConfigError:
     return ConfigError(f"config key {key}: {what} {path.resolve()} does not exist")
-
-
-def _looks_like_file(value: str) -> bool:
-    return value.endswith(CHECKPOINT_SUFFIXES) or value.startswith(("/", "./", "../", "~"))
 
 
 def _require(key: str, value: str, kind: str = "file") -> None:
@@ -115,21 +111,15 @@ def check_paths(config: Mapping[str, Any]) -> None:
             "released.deeplab: a deeplab-pytorch checkpoint is a DeepLab-v2 in the Caffe layout; "
             "set train_deeplab.model.version: v2 and train_deeplab.model.style: caffe"
         )
-    backbones = [] if rel["cam"] else ["train_cam"]
-    if config["refine"]["enabled"]:
-        if config["train_irn"]["backbone_from"] == "train_cam":
-            check_irn_backbone(config)
-        else:
-            backbones.append("train_irn")
-    if config["deeplab"]["enabled"] and not rel.get("deeplab"):
-        backbones.append("train_deeplab")
-    for stage in backbones:
+    if config["refine"]["enabled"] and config["train_irn"]["backbone_from"] == "train_cam":
+        check_irn_backbone(config)
+    for stage in pretrained.backbone_stages(config):
         w = config[stage]["model"]["backbone"]["weights"]
         if w not in PRETRAINED_WORDS:
             _require(f"{stage}.model.backbone.weights", w)
-    trains_ritc = "ritc" in config["methods"] and not rel["ritc"]
+    trains_ritc = pretrained.trains_ritc(config)
     if trains_ritc and config["clip"]["name"] != "tiny":
-        if _looks_like_file(config["clip"]["pretrained"]):
+        if pretrained.names_a_file(config["clip"]["pretrained"]):
             _require("clip.pretrained", config["clip"]["pretrained"])
         if config["clip"]["ovseg_checkpoint"]:
             _require("clip.ovseg_checkpoint", config["clip"]["ovseg_checkpoint"])
@@ -161,8 +151,6 @@ def check_pretrained(config: Mapping[str, Any], cache_dir: str | Path | None = N
     offline, and in a driver env without the model libraries (the job names the model)."""
     if not offline():
         return
-    from qaclims.models import pretrained
-
     wanted = pretrained.needed(config)
     if not wanted:
         return
