@@ -251,6 +251,7 @@ def test_the_listing_command_says_where_each_model_is_and_fails_while_one_is_mis
     r = _cli([*args, "--fetch"], {**empty, **closed, "NO_PROXY": "", "no_proxy": ""})
     assert r.returncode == 1
     assert sum("download failed" in line for line in r.stdout.splitlines()) == 3
+    assert r.stdout.startswith("HF_HUB_OFFLINE is set")  # the tests' env: said first
     assert not (tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-0676ba61.pth").exists()
 
 

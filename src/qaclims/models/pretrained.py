@@ -63,6 +63,12 @@ class Pretrained:
         return " ".join(p for p in (self.source, self.name, self.tag) if p)
 
 
+def offline() -> bool:
+    """Whether this environment declares it cannot download: ``HF_HUB_OFFLINE`` is set to a
+    true value (as huggingface_hub reads it: ``1``, ``ON``, ``YES``, ``TRUE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
 def is_hub_name(model: str) -> bool:
     """Whether a ``vqa.model`` value names a hub repository (``owner/name``) rather than a
     local folder: not starting with ``/``, ``.`` or ``~``, not existing on disk, and with
@@ -246,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not seen:
         print("this run downloads no pretrained model")
         return 0
+    if args.fetch and offline():
+        print("HF_HUB_OFFLINE is set: the hub's models cannot be downloaded (unset it to fetch)")
     lacking = 0
     for same in seen.values():
         p, keys = same[0], ", ".join(k.key for k in same)  # one model, every key naming it

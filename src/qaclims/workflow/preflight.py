@@ -137,19 +137,14 @@ def check_paths(config: Mapping[str, Any]) -> None:
                     _require(f"vqa.precomputed.{kind}", path)
 
 
-def offline() -> bool:
-    """Whether the run declares it cannot download: ``HF_HUB_OFFLINE`` is set to a true
-    value (as huggingface_hub reads it: ``1``, ``ON``, ``YES``, ``TRUE``)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-
-
 def check_pretrained(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> None:
-    """With :func:`offline`, raise :class:`ConfigError` listing every pretrained model of
+    """When offline (:func:`qaclims.models.pretrained.offline`: ``HF_HUB_OFFLINE`` set),
+    raise :class:`ConfigError` listing every model of
     :func:`qaclims.models.pretrained.needed` that this machine's caches lack (key, model,
     the fetch command). Found locations are remembered under ``cache_dir`` (keyed by the
     models and the cache variables), so later parses only stat them. Skipped when not
     offline, and in a driver env without the model libraries (the job names the model)."""
-    if not offline():
+    if not pretrained.offline():
         return
     wanted = pretrained.needed(config)
     if not wanted:
