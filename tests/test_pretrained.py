@@ -1,7 +1,8 @@
-"""The pretrained models a run downloads (qaclims.models.pretrained): which ones a config
-needs, that the cache lookup finds exactly what the real loaders load (torchvision's
-ImageNet weights, a BLIP under its hub name, open_clip's hub-hosted weights), and the
-listing / fetching command.
+"""The pretrained models a run downloads (qaclims.models.pretrained, model_cache and the
+command qaclims.workflow.pretrained): which ones a config needs, that the cache lookup finds
+exactly what the real loaders load (torchvision's ImageNet weights, a BLIP under its hub
+name, open_clip's hub-hosted weights), the listing / fetching command, and the offline
+parse-time check.
 
 The cache tests run in a subprocess: huggingface_hub fixes its cache folder when imported.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qaclims.models import pretrained
+from qaclims.models import model_cache, pretrained
 from qaclims.report.gpu_hours import load_config
 from tests.workflow_util import ROOT
 
@@ -115,20 +116,20 @@ import json, os, sys
 from pathlib import Path
 import torch
 from torch import nn
-from qaclims.models import pretrained as pt
+from qaclims.models import model_cache as mc, pretrained as pt
 from tests.workflow_util import hf_cache_put
 
 out = {}
 tmp = Path(sys.argv[1])
 # torchvision: random resnet18 weights where locate says; the backbone's loader must read them
 tv = pt.Pretrained("k", "torchvision", "resnet18", "IMAGENET1K_V1")
-out["tv_before"] = pt.locate(tv)
+out["tv_before"] = mc.locate(tv)
 import torchvision
 sd = torchvision.models.resnet18().state_dict()
-path = pt.torchvision_file("resnet18", "IMAGENET1K_V1")
+path = mc.torchvision_file("resnet18", "IMAGENET1K_V1")
 path.parent.mkdir(parents=True)
 torch.save(sd, path)
-out["tv_after"] = str(pt.locate(tv))
+out["tv_after"] = str(mc.locate(tv))
 from qaclims.core.config import from_mapping
 from qaclims.models.backbone import BackboneConfig, build_backbone
 net = build_backbone(from_mapping(BackboneConfig, {"arch": "resnet18", "weights": "imagenet"}, "b"))
@@ -140,11 +141,11 @@ from qaclims.qape import blip
 from qaclims.core.config import from_mapping as fm
 from qaclims.qape.vqa_config import VqaConfig
 bl = pt.Pretrained("vqa.model", "transformers", sys.argv[2])
-out["blip_before"] = pt.locate(bl)
+out["blip_before"] = mc.locate(bl)
 folder = blip.write_tiny_blip(tmp / "tiny", ["dog", "grass"], seed=3)
 for f in sorted(folder.iterdir()):
     hf_cache_put(Path(os.environ["HF_HUB_CACHE"]), sys.argv[2], f.name, f)
-out["blip_after"] = str(pt.locate(bl))
+out["blip_after"] = str(mc.locate(bl))
 ans = blip.BlipAnswerer.load(fm(VqaConfig, {"model": sys.argv[2], "image_size": 32}, "vqa"), "cpu")
 from safetensors.torch import load_file
 saved = load_file(folder / "model.safetensors")
@@ -156,15 +157,15 @@ out["blip_keys_compared"] = sum(k in got for k in saved)
 import open_clip
 oc = pt.Pretrained("clip.pretrained", "open_clip", "ViT-L-14", "openai")
 cfg = open_clip.get_pretrained_cfg("ViT-L-14", "openai")
-out["oc_before"] = pt.locate(oc)
+out["oc_before"] = mc.locate(oc)
 try:
     open_clip.download_pretrained(cfg)
     out["oc_lib_before"] = "found"
 except Exception as e:
     out["oc_lib_before"] = type(e).__name__
-repo, files = pt.open_clip_files("ViT-L-14", "openai")
+repo, files = mc.open_clip_files("ViT-L-14", "openai")
 hf_cache_put(Path(os.environ["HF_HUB_CACHE"]), repo, files[-1], b"placeholder")
-out["oc_after"] = str(pt.locate(oc))
+out["oc_after"] = str(mc.locate(oc))
 out["oc_lib_after"] = str(Path(open_clip.download_pretrained(cfg)).resolve())
 print(json.dumps(out))
 """
@@ -209,7 +210,7 @@ def test_locate_finds_what_the_real_loaders_load(tmp_path: Path) -> None:
 def _cli(args: list[str], env_over: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **env_over)
     return subprocess.run(
-        [sys.executable, "-m", "qaclims.models.pretrained", *args],
+        [sys.executable, "-m", "qaclims.workflow.pretrained", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -277,14 +278,14 @@ def test_the_offline_check_remembers_what_it_found_only_while_it_is_there(
     msg = str(e.value)
     assert "train_cam.model.backbone.weights" in msg and "train_irn.model.backbone.weights" in msg
     assert "vqa.model" not in msg and "clip.pretrained" not in msg
-    resnet = pretrained.torchvision_file("resnet50", "IMAGENET1K_V1")
+    resnet = model_cache.torchvision_file("resnet50", "IMAGENET1K_V1")
     resnet.parent.mkdir(parents=True)
     resnet.write_bytes(b"placeholder")
     preflight.check_pretrained(cfg, cache_dir=tmp_path)
     (marker,) = tmp_path.glob("pretrained-*.json")
     assert str(resnet) in json.loads(marker.read_text())
     with monkeypatch.context() as m:  # remembered: no lookup at the next parse
-        m.setattr(pretrained, "locate", lambda p: pytest.fail(f"looked up {p.key}"))
+        m.setattr(model_cache, "locate", lambda p: pytest.fail(f"looked up {p.key}"))
         preflight.check_pretrained(cfg, cache_dir=tmp_path)
     resnet.unlink()  # gone since: looked up again, and the run stops
     with pytest.raises(ConfigError, match="train_cam.model.backbone.weights"):

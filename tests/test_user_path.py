@@ -237,8 +237,8 @@ def test_an_offline_run_without_the_models_stops_before_any_job_and_says_how_to_
     printed, names each model (here it cannot download: exit status 1); with the models
     cached (the test session's placeholders, as after a fetch) the same line plans the run."""
     offline = next(c for c in readme_commands() if c.startswith("HF_HUB_OFFLINE=1 snakemake"))
-    fetch = readme_commands(program="python -m qaclims.models.pretrained")
-    assert fetch == ["python -m qaclims.models.pretrained --configfile config/voc12.yaml --fetch"]
+    fetch = readme_commands(program="python -m qaclims.workflow.pretrained")
+    assert fetch == ["python -m qaclims.workflow.pretrained --configfile config/voc12.yaml --fetch"]
     env = user_env(tmp_path)
     cached = {k: env[k] for k in ("HF_HUB_CACHE", "TORCH_HOME")}  # conftest's, filled
     env.update(HF_HUB_CACHE=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"))
@@ -248,7 +248,7 @@ def test_an_offline_run_without_the_models_stops_before_any_job_and_says_how_to_
     for key in ("vqa.model", "clip.pretrained", "train_cam.model.backbone.weights",
                 "train_irn.model.backbone.weights"):  # fmt: skip
         assert f"  - {key}: " in out, key
-    assert "python -m qaclims.models.pretrained --fetch" in out
+    assert "python -m qaclims.workflow.pretrained --fetch" in out
     assert "Job stats:" not in out
     # not offline: nothing is checked at parse time (the jobs download on first use)
     online = {k: v for k, v in env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}

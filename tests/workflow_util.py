@@ -193,7 +193,7 @@ def pretrained_caches(root: Path, configs: tuple[Path, ...] = PAPER_CONFIGS) -> 
     """Model caches under ``root`` with a placeholder (a few bytes, never loaded) for every
     pretrained model ``configs`` download, so an offline run's parse-time check passes.
     Returns the variables that point the libraries there (``HF_HUB_CACHE``, ``TORCH_HOME``)."""
-    from qaclims.models import pretrained
+    from qaclims.models import model_cache, pretrained
     from qaclims.report.gpu_hours import load_config
 
     env = {"HF_HUB_CACHE": str(root / "hf"), "TORCH_HOME": str(root / "torch")}
@@ -203,15 +203,15 @@ def pretrained_caches(root: Path, configs: tuple[Path, ...] = PAPER_CONFIGS) -> 
         for cfg in configs:
             for p in pretrained.needed(load_config([cfg])):
                 if p.source == "transformers":
-                    files = (*pretrained.HF_CONFIG_FILES, pretrained.HF_PROCESSOR_FILES[-1])
-                    for f in (*files, pretrained.HF_WEIGHT_FILES[0]):
+                    files = (*model_cache.HF_CONFIG_FILES, model_cache.HF_PROCESSOR_FILES[-1])
+                    for f in (*files, model_cache.HF_WEIGHT_FILES[0]):
                         hf_cache_put(root / "hf", p.name, f, b"{}")
                 elif p.source == "open_clip":
-                    repo, files = pretrained.open_clip_files(p.name, p.tag)
+                    repo, files = model_cache.open_clip_files(p.name, p.tag)
                     assert repo is not None, f"{p.what} is not on the hub"
                     hf_cache_put(root / "hf", repo, str(files[0]), b"placeholder")
                 else:
-                    path = pretrained.torchvision_file(p.name, p.tag)
+                    path = model_cache.torchvision_file(p.name, p.tag)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(b"placeholder")
     finally:

@@ -37,7 +37,7 @@ from typing import Any
 
 from qaclims.core.errors import ConfigError
 from qaclims.core.validate import validate_config
-from qaclims.models import pretrained
+from qaclims.models import model_cache, pretrained
 
 __all__ = ["validate_config"]  # re-exported: the Snakefile's and the tests' name for it
 
@@ -160,7 +160,7 @@ def check_pretrained(config: Mapping[str, Any], cache_dir: str | Path | None = N
         except (ValueError, TypeError):
             pass
     try:
-        found = {p: pretrained.locate(p) for p in wanted}
+        found = {p: model_cache.locate(p) for p in wanted}
     except ImportError:  # a light driver env (snakemake only): the job names the model
         return
     lacking = [p for p, where in found.items() if where is None]
@@ -170,7 +170,7 @@ def check_pretrained(config: Mapping[str, Any], cache_dir: str | Path | None = N
             "HF_HUB_OFFLINE is set and these pretrained models are not in this machine's "
             f"caches, so the jobs that load them would fail:\n{lines}\n"
             "Download them where the internet is reachable, into the caches these jobs read "
-            "(HF_HOME / HF_HUB_CACHE, TORCH_HOME): python -m qaclims.models.pretrained --fetch "
+            "(HF_HOME / HF_HUB_CACHE, TORCH_HOME): python -m qaclims.workflow.pretrained --fetch "
             "--configfile <this run's config files>; or point the keys at local files."
         )
     if marker is not None:
