@@ -261,6 +261,15 @@ def test_the_demo_command_needs_nothing() -> None:
     assert r.returncode == 0 and "downloads no pretrained model" in r.stdout
 
 
+def test_the_command_names_a_bad_config_as_the_workflow_does(tmp_path: Path) -> None:
+    r = _cli(["--configfile", "config/voc12.yaml", str(tmp_path / "nope.yaml")], {})
+    assert r.returncode == 2 and f"config file {tmp_path / 'nope.yaml'} does not exist" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train_cam:\n  batch_size: -3\n")
+    r = _cli(["--configfile", "config/voc12.yaml", str(bad)], {})
+    assert r.returncode == 2 and "train_cam.batch_size" in r.stderr, r.stderr
+
+
 def test_the_offline_check_remembers_what_it_found_only_while_it_is_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,13 +14,11 @@ Standard library at import; each function imports the library of its model's sou
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from qaclims.core.errors import ConfigError
-from qaclims.models.pretrained import Pretrained, needed
+from qaclims.models.pretrained import Pretrained
 
 HF_CONFIG_FILES = ("config.json",)
 # the processor's settings: transformers 5 writes processor_config.json, older repositories
@@ -113,8 +111,3 @@ def fetch(p: Pretrained) -> Path:
             "(HF_HOME / HF_HUB_CACHE / TORCH_HOME differ between the two?)"
         )
     return where
-
-
-def missing(config: Mapping[str, Any]) -> list[Pretrained]:
-    """The entries of :func:`needed` that :func:`locate` does not find."""
-    return [p for p in needed(config) if locate(p) is None]

@@ -175,9 +175,8 @@ def check_pretrained(config: Mapping[str, Any], cache_dir: str | Path | None = N
         )
     if marker is not None:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        io_text = json.dumps([str(w) for w in found.values()])
         tmp = marker.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(io_text)
+        tmp.write_text(json.dumps([str(w) for w in found.values()]))
         tmp.replace(marker)
 
 

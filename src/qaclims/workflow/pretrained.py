@@ -2,7 +2,8 @@
 pretrained models a run downloads (the run's config and every experiment cell's), where
 each is in this machine's caches, exit status 1 while one is missing; ``--fetch`` downloads
 what is missing (run it where the internet is reachable and the caches are the jobs', e.g.
-a cluster's login node). See :mod:`qaclims.models.pretrained`."""
+a cluster's login node); exit status 2 for a config the workflow would reject. See
+:mod:`qaclims.models.pretrained`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from qaclims.core.errors import ConfigError
 from qaclims.models.model_cache import fetch, locate
 from qaclims.models.pretrained import Pretrained, needed, offline
 
@@ -32,7 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qaclims.workflow import experiments
 
     root = Path(__file__).resolve().parents[3]
-    config = load_config(args.configfile or [root / "config" / "config.yaml"])
+    try:
+        config = load_config(args.configfile or [root / "config" / "config.yaml"])
+    except ConfigError as e:  # a missing file, an unknown key, a bad value: as Snakemake says
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     configs = [config] + [
         experiments.cell_config(config, c.variant, c.seed) for c in experiments.cells(config)
     ]
