@@ -147,6 +147,7 @@ for f in sorted(folder.iterdir()):
     hf_cache_put(Path(os.environ["HF_HUB_CACHE"]), sys.argv[2], f.name, f)
 out["blip_after"] = str(mc.locate(bl))
 ans = blip.BlipAnswerer.load(fm(VqaConfig, {"model": sys.argv[2], "image_size": 32}, "vqa"), "cpu")
+out["blip_key"] = blip.model_key(fm(VqaConfig, {"model": sys.argv[2]}, "vqa"), torch.float32)
 from safetensors.torch import load_file
 saved = load_file(folder / "model.safetensors")
 got = ans.model.state_dict()
@@ -203,6 +204,8 @@ def test_locate_finds_what_the_real_loaders_load(tmp_path: Path) -> None:
         Path(out["blip_after"]).parent.parent.name == "models--Salesforce--blip-vqa-capfilt-large"
     )
     assert out["blip_loaded_equal"] and out["blip_keys_compared"] > 10
+    # the VQA cache's model key names the revision the hub name resolved to
+    assert out["blip_key"].startswith(f"{BLIP_HUB}@{Path(out['blip_after']).name}|")
     # open_clip: the same file open_clip itself resolves
     assert Path(out["oc_after"]).resolve() == Path(out["oc_lib_after"])
 

@@ -242,6 +242,45 @@ def test_another_model_asks_again(
     assert count.asked == []
 
 
+def test_a_model_retrained_in_place_asks_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's tiny BLIP is retrained into the same folder when a train_tiny_blip
+    setting changes: same config.json, same file sizes, other weights. Its answers must
+    come from the new weights, not from the cache of the old ones; rewriting the same
+    weights asks nothing."""
+    manifest = make_manifest(tmp_path, 3)
+    cache, out = tmp_path / "cache", tmp_path / "out.parquet"
+    model = blip.write_tiny_blip(tmp_path / "model", WORDS, seed=0)
+    before = {f.name: (f.stat().st_size, f.read_bytes()) for f in model.iterdir()}
+    q = {"fg": FG2}
+    count = Counter(monkeypatch)
+    vqa.run(manifest, CLASSES, blip_cfg(model, questions=q), "fg", out, 0, 1, "cpu", cache)
+    n = len(count.asked)
+    blip.write_tiny_blip(model, WORDS, seed=1)
+    after = {f.name: (f.stat().st_size, f.read_bytes()) for f in model.iterdir()}
+    # what a key of config.json and file sizes saw: nothing changed
+    assert before["config.json"] == after["config.json"]
+    assert {k: v[0] for k, v in before.items()} == {k: v[0] for k, v in after.items()}
+    assert before["model.safetensors"][1] != after["model.safetensors"][1]
+    count.reset()
+    vqa.run(manifest, CLASSES, blip_cfg(model, questions=q), "fg", out, 0, 1, "cpu", cache)
+    assert len(count.asked) == n > 0
+    # the answers are the retrained model's: those of the same weights in a fresh folder
+    fresh = blip.write_tiny_blip(tmp_path / "fresh", WORDS, seed=1)
+    out2 = tmp_path / "out2.parquet"
+    vqa.run(manifest, CLASSES, blip_cfg(fresh, questions=q), "fg", out2, 0, 1, "cpu",
+            tmp_path / "cache2")  # fmt: skip
+    key = ["image_id", "class_name", "question"]
+    both = pd.read_parquet(out).merge(pd.read_parquet(out2), on=key)
+    assert len(both) == n and (both["answer_x"] == both["answer_y"]).all()
+    # the same weights written again (new mtimes, same bytes): nothing is asked
+    blip.write_tiny_blip(model, WORDS, seed=1)
+    count.reset()
+    vqa.run(manifest, CLASSES, blip_cfg(model, questions=q), "fg", out, 0, 1, "cpu", cache)
+    assert count.asked == []
+
+
 def test_interpolated_image_size_runs(tiny: Path, tmp_path: Path) -> None:
     ans = vqa.BlipAnswerer.load(blip_cfg(tiny, image_size=48), "cpu")
     img = np.zeros((20, 30, 3), np.uint8)

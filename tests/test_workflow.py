@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -478,6 +479,28 @@ def test_changing_deeplab_iterations_reruns_deeplab_only(smoke: tuple[Path, Path
     jobs = _jobs(smoke, {"train_deeplab": {"iterations": 21}})
     deeplab = {"train_deeplab", "infer_deeplab", "eval_deeplab"}
     assert jobs - {"all", "report"} == deeplab | {"overlay_sample"}  # its overlay column
+
+
+def test_a_retrained_tiny_blip_is_asked_again_not_served_from_the_cache(
+    smoke: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A changed train_tiny_blip setting retrains the tiny BLIP into the same folder (same
+    file sizes, other weights); the vqa jobs it reruns must ask the new model every
+    question, not read the old one's answers from the run's VQA cache. Run in a copy of the
+    smoke run (mtimes and Snakemake's records kept), so the shared run stays as it is."""
+    repo, work = smoke
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    overlay = write_overlay(copy / "change.yaml", {"train_tiny_blip": {"seed": 7}})
+    targets = [f"results/demo/vqa/{k}/000.parquet" for k in ("fg", "bg")]
+    old = {k: pd.read_parquet(copy / f"results/demo/vqa/{k}/000.parquet") for k in ("fg", "bg")}
+    snakemake(copy, "--cores", "2", "--resources", "gpu=1", "--", *targets,
+              configfiles=(CONFIG, SMOKE, overlay), repo=repo)  # fmt: skip
+    log = (copy / "logs/demo/vqa/000.log").read_text()
+    asked = re.findall(r"(\d+) questions: (\d+) cached, (\d+) to ask", log)
+    assert len(asked) >= 2, log[-2000:]  # this job's fg and bg (the log may also hold the last)
+    for (total, cached, todo), kind in zip(asked[-2:], ("fg", "bg"), strict=True):
+        assert int(cached) == 0 and int(todo) == int(total) == len(old[kind]) > 0, (kind, log)
 
 
 def test_report_settings_and_plotting_code_redo_the_report_alone(smoke: tuple[Path, Path]) -> None:

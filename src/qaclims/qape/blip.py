@@ -40,17 +40,46 @@ def model_source(model: str) -> str:
 
 
 def model_key(cfg: VqaConfig, dtype: torch.dtype) -> str:
-    """What the answers depend on besides the question: checkpoint (a folder by its
-    config and weight file sizes), image size, decoding and dtype."""
+    """What the answers depend on besides the question: the checkpoint, image size, decoding
+    and dtype.
+
+    A folder counts by its contents (config.json and every weight file's bytes), so a model
+    fine-tuned again in place (same config.json, same file sizes) asks again, and the same
+    weights written again ask nothing (the demo's tiny BLIP also records its training's
+    fingerprint in its config.json). A hub name
+    counts with the revision it resolves to (``name@<commit>``, from transformers' cache
+    lookup: offline the cached one), so a new revision asks again."""
     src = model_source(cfg.model)
-    ident = src
-    if Path(src).is_dir():
-        h = hashlib.sha256((Path(src) / "config.json").read_bytes())
-        for f in sorted(Path(src).glob("*.safetensors")) + sorted(Path(src).glob("*.bin")):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-        ident = f"{src}#{h.hexdigest()[:16]}"
+    if is_hub_name(src):
+        ident = f"{src}@{_hub_revision(src)}"
+    else:
+        ident = f"{src}#{folder_digest(Path(src))[:16]}"
     dt = str(dtype).removeprefix("torch.")
     return f"{ident}|size={cfg.image_size}|beams={cfg.num_beams}|new={cfg.max_new_tokens}|{dt}"
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 (hex) of a checkpoint folder's ``config.json`` and of each ``*.safetensors`` /
+    ``*.bin`` file's name and bytes."""
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
+
+
+def _hub_revision(name: str) -> str:
+    """The commit a hub name resolves to (the snapshot folder of its ``config.json``)."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(name, "config.json")
+    except OSError as e:
+        raise ConfigError(f"config key vqa.model: cannot resolve {name!r}: {e}") from e
+    if path is None:
+        raise ConfigError(f"config key vqa.model: {name!r} has no config.json")
+    return Path(path).parent.name
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
