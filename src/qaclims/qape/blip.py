@@ -46,9 +46,9 @@ def model_key(cfg: VqaConfig, dtype: torch.dtype) -> str:
     A folder counts by its contents (config.json and every weight file's bytes), so a model
     fine-tuned again in place (same config.json, same file sizes) asks again, and the same
     weights written again ask nothing (the demo's tiny BLIP also records its training's
-    fingerprint in its config.json). A hub name
-    counts with the revision it resolves to (``name@<commit>``, from transformers' cache
-    lookup: offline the cached one), so a new revision asks again."""
+    fingerprint in its config.json). A hub name counts with the revision it resolves to
+    (``name@<commit>``, from transformers' cache lookup: offline the cached one), so a new
+    revision asks again."""
     src = model_source(cfg.model)
     if is_hub_name(src):
         ident = f"{src}@{_hub_revision(src)}"
