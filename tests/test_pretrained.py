@@ -21,7 +21,7 @@ import yaml
 
 from qaclims.models import model_cache, pretrained
 from qaclims.report.gpu_hours import load_config
-from tests.workflow_util import ROOT
+from tests.workflow_util import NO_WEB, ROOT
 
 VOC = ROOT / "config" / "voc12.yaml"
 BLIP_HUB = "Salesforce/blip-vqa-capfilt-large"
@@ -249,10 +249,7 @@ def test_the_listing_command_says_where_each_model_is_and_fails_while_one_is_mis
     # --fetch without the internet (the hub offline, the web behind a closed proxy port, so
     # no test downloads even where the internet is reachable): each download fails, says
     # so, and the exit status is 1
-    closed = {
-        k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-    }
-    r = _cli([*args, "--fetch"], {**empty, **closed, "NO_PROXY": "", "no_proxy": ""})
+    r = _cli([*args, "--fetch"], {**empty, **NO_WEB})
     assert r.returncode == 1
     assert sum("download failed" in line for line in r.stdout.splitlines()) == 3
     assert r.stdout.startswith("HF_HUB_OFFLINE is set")  # the tests' env: said first

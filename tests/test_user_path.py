@@ -29,6 +29,7 @@ import yaml
 from PIL import Image
 
 from tests.workflow_util import (
+    NO_WEB,
     ROOT,
     copy_repo,
     expected_config,
@@ -224,11 +225,6 @@ def test_readme_command_dry_runs_as_printed(clone: Path, tmp_path: Path, cmd: st
         assert all("cpus_per_gpu=8" in b for b in blocks), blocks[0]
 
 
-CLOSED_WEB = {
-    k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-}
-
-
 def test_an_offline_run_without_the_models_stops_before_any_job_and_says_how_to_fetch(
     clone: Path, tmp_path: Path
 ) -> None:
@@ -255,7 +251,7 @@ def test_an_offline_run_without_the_models_stops_before_any_job_and_says_how_to_
     r = run(offline.replace("HF_HUB_OFFLINE=1 ", "") + " -n", clone, online)
     assert r.returncode == 0 and "Job stats:" in r.stdout + r.stderr, r.stderr[-3000:]
     # the fetch line as printed, where nothing can be downloaded: each model named, status 1
-    r = run(fetch[0], clone, {**env, **CLOSED_WEB, "NO_PROXY": "", "no_proxy": ""})
+    r = run(fetch[0], clone, {**env, **NO_WEB})
     assert r.returncode == 1, r.stdout + r.stderr
     assert sum("download failed" in line for line in r.stdout.splitlines()) == 3, r.stdout
     # with the models in the caches the offline line plans the whole run

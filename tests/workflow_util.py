@@ -169,6 +169,15 @@ def fake_checkpoints(workdir: Path, config: Path) -> None:
             (workdir / path).write_bytes(b"placeholder")
 
 
+#: environment that sends every web request to a closed local port (and none around it), so
+#: a test that tries a download fails at once even where the internet is reachable
+NO_WEB = {
+    **{k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
+    "NO_PROXY": "",
+    "no_proxy": "",
+}
+
+
 def hf_cache_put(cache: Path, repo: str, filename: str, data: bytes | Path) -> Path:
     """Put a file of model repository ``repo`` into a Hugging Face hub cache folder
     (``HF_HUB_CACHE``) the way huggingface_hub's downloads lay it out: ``refs/main`` names a

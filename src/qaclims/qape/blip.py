@@ -5,6 +5,7 @@ checkpoint for tests and the offline demo.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -60,11 +61,21 @@ def model_key(cfg: VqaConfig, dtype: torch.dtype) -> str:
 
 def folder_digest(folder: Path) -> str:
     """sha256 (hex) of a checkpoint folder's ``config.json`` and of each ``*.safetensors`` /
-    ``*.bin`` file's name and bytes."""
-    h = hashlib.sha256((folder / "config.json").read_bytes())
-    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        h.update(f.name.encode() + b"\0")
-        with f.open("rb") as fh:
+    ``*.bin`` file's name and bytes; hashed once per process while no file's size or mtime
+    changes (a vqa job keys both kinds of questions with it)."""
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors")),
+             *sorted(folder.glob("*.bin"))]  # fmt: skip
+    stamps = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _files_digest(str(folder), stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _files_digest(folder: str, stamps: tuple[tuple[str, int, int], ...]) -> str:
+    root = Path(folder)
+    h = hashlib.sha256((root / "config.json").read_bytes())
+    for name, _, _ in stamps[1:]:
+        h.update(name.encode() + b"\0")
+        with (root / name).open("rb") as fh:
             h.update(hashlib.file_digest(fh, "sha256").digest())
     return h.hexdigest()
 
